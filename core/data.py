@@ -1,0 +1,197 @@
+"""The one HDF5 image layout, used for datasets and for generated samples alike, and batch loading from it.
+
+Layout (``LAYOUT``)::
+
+    /                 attrs: layout, kind ("dataset" | "samples"), image_size, class_names (JSON list),
+                             provenance (JSON: code version, spec, seeds, counts)
+    /<split>/images   uint8 (N, H, W, 3), chunked by rows of about 1 MiB, optional lzf compression
+    /<split>/labels   int64 (N,)  (-1 where a sample has no label)
+
+Datasets hold ``train`` and ``val`` splits; a sample file holds one split named ``samples`` and, optionally,
+a ``/trajectory`` group. Chunks of ~1 MiB (e.g. 21 images at 128², 341 at 32²) keep random batches cheap:
+the loader reads whole chunks in a shuffled order into a shuffle buffer rather than scattered rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+LAYOUT = "diffusion-study/images-v1"
+CHUNK_BYTES = 1 << 20
+
+
+def chunk_rows(image_size: int) -> int:
+    """Images per HDF5 chunk so that one chunk is about ``CHUNK_BYTES``."""
+    return max(1, CHUNK_BYTES // (image_size * image_size * 3))
+
+
+def create_split(
+    f: h5py.File, split: str, count: int, image_size: int, compression: str | None = None
+) -> tuple[h5py.Dataset, h5py.Dataset]:
+    """Create ``/<split>/images`` and ``/<split>/labels`` for ``count`` images."""
+    if compression not in (None, "none", "lzf", "gzip"):
+        raise ValueError(f"compression must be 'none', 'lzf' or 'gzip', got {compression!r}")
+    comp = None if compression in (None, "none") else compression
+    grp = f.require_group(split)
+    rows = min(max(count, 1), chunk_rows(image_size))
+    images = grp.create_dataset(
+        "images",
+        shape=(count, image_size, image_size, 3),
+        dtype=np.uint8,
+        chunks=(rows, image_size, image_size, 3),
+        compression=comp,
+    )
+    labels = grp.create_dataset("labels", shape=(count,), dtype=np.int64, fillvalue=-1)
+    return images, labels
+
+
+def write_root_attrs(f: h5py.File, kind: str, image_size: int, class_names: list[str], prov: dict[str, Any]) -> None:
+    f.attrs["layout"] = LAYOUT
+    f.attrs["kind"] = kind
+    f.attrs["image_size"] = image_size
+    f.attrs["class_names"] = json.dumps(list(class_names))
+    f.attrs["provenance"] = json.dumps(prov, default=str)
+
+
+def expected_layout(split: str) -> str:
+    return (
+        f"an HDF5 file written by `python -m core.make_dataset` (layout {LAYOUT}) with "
+        f"/{split}/images uint8 (N, H, W, 3) and /{split}/labels int64 (N,)"
+    )
+
+
+def open_images(path: str | os.PathLike[str], split: str) -> h5py.File:
+    """Open an image file read-only and check it has ``split`` in the expected layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist; expected {expected_layout(split)}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise OSError(f"cannot read {path} as HDF5 ({err}); expected {expected_layout(split)}") from err
+    images = f.get(f"{split}/images")
+    labels = f.get(f"{split}/labels")
+    ok = (
+        images is not None
+        and labels is not None
+        and images.dtype == np.uint8
+        and images.ndim == 4
+        and images.shape[3] == 3
+        and labels.shape == (images.shape[0],)
+    )
+    if not ok:
+        f.close()
+        raise ValueError(f"{path} lacks a valid split '{split}'; expected {expected_layout(split)}")
+    return f
+
+
+def class_names(f: h5py.File) -> list[str]:
+    return list(json.loads(f.attrs.get("class_names", "[]")))
+
+
+def read_split(path: str | os.PathLike[str], split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a whole split (or its first ``limit`` images) into memory."""
+    with open_images(path, split) as f:
+        n = f[f"{split}/images"].shape[0] if limit is None else min(limit, f[f"{split}/images"].shape[0])
+        return f[f"{split}/images"][:n], f[f"{split}/labels"][:n]
+
+
+def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC → float32 NCHW in [-1, 1]."""
+    x = torch.as_tensor(images)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float NCHW in [-1, 1] → uint8 NHWC, rounding to nearest (values outside [-1, 1] are clamped)."""
+    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ImageBatches:
+    """Endless random batches from one split, reproducible from a ``torch.Generator``.
+
+    Splits that fit in ``max_memory_bytes`` are read once into memory and batches are drawn from a
+    permutation per epoch. Larger splits are streamed: chunks are visited in a shuffled order, ``buffer_chunks``
+    at a time, and rows are shuffled within that buffer. The position in the stream is part of
+    ``state_dict`` so that a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        split: str,
+        batch_size: int,
+        generator: torch.Generator,
+        max_memory_bytes: int = 8 << 30,
+        buffer_chunks: int = 64,
+    ) -> None:
+        self.path, self.split, self.batch_size, self.generator = Path(path), split, batch_size, generator
+        self.file = open_images(path, split)
+        self.images_ds = self.file[f"{split}/images"]
+        self.labels_ds = self.file[f"{split}/labels"]
+        self.num_images = self.images_ds.shape[0]
+        if self.num_images < batch_size:
+            raise ValueError(f"split '{split}' of {path} has {self.num_images} images, fewer than batch {batch_size}")
+        self.in_memory = self.images_ds.size <= max_memory_bytes
+        if self.in_memory:
+            self.images = self.images_ds[:]
+            self.labels = self.labels_ds[:]
+        self.chunk = self.images_ds.chunks[0] if self.images_ds.chunks else 1024
+        self.buffer_rows = buffer_chunks * self.chunk
+        self.order: torch.Tensor = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+        self.epoch = 0
+
+    def _new_epoch(self) -> None:
+        """A fresh visiting order of all rows (in memory) or of chunk-buffers (streaming)."""
+        if self.in_memory:
+            self.order = torch.randperm(self.num_images, generator=self.generator)
+        else:
+            n_chunks = -(-self.num_images // self.chunk)
+            chunks = torch.randperm(n_chunks, generator=self.generator)
+            rows = [torch.arange(c * self.chunk, min((c + 1) * self.chunk, self.num_images)) for c in chunks.tolist()]
+            all_rows = torch.cat(rows)
+            # shuffle inside each buffer of consecutive (in visiting order) chunks
+            parts = [
+                blk[torch.randperm(len(blk), generator=self.generator)] for blk in all_rows.split(self.buffer_rows)
+            ]
+            self.order = torch.cat(parts)
+        self.pos = 0
+        self.epoch += 1
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch as uint8 NHWC images and int64 labels (batches never straddle epochs)."""
+        if self.pos + self.batch_size > len(self.order):
+            self._new_epoch()
+        idx = self.order[self.pos : self.pos + self.batch_size].numpy()
+        self.pos += self.batch_size
+        if self.in_memory:
+            return self.images[idx], self.labels[idx]
+        sorted_idx = np.sort(idx)
+        # h5py needs increasing indices; read the chunk-local rows then restore the batch order
+        imgs = self.images_ds[sorted_idx]
+        labs = self.labels_ds[sorted_idx]
+        inverse = np.argsort(np.argsort(idx))
+        return imgs[inverse], labs[inverse]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            yield self.next()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.clone(), "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.pos, self.epoch = state["order"].clone(), int(state["pos"]), int(state["epoch"])
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,152 @@
+"""Stage: draw samples from a checkpoint into an HDF5 file (the layout of ``core.data``, split ``samples``).
+
+    python -m core.sample --checkpoint results/demo-a/models/unet/ckpt/step0002000.pt \
+        --spec '<sampling spec JSON>' --out results/demo-a/samples/DDIM/step0002000.h5
+
+Samples are written batch by batch into ``<out>.partial``; the root attribute ``num_done`` advances only
+after a batch is on disk. A rerun with the same spec continues from ``num_done``; each batch draws from its
+own generator seeded by (seed, batch index), so a resumed file equals an uninterrupted one. Only a complete
+file is renamed to ``<out>``. Conditional models get class-balanced labels (i mod num_classes).
+The first ``trajectory_images`` images are also stored at ``trajectory_points`` timesteps in
+``/trajectory/images`` (K, P, H, W, 3) with ``/trajectory/timesteps`` (−1 marks the final x₀).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from core import data
+from core.diffusion import GaussianDiffusion
+from core.models import load_denoiser
+from core.provenance import code_version, spec_hash
+from core.sampling import SamplerSpec, sample
+
+
+def sampler_spec(spec: dict[str, Any]) -> SamplerSpec:
+    return SamplerSpec(**spec["sampler"])
+
+
+def run(checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "auto") -> None:
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
+    sspec = sampler_spec(spec)
+    model, meta = load_denoiser(checkpoint, use_ema=bool(spec.get("use_ema", True)), device=str(device))
+    guidance = float(spec.get("guidance_scale", 1.0))
+    if meta["num_classes"] == 0 and guidance != 1.0:
+        raise ValueError(
+            f"guidance_scale = {guidance} needs a class-conditional model, but {checkpoint} is unconditional "
+            "(set net.class_conditional: true on its model, or drop guidance_scale from the experiment)"
+        )
+    diffusion = GaussianDiffusion.from_spec(meta["spec"]["diffusion"])
+    n, batch = int(spec["num_samples"]), int(spec["batch_size"])
+    size, seed = int(meta["image_size"]), int(spec["seed"])
+    num_classes = int(meta["num_classes"])
+    labels_all = np.arange(n) % num_classes if num_classes else np.full(n, -1)
+    record_images = min(int(spec.get("trajectory_images", 0)), batch, n)
+    record_points = int(spec.get("trajectory_points", 0)) if record_images else 0
+    identity = {
+        "spec": spec,
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_step": int(meta["step"]),
+        "model_spec_hash": meta["spec_hash"],
+    }
+    h = spec_hash(identity)
+
+    partial = Path(str(out) + ".partial")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if partial.exists():
+        try:
+            with h5py.File(partial, "r") as f:
+                same = f.attrs.get("resume_hash") == h
+        except OSError:
+            same = False
+        if not same:
+            print(f"[sample] {partial} was made by other settings or is unreadable: starting again", flush=True)
+            partial.unlink()
+    if not partial.exists():
+        with h5py.File(partial, "w") as f:
+            prov = {
+                "code_version": code_version(),
+                "experiment": spec.get("experiment"),
+                "checkpoint": os.path.abspath(checkpoint),
+                "checkpoint_step": int(meta["step"]),
+                "model_spec": meta["spec"],
+                "model_code_version": meta["code_version"],
+                "sampler": sspec.name,
+                "sampler_label": sspec.label,
+                "steps": sspec.steps,
+                "eta": sspec.eta,
+                "spacing": sspec.spacing,
+                "variance": sspec.variance,
+                "guidance_scale": guidance,
+                "seed": seed,
+                "use_ema": bool(spec.get("use_ema", True)),
+                "spec": spec,
+            }
+            data.write_root_attrs(f, "samples", size, meta["class_names"], prov)
+            for key in ("experiment", "sampler", "spacing", "variance"):
+                f.attrs[key] = str(prov[key])
+            for key in ("checkpoint_step", "steps", "eta", "guidance_scale", "seed"):
+                f.attrs[key] = prov[key]
+            f.attrs["code_version"] = prov["code_version"]
+            f.attrs["resume_hash"] = h
+            f.attrs["num_done"] = 0
+            f.attrs["complete"] = False
+            data.create_split(f, "samples", n, size)
+            f["samples/labels"][:] = labels_all
+
+    t0 = time.time()
+    with h5py.File(partial, "a") as f:
+        done = int(f.attrs["num_done"])
+        if done:
+            print(f"[sample] resuming {partial} at {done}/{n}", flush=True)
+        for b, start in enumerate(range(0, n, batch)):
+            if start < done:
+                continue
+            m = min(batch, n - start)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+            x_T = torch.randn((m, 3, size, size), generator=gen, device=device)
+            y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
+            record = record_points if (start == 0 and record_images) else 0
+            x0, traj = sample(model, diffusion, x_T, sspec, y, guidance, gen, record=record)
+            f["samples/images"][start : start + m] = data.to_uint8(x0)
+            if traj:
+                stack = np.stack([data.to_uint8(x[:record_images]) for _, x in traj], axis=1)
+                if "trajectory" in f:
+                    del f["trajectory"]
+                g = f.create_group("trajectory")
+                g.create_dataset("images", data=stack)
+                g.create_dataset("timesteps", data=np.array([t for t, _ in traj], dtype=np.int64))
+            f.attrs["num_done"] = start + m
+            f.flush()
+            rate = (start + m - done) / max(time.time() - t0, 1e-9)
+            print(f"[sample] {start + m}/{n} images ({rate:.1f} img/s)", flush=True)
+        f.attrs["complete"] = True
+        f["samples"].attrs["count"] = n
+    os.replace(partial, out)
+    print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--spec", required=True, help="sampling spec as JSON (resolved from config.yaml)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    run(args.checkpoint, json.loads(args.spec), args.out, args.device)
+
+
+if __name__ == "__main__":
+    main()

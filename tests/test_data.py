@@ -1,0 +1,93 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from core import data, shapes
+from core.make_dataset import make_shapes
+
+
+def test_shapes_are_deterministic_and_order_free():
+    a, la = shapes.generate("train", 0, 10, 16, seed=7)
+    b, lb = shapes.generate("train", 5, 5, 16, seed=7)
+    assert np.array_equal(a[5:], b) and np.array_equal(la[5:], lb)
+    c, _ = shapes.generate("train", 0, 10, 16, seed=8)
+    assert not np.array_equal(a, c)
+    v, _ = shapes.generate("val", 0, 10, 16, seed=7)
+    assert not np.array_equal(a, v)  # splits do not share images
+    assert a.dtype == np.uint8 and a.shape == (10, 16, 16, 3)
+    assert sorted(set(la.tolist())) == [0, 1, 2, 3, 4]
+
+
+def test_dataset_file_layout(tiny_dataset):
+    with h5py.File(tiny_dataset, "r") as f:
+        assert f.attrs["layout"] == data.LAYOUT and f.attrs["kind"] == "dataset"
+        assert json.loads(f.attrs["class_names"]) == shapes.CLASS_NAMES
+        prov = json.loads(f.attrs["provenance"])
+        assert prov["spec"]["seed"] == 0 and "code_version" in prov and prov["counts"] == {"train": 64, "val": 32}
+        images = f["train/images"]
+        assert images.dtype == np.uint8 and images.shape == (64, 8, 8, 3)
+        assert images.chunks[1:] == (8, 8, 3)
+        assert f["val/labels"].dtype == np.int64 and f["val/labels"].shape == (32,)
+    imgs, labels = data.read_split(tiny_dataset, "val")
+    ref, ref_labels = shapes.generate("val", 0, 32, 8, seed=0)
+    assert np.array_equal(imgs, ref) and np.array_equal(labels, ref_labels)
+
+
+def test_chunks_are_about_one_mebibyte():
+    assert data.chunk_rows(128) == 21
+    assert data.chunk_rows(32) == 341
+
+
+def test_missing_or_malformed_file_names_path_and_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.h5.*train/images"):
+        data.open_images(tmp_path / "nowhere.h5", "train")
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f.create_dataset("train/images", data=np.zeros((2, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"bad\.h5.*uint8"):
+        data.open_images(bad, "train")
+    txt = tmp_path / "text.h5"
+    txt.write_text("not hdf5")
+    with pytest.raises(OSError, match=r"text\.h5"):
+        data.open_images(txt, "train")
+
+
+def test_uint8_round_trip():
+    x = np.random.default_rng(0).integers(0, 256, (3, 5, 5, 3), dtype=np.uint8)
+    assert np.array_equal(data.to_uint8(data.to_model_range(x)), x)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_batches_cover_each_epoch_and_resume(tiny_dataset, in_memory):
+    limit = (1 << 40) if in_memory else 0
+    loader = data.ImageBatches(tiny_dataset, "train", 16, torch.Generator().manual_seed(0), limit, buffer_chunks=1)
+    assert loader.in_memory == in_memory
+    _, all_labels = data.read_split(tiny_dataset, "train")
+    all_images, _ = data.read_split(tiny_dataset, "train")
+    seen = []
+    for _ in range(4):  # one epoch of 64 images
+        imgs, labs = loader.next()
+        for im, lab in zip(imgs, labs, strict=True):
+            idx = int(np.flatnonzero((all_images == im).all(axis=(1, 2, 3)))[0])
+            assert all_labels[idx] == lab
+            seen.append(idx)
+    assert sorted(seen) == list(range(64))
+    state, gen_state = loader.state_dict(), loader.generator.get_state()
+    expected = [loader.next()[1] for _ in range(6)]
+    loader.load_state_dict(state)
+    loader.generator.set_state(gen_state)
+    again = [loader.next()[1] for _ in range(6)]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, again, strict=True))
+    loader.close()
+
+
+def test_make_dataset_writes_atomically(tmp_path):
+    out = tmp_path / "d.h5"
+    out.write_bytes(b"previous result")
+    with pytest.raises(KeyError):
+        make_shapes({"source": "shapes", "image_size": 8, "seed": 0}, str(out))  # no 'splits'
+    assert out.read_bytes() == b"previous result"
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind

@@ -1,0 +1,153 @@
+import pytest
+import torch
+
+from core.diffusion import GaussianDiffusion, make_betas
+from core.sampling import SamplerSpec, guided_eps, make_timesteps, sample
+from core.unet import UNet
+
+DIFF = GaussianDiffusion(make_betas("linear", 100))
+
+
+class Oracle(torch.nn.Module):
+    """The exact ε-predictor for a dataset that is a single image x*."""
+
+    num_classes = 0
+
+    def __init__(self, target: torch.Tensor, diffusion: GaussianDiffusion) -> None:
+        super().__init__()
+        self.target, self.d = target, diffusion
+
+    def forward(self, x, t, y=None):
+        a = self.d.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x - a.sqrt() * self.target) / (1 - a).sqrt()
+
+
+def small_unet(num_classes: int = 0) -> UNet:
+    torch.manual_seed(0)
+    m = UNet(
+        8,
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_heads=1,
+        norm_groups=4,
+        num_classes=num_classes,
+    )
+    for p in m.parameters():  # zero-initialised output layers would make every test trivial
+        torch.nn.init.normal_(p, std=0.1)
+    return m.eval()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SamplerSpec("ddim", 10),
+        SamplerSpec("ddim", 100, eta=1.0),
+        SamplerSpec("ddpm", 100),
+        SamplerSpec("ddpm", 20, variance="fixed_large"),
+        SamplerSpec("ddim", 7, spacing="trailing"),
+        SamplerSpec("ddim", 13, spacing="linspace", eta=0.5),
+    ],
+    ids=lambda s: s.label,
+)
+def test_last_step_returns_x0_of_the_oracle(spec):
+    target = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
+    g = torch.Generator().manual_seed(0)
+    x, _ = sample(Oracle(target, DIFF), DIFF, torch.randn(3, 3, 8, 8, generator=g), spec, generator=g)
+    assert torch.allclose(x, target.expand_as(x), atol=1e-4)
+
+
+def test_timestep_spacings():
+    assert make_timesteps(1000, 4, "leading") == [750, 500, 250, 0]
+    assert make_timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
+    assert make_timesteps(1000, 4, "linspace") == [999, 666, 333, 0]
+    for spacing in ("leading", "trailing", "linspace"):
+        assert make_timesteps(50, 50, spacing) == list(range(49, -1, -1))
+    with pytest.raises(ValueError, match="between 1"):
+        make_timesteps(10, 11, "leading")
+
+
+def test_ddim_eta0_is_deterministic_given_x_T():
+    m = small_unet()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    a, _ = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), generator=torch.Generator().manual_seed(2))
+    b, _ = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddpm_equals_ddim_eta1_on_all_steps(clip):
+    m = small_unet()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    a, _ = sample(
+        m, DIFF, x_T, SamplerSpec("ddpm", 100, clip_denoised=clip), generator=torch.Generator().manual_seed(5)
+    )
+    b, _ = sample(
+        m,
+        DIFF,
+        x_T,
+        SamplerSpec("ddim", 100, eta=1.0, clip_denoised=clip),
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert torch.allclose(a, b, atol=1e-4)
+    c, _ = sample(
+        m,
+        DIFF,
+        x_T,
+        SamplerSpec("ddim", 100, eta=0.0, clip_denoised=clip),
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert not torch.allclose(a, c, atol=1e-2)  # the comparison above is not vacuous
+
+
+def test_fixed_large_differs_from_fixed_small():
+    m = small_unet()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    a, _ = sample(m, DIFF, x_T, SamplerSpec("ddpm", 20), generator=torch.Generator().manual_seed(5))
+    b, _ = sample(
+        m,
+        DIFF,
+        x_T,
+        SamplerSpec("ddpm", 20, variance="fixed_large"),
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_guidance_equivalences():
+    m = small_unet(num_classes=3)
+    x = torch.randn(4, 3, 8, 8)
+    t = torch.tensor([5, 50, 70, 99])
+    y = torch.tensor([0, 1, 2, 1])
+    null = torch.full_like(y, 3)
+    with torch.no_grad():
+        eps_c, eps_u = m(x, t, y), m(x, t, null)
+        assert torch.allclose(guided_eps(m, x, t, y, 1.0), eps_c, atol=1e-6)
+        assert torch.allclose(guided_eps(m, x, t, y, 0.0), eps_u, atol=1e-6)
+        assert torch.allclose(guided_eps(m, x, t, y, 3.0), eps_u + 3.0 * (eps_c - eps_u), atol=1e-5)
+        assert not torch.allclose(eps_c, eps_u, atol=1e-4)
+
+
+def test_guidance_scale_one_samples_like_plain_conditional():
+    m = small_unet(num_classes=3)
+    x_T = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2])
+
+    class Plain(torch.nn.Module):
+        num_classes = 3
+
+        def forward(self, x, t, yy=None):
+            return m(x, t, yy)
+
+    a, _ = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), y=y, guidance_scale=1.0)
+    b, _ = sample(Plain(), DIFF, x_T, SamplerSpec("ddim", 10), y=y, guidance_scale=1.0)
+    assert torch.equal(a, b)
+
+
+def test_trajectory_records_snapshots_and_final_x0():
+    m = small_unet()
+    x_T = torch.randn(2, 3, 8, 8)
+    x, traj = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), record=4)
+    assert [t for t, _ in traj] == [90, 60, 30, 0, -1]
+    assert torch.equal(traj[0][1], x_T) and torch.equal(traj[-1][1], x)

@@ -1,0 +1,116 @@
+import csv
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from core import train as train_stage
+from core.models import load_checkpoint, load_denoiser
+from tests.conftest import ROOT, as_json
+
+
+def run_train(spec, data, out):
+    train_stage.train(spec, str(data), str(out), "cpu")
+
+
+def states_equal(a, b):
+    for key in ("model",):
+        for k in a[key]:
+            if not torch.equal(a[key][k], b[key][k]):
+                return False
+    return all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])
+
+
+def test_training_writes_checkpoints_log_and_provenance(tiny_spec, tiny_dataset, tmp_path):
+    run_train(tiny_spec, tiny_dataset, tmp_path / "run")
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "ckpt").iterdir())
+    assert ckpts == ["step0000004.pt", "step0000008.pt", "step0000012.pt"]
+    state = load_checkpoint(tmp_path / "run" / "ckpt" / "step0000012.pt")
+    assert state["step"] == 12
+    assert {"model", "ema", "optimizer", "scheduler", "rng", "meta", "loader"} <= set(state)
+    assert state["meta"]["spec"] == tiny_spec and state["meta"]["num_classes"] == 5
+    with open(tmp_path / "run" / "train_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert all(float(r["loss"]) > 0 for r in rows)
+    # cosine schedule with warm-up: LR rises, then decays towards min_lr
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < lrs[1] and lrs[-1] < lrs[2]
+    model, meta = load_denoiser(tmp_path / "run" / "ckpt" / "step0000012.pt")
+    out = model(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 5]))
+    assert out.shape == (2, 3, 8, 8) and meta["step"] == 12
+
+
+def test_resume_equals_uninterrupted_run(tiny_spec, tiny_dataset, tmp_path):
+    run_train(tiny_spec, tiny_dataset, tmp_path / "full")
+    part = tmp_path / "part"
+    run_train(tiny_spec, tiny_dataset, part)
+    # roll the run back to its step-8 state, as if it had died between steps 8 and 12
+    shutil.copyfile(part / "state" / "step0000008.pt", part / "state" / "latest.pt")
+    shutil.rmtree(part / "ckpt")
+    (part / "train_log.csv").unlink()
+    run_train(tiny_spec, tiny_dataset, part)
+    a = load_checkpoint(tmp_path / "full" / "ckpt" / "step0000012.pt")
+    b = load_checkpoint(part / "ckpt" / "step0000012.pt")
+    assert states_equal(a, b)
+    with open(tmp_path / "full" / "train_log.csv") as f1, open(part / "train_log.csv") as f2:
+        l1 = [(r["step"], r["loss"]) for r in csv.DictReader(f1)]
+        l2 = [(r["step"], r["loss"]) for r in csv.DictReader(f2)]
+    assert l1 == l2
+
+
+def test_changed_spec_does_not_resume_from_stale_state(tiny_spec, tiny_dataset, tmp_path):
+    run_train(tiny_spec, tiny_dataset, tmp_path / "run")
+    other = {**tiny_spec, "train": {**tiny_spec["train"], "lr": 5e-4}}
+    run_train(other, tiny_dataset, tmp_path / "run")
+    stale = [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("state.stale-")]
+    assert len(stale) == 1
+    assert load_checkpoint(tmp_path / "run" / "ckpt" / "step0000012.pt")["meta"]["spec"]["train"]["lr"] == 5e-4
+
+
+def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(tiny_spec, tiny_dataset, tmp_path):
+    spec = {**tiny_spec, "train": {**tiny_spec["train"], "lr": 1e30, "grad_clip": None, "warmup_steps": 0}}
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+"):
+        run_train(spec, tiny_dataset, tmp_path / "run")
+    assert not (tmp_path / "run" / "ckpt").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_and_exits_then_resumes(tiny_spec, tiny_dataset, tmp_path, sig):
+    spec = {**tiny_spec, "train": {**tiny_spec["train"], "steps": 4000, "checkpoint_every": 2000}}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core.train",
+            "--spec",
+            as_json(spec),
+            "--data",
+            str(tiny_dataset),
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = out / "state" / "train_log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.stat().st_size > 200):
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == train_stage.EXIT_PREEMPTED, output
+    state = load_checkpoint(out / "state" / "latest.pt")
+    assert 0 < state["step"] < 4000
+    assert not (out / "ckpt").exists()  # nothing published for an unfinished run
