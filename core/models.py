@@ -32,31 +32,38 @@ def build_model(spec: dict[str, Any], image_size: int, in_channels: int = 3, num
 class EMA:
     """Exponential moving average of parameters, θ_ema ← d·θ_ema + (1 − d)·θ, every ``update_every`` steps.
 
-    Buffers (none in our models besides fixed tables) are copied. Warm-up: the first update copies θ.
+    With ``warmup_power`` p > 0 the decay of the n-th update is min(decay, 1 − (1 + n)^−p), so early
+    averages forget the fast-changing first weights (p = 2/3 is the default of the EMA library the reference
+    study used); p = 0 uses ``decay`` from the first update. Buffers are copied.
     """
 
-    def __init__(self, model: nn.Module, decay: float, update_every: int = 1) -> None:
-        self.decay, self.update_every = decay, update_every
+    def __init__(self, model: nn.Module, decay: float, update_every: int = 1, warmup_power: float = 2 / 3) -> None:
+        self.decay, self.update_every, self.warmup_power = decay, update_every, warmup_power
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.initialised = False
+        self.num_updates = 0
+
+    def current_decay(self) -> float:
+        if self.warmup_power <= 0:
+            return self.decay
+        return min(self.decay, 1.0 - (1.0 + self.num_updates) ** -self.warmup_power)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         if step % self.update_every:
             return
-        d = self.decay if self.initialised else 0.0
+        d = self.current_decay()
         for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
             p_ema.lerp_(p.detach(), 1.0 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
-        self.initialised = True
+        self.num_updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "initialised": self.initialised}
+        return {"model": self.model.state_dict(), "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.initialised = bool(state["initialised"])
+        self.num_updates = int(state["num_updates"])
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:

@@ -93,7 +93,10 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
 
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(spec, image_size, 3, num_classes).to(device)
-    ema = EMA(model, float(cfg["ema"]["decay"]), int(cfg["ema"].get("update_every", 1)))
+    ema_cfg = cfg["ema"]
+    ema = EMA(
+        model, float(ema_cfg["decay"]), int(ema_cfg.get("update_every", 1)), float(ema_cfg.get("warmup_power", 2 / 3))
+    )
     opt_cfg = cfg.get("optimizer", {})
     optimizer = torch.optim.AdamW(
         model.parameters(),

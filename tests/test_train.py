@@ -114,3 +114,22 @@ def test_signal_checkpoints_and_exits_then_resumes(tiny_spec, tiny_dataset, tmp_
     state = load_checkpoint(out / "state" / "latest.pt")
     assert 0 < state["step"] < 4000
     assert not (out / "ckpt").exists()  # nothing published for an unfinished run
+
+
+def test_ema_closed_form_and_warmup():
+    from core.models import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.9, update_every=2, warmup_power=0)
+    for step in range(1, 7):
+        model.weight.data.fill_(float(step))
+        ema.update(model, step)  # updates at steps 2, 4, 6
+    # θ_ema = 0.9·(0.9·(0.9·0 + 0.1·2) + 0.1·4) + 0.1·6
+    assert ema.model.weight.item() == pytest.approx(0.9 * (0.9 * 0.2 + 0.4) + 0.6)
+    warm = EMA(model, decay=0.999, warmup_power=2 / 3)
+    assert warm.current_decay() == 0.0  # the first update copies the weights
+    warm.num_updates = 999
+    assert warm.current_decay() == pytest.approx(1 - 1000 ** (-2 / 3))
+    warm.num_updates = 10**9
+    assert warm.current_decay() == 0.999

@@ -1,0 +1,31 @@
+"""Diffusion study workflow: data → train → sample → evaluate → report.
+
+snakemake --profile profiles/local            # the default studies (the CPU demo)
+snakemake --profile profiles/local results/demo-a/report/table.md
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/sample.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+localrules:
+    all,
+    report,
+
+
+rule all:
+    default_target: True
+    input:
+        [f for study in config["default_studies"] for f in report_files(study)],

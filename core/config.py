@@ -1,0 +1,190 @@
+"""The workflow's configuration: schema validation, cross-checks, and the resolved specs each stage gets.
+
+``validate(config)`` fills schema defaults and raises ``ConfigError`` naming the offending key (e.g.
+``studies.demo-a.models.unet.train.lr``) before any job runs. ``model_spec``, ``experiment_spec`` and
+friends return the deep-merged, self-contained JSON specs passed to ``python -m core.<stage> --spec``;
+paths are built here too so that rules and tests agree on one layout.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """A config problem, with the key path that needs fixing."""
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _check(instance: Any, schema: dict[str, Any], where: list[str]) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors[:10]:
+            key = _key([*where, *e.absolute_path])
+            if e.validator == "additionalProperties":
+                lines.append(f"config key {key}: {e.message} (unknown or mistyped key)")
+            else:
+                lines.append(f"config key {key}: {e.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Insert ``default`` values of the schema's properties (recursively, following $ref)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    if not isinstance(instance, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = root["$defs"][sub["$ref"].split("/")[-1]]
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if name in instance:
+            _fill_defaults(instance[name], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for name, value in instance.items():
+            if name not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Check the config against the schema and its cross-references; return it with defaults filled."""
+    schema = load_schema()
+    _check(config, schema, [])
+    _fill_defaults(config, schema, schema)
+    defs = {"$defs": schema["$defs"]}
+    for name in config["default_studies"]:
+        if name not in config["studies"]:
+            raise ConfigError(f"config key default_studies: study '{name}' is not defined under 'studies'")
+    for study_name, study in config["studies"].items():
+        where = ["studies", study_name]
+        if study["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"config key {_key([*where, 'dataset'])}: dataset '{study['dataset']}' is not defined under 'datasets'"
+            )
+        for model_name in study["models"]:
+            spec = _merged_model(config, study_name, model_name)
+            _check(spec, {**defs, "$ref": "#/$defs/model_complete"}, [*where, "models", model_name])
+        for exp_name in study["experiments"]:
+            exp = _merged_experiment(config, study_name, exp_name)
+            ewhere = [*where, "experiments", exp_name]
+            _check(exp, {**defs, "$ref": "#/$defs/experiment_complete"}, ewhere)
+            if exp["model"] not in study["models"]:
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'model'])}: model '{exp['model']}' is not defined under "
+                    f"{_key([*where, 'models'])}"
+                )
+            model = model_spec(config, study_name, exp["model"])
+            if exp["sampler"]["steps"] > model["diffusion"]["timesteps"]:
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'sampler', 'steps'])}: {exp['sampler']['steps']} steps exceed the "
+                    f"model's diffusion.timesteps = {model['diffusion']['timesteps']}"
+                )
+            if exp.get("guidance_scale", 1.0) != 1.0 and not model["net"].get("class_conditional", False):
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'guidance_scale'])}: guidance needs a class-conditional model, "
+                    f"but model '{exp['model']}' has net.class_conditional false"
+                )
+    return config
+
+
+def _merged_model(config: dict[str, Any], study: str, model: str) -> dict[str, Any]:
+    s = config["studies"][study]
+    return deep_merge(s.get("defaults", {}).get("model", {}), s["models"][model])
+
+
+def model_spec(config: dict[str, Any], study: str, model: str) -> dict[str, Any]:
+    """The training spec of a model (what ``core.train`` needs), with its name and study."""
+    spec = _merged_model(config, study, model)
+    spec.setdefault("space", "pixel")
+    return {"name": model, "study": study, **spec}
+
+
+def _merged_experiment(config: dict[str, Any], study: str, experiment: str) -> dict[str, Any]:
+    s = config["studies"][study]
+    return deep_merge(s.get("defaults", {}).get("experiment", {}), s["experiments"][experiment])
+
+
+def experiment_spec(config: dict[str, Any], study: str, experiment: str) -> dict[str, Any]:
+    """The sampling spec of an experiment (what ``core.sample`` needs), with its name."""
+    exp = _merged_experiment(config, study, experiment)
+    exp.setdefault("guidance_scale", 1.0)
+    exp.setdefault("checkpoints", "final")
+    return {"experiment": experiment, "study": study, **exp}
+
+
+def checkpoint_steps(train: dict[str, Any]) -> list[int]:
+    """Steps at which a run keeps checkpoints: every ``checkpoint_every`` and the last."""
+    every, total = int(train["checkpoint_every"]), int(train["steps"])
+    return sorted({*range(every, total + 1, every), total})
+
+
+def eval_steps(config: dict[str, Any], study: str, experiment: str) -> list[int]:
+    exp = experiment_spec(config, study, experiment)
+    steps = checkpoint_steps(model_spec(config, study, exp["model"])["train"])
+    return steps if exp["checkpoints"] == "all" else steps[-1:]
+
+
+def classifier_spec(config: dict[str, Any], study: str) -> dict[str, Any]:
+    return dict(config["studies"][study].get("evaluation", {}).get("classifier", {}))
+
+
+# ---- paths -------------------------------------------------------------------------------------------
+
+
+def step_tag(step: int) -> str:
+    return f"step{step:07d}"
+
+
+def dataset_path(config: dict[str, Any], dataset: str) -> str:
+    return f"{config['results_dir']}/data/{dataset}.h5"
+
+
+def classifier_path(config: dict[str, Any], dataset: str) -> str:
+    return f"{config['results_dir']}/extractors/{dataset}-classifier.pt"
+
+
+def reference_path(config: dict[str, Any], study: str) -> str:
+    ev, dataset = config["studies"][study]["evaluation"], config["studies"][study]["dataset"]
+    name = f"{ev['reference_split']}-{ev['extractor']}-n{ev['reference_num']}.npz"
+    return f"{config['results_dir']}/refstats/{dataset}/{name}"
+
+
+def model_dir(config: dict[str, Any], study: str, model: str) -> str:
+    return f"{config['results_dir']}/{study}/models/{model}"
+
+
+def sample_path(config: dict[str, Any], study: str, experiment: str, step: int) -> str:
+    return f"{config['results_dir']}/{study}/samples/{experiment}/{step_tag(step)}.h5"
+
+
+def metrics_path(config: dict[str, Any], study: str, experiment: str, step: int) -> str:
+    return f"{config['results_dir']}/{study}/metrics/{experiment}/{step_tag(step)}.json"
+
+
+def report_dir(config: dict[str, Any], study: str) -> str:
+    return f"{config['results_dir']}/{study}/report"

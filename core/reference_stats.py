@@ -1,0 +1,66 @@
+"""Stage: features and statistics of real images, computed once and reused by every experiment.
+
+    python -m core.reference_stats --data results/data/shapes32.h5 --split val --num 1000 \
+        --extractor '<extractor spec JSON>' --out results/refstats/shapes32/val-clf-n1000.npz
+
+The ``.npz`` holds ``features`` (N, D), ``logits``, ``mu`` and ``sigma`` (float64) and ``meta`` (a JSON
+string: dataset, split, N, extractor label, code version). N is the first ``--num`` images of the split
+(all of them when ``--num`` is 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from core import data, metrics
+from core.features import load_extractor
+from core.provenance import atomic_path, provenance
+
+
+def reference_stats(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], out: str) -> None:
+    extractor = load_extractor(extractor_spec)
+    with data.open_images(data_path, split) as f:
+        available = f[f"{split}/images"].shape[0]
+        n = available if num == 0 else num
+        if n > available:
+            raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
+        feats, logits = extractor.extract(f[f"{split}/images"][:n])
+        data_prov = json.loads(f.attrs.get("provenance", "{}"))
+    mu, sigma = metrics.feature_statistics(feats)
+    meta = provenance(
+        None,
+        dataset=str(data_path),
+        dataset_spec_hash=data_prov.get("spec_hash"),
+        split=split,
+        num_images=n,
+        extractor=extractor.label,
+    )
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, features=feats, logits=logits, mu=mu, sigma=sigma, meta=json.dumps(meta))
+    print(f"[reference_stats] {n} images of {data_path}:{split} -> {out}", flush=True)
+
+
+def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
+        meta = json.loads(str(z["meta"]))
+    return arrays, meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--num", type=int, default=0)
+    p.add_argument("--extractor", required=True, help="extractor spec as JSON: kind, weights")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    reference_stats(args.data, args.split, args.num, json.loads(args.extractor), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Stage: a study's report — table (Markdown and CSV) and figures — from its metrics, samples and logs.
+
+    python -m core.report --study '<JSON>' --metrics m1.json … --samples s1.h5 … --train-logs l1.csv … \
+        --out-dir results/demo-a/report
+
+One row per experiment. An experiment evaluated at several checkpoints reports the checkpoint with the
+best (lowest) Fréchet distance and the IS *of that same checkpoint*; all checkpoints are in the CSV and in
+``curves.png``. Column headers carry the metric labels from the metrics files (extractor, N), and a footer
+says how every number was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from core.provenance import atomic_path, code_version, read_json, write_text
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
+    n, h, w, c = images.shape
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = im
+    return grid
+
+
+def collect(metric_files: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Metrics per experiment, sorted by checkpoint step."""
+    per_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for path in metric_files:
+        m = read_json(path)
+        m["_path"] = path
+        per_exp[m["samples"]["experiment"]].append(m)
+    for runs in per_exp.values():
+        runs.sort(key=lambda m: m["samples"]["checkpoint_step"])
+    return per_exp
+
+
+def pick(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint with the lowest Fréchet distance (its IS is reported with it)."""
+    return min(runs, key=lambda m: m["fid"])
+
+
+def fmt_lr(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def build_rows(study: dict[str, Any], per_exp: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, exp in study["experiments"].items():
+        if name not in per_exp:
+            continue
+        runs = per_exp[name]
+        best = pick(runs)
+        model = study["models"][exp["model"]]
+        s = exp["sampler"]
+        sampler = f"{s['name'].upper()}-{s['steps']}"
+        if s["name"] == "ddim":
+            sampler += f" (η={s.get('eta', 0.0):g})"
+        rows.append(
+            {
+                "name": name,
+                "vae": "yes" if model.get("space") == "latent" else "no",
+                "cfg": f"w={exp['guidance_scale']:g}" if model["net"].get("class_conditional") else "no",
+                "backbone": model.get("label", model["backbone"].upper() if model["backbone"] == "dit" else "UNet"),
+                "sampler": sampler,
+                "width": model["net"]["base_channels"],
+                "lr": model["train"]["lr"],
+                "hflip": "yes" if model["train"].get("hflip") else "no",
+                "step": best["samples"]["checkpoint_step"],
+                "last_step": runs[-1]["samples"]["checkpoint_step"],
+                "fid": best["fid"],
+                "fid_last": runs[-1]["fid"],
+                "is_mean": best["is_mean"],
+                "is_std": best["is_std"],
+                "kid_mean": best["kid_mean"],
+                "precision": best["precision"],
+                "recall": best["recall"],
+                "n_checkpoints": len(runs),
+                "fid_label": best["label"]["fid"],
+                "is_label": best["label"]["is"],
+            }
+        )
+    return rows
+
+
+def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]], per_exp: dict[str, list[dict]]) -> str:
+    any_m = next(iter(per_exp.values()))[0]
+    fid_h, is_h = f"{any_m['label']['fid']} ↓", f"{any_m['label']['is']} ↑"
+    out = io.StringIO()
+    out.write(f"# {study['title']}\n\n")
+    if study["layout"] == "ablation":
+        out.write(
+            f"| run | width | LR | h-flip | sampler | best {fid_h} (step) | {is_h} at that step | last {fid_h} |\n"
+        )
+        out.write("|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            out.write(
+                f"| {r['name']} | {r['width']} | {fmt_lr(r['lr'])} | {r['hflip']} | {r['sampler']} | "
+                f"{r['fid']:.2f} ({r['step']}) | {r['is_mean']:.2f} ± {r['is_std']:.2f} | {r['fid_last']:.2f} |\n"
+            )
+    else:
+        out.write(f"| name | VAE | CFG | backbone | sampler | step | {fid_h} | {is_h} |\n")
+        out.write("|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            out.write(
+                f"| {r['name']} | {r['vae']} | {r['cfg']} | {r['backbone']} | {r['sampler']} | {r['step']} | "
+                f"{r['fid']:.2f} | {r['is_mean']:.2f} ± {r['is_std']:.2f} |\n"
+            )
+    ex = any_m["extractor"]
+    out.write(
+        "\nHow these numbers were made: Fréchet distance and Inception-Score-style score on the features and "
+        f"softmax of the `{ex['extractor']}` extractor (weights SHA-256 `{ex['weights_sha256'][:16]}…`, "
+        f"preprocessing: {ex['preprocessing']}"
+        + (
+            f", classifier validation accuracy {ex['classifier_val_accuracy']:.3f}"
+            if ex.get("classifier_val_accuracy")
+            else ""
+        )
+        + f"); {any_m['n_generated']} generated images against {any_m['n_real']} real "
+        f"`{any_m['reference']['split']}` images; IS over {any_m['label']['is'].split('(')[-1].rstrip(')')}. "
+        "These are not Inception FID/IS and are not comparable with published numbers. "
+        "Samples from the EMA weights; rows with several checkpoints report the best-FD checkpoint and the IS of "
+        f"that same checkpoint. Report code version `{code_version()}`.\n"
+    )
+    return out.getvalue()
+
+
+def write_csv(path: Path, per_exp: dict[str, list[dict[str, Any]]]) -> None:
+    fields = [
+        "experiment",
+        "checkpoint_step",
+        "fid",
+        "is_mean",
+        "is_std",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "fid_label",
+        "is_label",
+        "extractor",
+        "weights_sha256",
+        "n_generated",
+        "n_real",
+        "sampler",
+        "steps",
+        "eta",
+        "guidance_scale",
+        "seed",
+        "code_version",
+        "metrics_file",
+    ]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields)
+    w.writeheader()
+    for exp, runs in per_exp.items():
+        for m in runs:
+            s = m["samples"]
+            w.writerow(
+                {
+                    "experiment": exp,
+                    "checkpoint_step": s["checkpoint_step"],
+                    "fid": f"{m['fid']:.6g}",
+                    "is_mean": f"{m['is_mean']:.6g}",
+                    "is_std": f"{m['is_std']:.6g}",
+                    "kid_mean": f"{m['kid_mean']:.6g}",
+                    "kid_std": f"{m['kid_std']:.6g}",
+                    "precision": f"{m['precision']:.4f}",
+                    "recall": f"{m['recall']:.4f}",
+                    "fid_label": m["label"]["fid"],
+                    "is_label": m["label"]["is"],
+                    "extractor": m["extractor"]["extractor"],
+                    "weights_sha256": m["extractor"]["weights_sha256"],
+                    "n_generated": m["n_generated"],
+                    "n_real": m["n_real"],
+                    "sampler": s["sampler"],
+                    "steps": s["steps"],
+                    "eta": s["eta"],
+                    "guidance_scale": s["guidance_scale"],
+                    "seed": s["seed"],
+                    "code_version": s["code_version"],
+                    "metrics_file": m["_path"],
+                }
+            )
+    write_text(path, buf.getvalue())
+
+
+def plot_fid_is(path: Path, rows: list[dict[str, Any]]) -> None:
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    xs, ys = [r["fid"] for r in rows], [r["is_mean"] for r in rows]
+    sns.scatterplot(x=xs, y=ys, hue=[r["name"] for r in rows], s=80, ax=ax, legend=False)
+    ax.errorbar(xs, ys, yerr=[r["is_std"] for r in rows], fmt="none", ecolor="grey", alpha=0.6)
+    for r in rows:
+        ax.annotate(r["name"], (r["fid"], r["is_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(f"{rows[0]['fid_label']} (lower is better)")
+    ax.set_ylabel(f"{rows[0]['is_label']} (higher is better)")
+    ax.set_title("Fréchet distance vs Inception-style score")
+    save_figure(fig, path)
+
+
+def plot_losses(path: Path, train_logs: list[str]) -> None:
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for log in train_logs:
+        with open(log, newline="") as fh:
+            data = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh)]
+        if not data:
+            continue
+        steps, loss = np.array(data).T
+        k = max(1, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, label=Path(log).parent.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("ε-MSE (moving average)")
+    ax.set_title("Training loss")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _sample_file(samples: list[str], experiment: str, step: int) -> str:
+    tag = f"/{experiment}/step{step:07d}.h5"
+    return next(s for s in samples if s.endswith(tag))
+
+
+def plot_grids(path: Path, rows: list[dict[str, Any]], samples: list[str], n: int = 36) -> None:
+    cols = min(3, len(rows))
+    nrow = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(3.6 * cols, 3.9 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, rows, strict=False):
+        with h5py.File(_sample_file(samples, r["name"], r["step"]), "r") as f:
+            images = f["samples/images"][:n]
+        ax.imshow(image_grid(images, int(math.sqrt(n))), interpolation="nearest")
+        ax.set_title(f"{r['name']}\n{r['sampler']}, step {r['step']}", fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_trajectories(path: Path, rows: list[dict[str, Any]], samples: list[str]) -> None:
+    strips, labels, ts = [], [], None
+    for r in rows:
+        with h5py.File(_sample_file(samples, r["name"], r["step"]), "r") as f:
+            if "trajectory" not in f:
+                continue
+            traj, ts = f["trajectory/images"][:], f["trajectory/timesteps"][:]
+        strips.append(image_grid(traj[0], traj.shape[1]))
+        labels.append(r["name"])
+    fig, axes = plt.subplots(
+        max(1, len(strips)),
+        1,
+        figsize=(1.3 * (len(ts) if ts is not None else 4), 1.5 * max(1, len(strips))),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, strip, label in zip(axes.flat, strips, labels, strict=False):
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_title(label, fontsize=8, loc="left")
+    if ts is not None:
+        fig.suptitle("Denoising trajectory: x_t at t = " + ", ".join("x̂₀" if t < 0 else str(t) for t in ts), fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_curves(path: Path, per_exp: dict[str, list[dict[str, Any]]]) -> None:
+    sns.set_theme(style="whitegrid")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for exp, runs in per_exp.items():
+        steps = [m["samples"]["checkpoint_step"] for m in runs]
+        a1.plot(steps, [m["fid"] for m in runs], marker="o", label=exp)
+        a2.errorbar(
+            steps,
+            [m["is_mean"] for m in runs],
+            yerr=[m["is_std"] for m in runs],
+            marker="o",
+            label=exp,
+            capsize=2,
+        )
+    any_m = next(iter(per_exp.values()))[0]
+    a1.set(xlabel="training step", ylabel=any_m["label"]["fid"], title="Fréchet distance over checkpoints")
+    a2.set(xlabel="training step", ylabel=any_m["label"]["is"], title="Inception-style score over checkpoints")
+    a1.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def report(study: dict[str, Any], metrics: list[str], samples: list[str], train_logs: list[str], out_dir: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_exp = collect(metrics)
+    if not per_exp:
+        raise ValueError("no metrics files given: nothing to report")
+    rows = build_rows(study, per_exp)
+    write_text(out / "table.md", markdown_table(study, rows, per_exp))
+    write_csv(out / "table.csv", per_exp)
+    plot_fid_is(out / "fid_is.png", rows)
+    plot_losses(out / "loss.png", train_logs)
+    plot_grids(out / "grids.png", rows, samples)
+    plot_trajectories(out / "trajectory.png", rows, samples)
+    plot_curves(out / "curves.png", per_exp)
+    print((out / "table.md").read_text(), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", required=True, help="study description as JSON (title, layout, models, experiments)")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--train-logs", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    args = p.parse_args(argv)
+    report(json.loads(args.study), args.metrics, args.samples, args.train_logs, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Helpers shared by the rules: config validation, the experiment matrix, paths and stage parameters.
+
+Everything computed here comes from core.config, the one place that knows the config's meaning and the
+results layout, so that rules, stages and tests agree.
+"""
+
+import json
+
+from core import config as cfg
+
+try:
+    cfg.validate(config)
+except cfg.ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+R = config["results_dir"]
+THREADS = config["threads"]
+
+
+wildcard_constraints:
+    study=r"[A-Za-z0-9_.-]+",
+    model=r"[A-Za-z0-9_.-]+",
+    experiment=r"[A-Za-z0-9_.+-]+",
+    dataset=r"[A-Za-z0-9_.-]+",
+    step=r"step\d{7}",
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
+
+
+def study_models(study):
+    return list(config["studies"][study]["models"])
+
+
+def study_experiments(study):
+    return list(config["studies"][study]["experiments"])
+
+
+def experiment_model(study, experiment):
+    return cfg.experiment_spec(config, study, experiment)["model"]
+
+
+def study_metrics(study):
+    return [
+        cfg.metrics_path(config, study, e, s)
+        for e in study_experiments(study)
+        for s in cfg.eval_steps(config, study, e)
+    ]
+
+
+def study_samples(study):
+    return [
+        cfg.sample_path(config, study, e, s)
+        for e in study_experiments(study)
+        for s in cfg.eval_steps(config, study, e)
+    ]
+
+
+def study_train_logs(study):
+    return [
+        f"{cfg.model_dir(config, study, m)}/train_log.csv" for m in study_models(study)
+    ]
+
+
+def report_files(study):
+    d = cfg.report_dir(config, study)
+    return [
+        f"{d}/{name}"
+        for name in (
+            "table.md",
+            "table.csv",
+            "fid_is.png",
+            "loss.png",
+            "grids.png",
+            "trajectory.png",
+            "curves.png",
+        )
+    ]
+
+
+def extractor_spec(study):
+    dataset = config["studies"][study]["dataset"]
+    return {"kind": "classifier", "weights": cfg.classifier_path(config, dataset)}
+
+
+def evaluation_options(study):
+    ev = config["studies"][study]["evaluation"]
+    return {k: ev[k] for k in ("is_splits", "kid_subsets", "kid_subset_size")}

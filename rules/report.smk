@@ -1,0 +1,42 @@
+rule report:
+    input:
+        metrics=lambda w: study_metrics(w.study),
+        samples=lambda w: study_samples(w.study),
+        train_logs=lambda w: study_train_logs(w.study),
+    output:
+        table=f"{R}/{{study}}/report/table.md",
+        csv=f"{R}/{{study}}/report/table.csv",
+        fid_is=f"{R}/{{study}}/report/fid_is.png",
+        loss=f"{R}/{{study}}/report/loss.png",
+        grids=f"{R}/{{study}}/report/grids.png",
+        trajectory=f"{R}/{{study}}/report/trajectory.png",
+        curves=f"{R}/{{study}}/report/curves.png",
+    log:
+        f"{R}/logs/report/{{study}}.log",
+    benchmark:
+        f"{R}/benchmarks/report/{{study}}.tsv"
+    conda:
+        "../envs/environment.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        study=lambda w: as_json(
+            {
+                "name": w.study,
+                "title": config["studies"][w.study].get("title", w.study),
+                "layout": config["studies"][w.study]["layout"],
+                "models": {
+                    m: cfg.model_spec(config, w.study, m)
+                    for m in study_models(w.study)
+                },
+                "experiments": {
+                    e: cfg.experiment_spec(config, w.study, e)
+                    for e in study_experiments(w.study)
+                },
+            }
+        ),
+        out_dir=lambda w: cfg.report_dir(config, w.study),
+    shell:
+        "python -m core.report --study {params.study:q} --metrics {input.metrics} --samples {input.samples}"
+        " --train-logs {input.train_logs} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,67 @@
+import copy
+
+import pytest
+import yaml
+
+from core import config as cfg
+from tests.conftest import ROOT
+
+BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def fresh():
+    return copy.deepcopy(BASE)
+
+
+def test_shipped_config_is_valid_and_resolves():
+    c = cfg.validate(fresh())
+    spec = cfg.model_spec(c, "demo-a", "unet-cfg")
+    assert spec["net"]["class_conditional"] is True and spec["train"]["label_dropout"] == 0.1
+    assert spec["net"]["base_channels"] == c["studies"]["demo-a"]["defaults"]["model"]["net"]["base_channels"]
+    exp = cfg.experiment_spec(c, "demo-a", "DDIM-CFG")
+    assert exp["guidance_scale"] == 2.0 and exp["num_samples"] > 0
+    assert c["studies"]["demo-a"]["evaluation"]["is_splits"] == 10
+
+
+def test_mistyped_key_is_named():
+    c = fresh()
+    c["studies"]["demo-a"]["models"]["unet"]["train"] = {"learning_rate": 1e-3}
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.models\.unet\.train.*learning_rate"):
+        cfg.validate(c)
+
+
+def test_wrong_type_is_named():
+    c = fresh()
+    c["studies"]["demo-a"]["defaults"]["model"]["train"]["lr"] = "fast"
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.defaults\.model\.train\.lr"):
+        cfg.validate(c)
+
+
+def test_cross_references_are_checked():
+    c = fresh()
+    c["studies"]["demo-a"]["experiments"]["DDIM"]["model"] = "nope"
+    with pytest.raises(cfg.ConfigError, match=r"experiments\.DDIM\.model.*'nope'"):
+        cfg.validate(c)
+    c = fresh()
+    c["studies"]["demo-a"]["experiments"]["DDIM"]["guidance_scale"] = 3.0
+    with pytest.raises(cfg.ConfigError, match="class-conditional"):
+        cfg.validate(c)
+    c = fresh()
+    c["default_studies"] = ["nonexistent"]
+    with pytest.raises(cfg.ConfigError, match="default_studies"):
+        cfg.validate(c)
+
+
+def test_missing_required_setting_after_merge_is_named():
+    c = fresh()
+    del c["studies"]["demo-b"]["defaults"]["model"]["train"]["steps"]
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-b\.models\.baseline.*steps"):
+        cfg.validate(c)
+
+
+def test_eval_steps_all_and_final():
+    c = cfg.validate(fresh())
+    assert cfg.eval_steps(c, "demo-b", "baseline") == cfg.checkpoint_steps(
+        cfg.model_spec(c, "demo-b", "baseline")["train"]
+    )
+    assert len(cfg.eval_steps(c, "demo-a", "DDPM")) == 1

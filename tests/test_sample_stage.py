@@ -1,0 +1,94 @@
+import h5py
+import numpy as np
+import pytest
+
+from core import sample as sample_stage
+from core import train as train_stage
+
+SPEC = {
+    "experiment": "X",
+    "sampler": {"name": "ddpm", "steps": 10},
+    "guidance_scale": 2.0,
+    "num_samples": 20,
+    "batch_size": 8,
+    "seed": 4,
+    "trajectory_images": 2,
+    "trajectory_points": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_dataset):
+    from tests.conftest import TINY_MODEL
+
+    out = tmp_path_factory.mktemp("model")
+    spec = {**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 4}}
+    train_stage.train(spec, str(tiny_dataset), str(out), "cpu")
+    return out / "ckpt" / "step0000004.pt"
+
+
+def test_sample_file_layout_and_attributes(checkpoint, tmp_path):
+    out = tmp_path / "s.h5"
+    sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] and f.attrs["num_done"] == 20 and f.attrs["kind"] == "samples"
+        assert f.attrs["experiment"] == "X" and f.attrs["sampler"] == "ddpm" and f.attrs["steps"] == 10
+        assert f.attrs["guidance_scale"] == 2.0 and f.attrs["seed"] == 4 and f.attrs["checkpoint_step"] == 4
+        assert "code_version" in f.attrs
+        assert f["samples/images"].shape == (20, 8, 8, 3) and f["samples/images"].dtype == np.uint8
+        assert list(f["samples/labels"][:7]) == [0, 1, 2, 3, 4, 0, 1]
+        assert f["trajectory/images"].shape == (2, 4, 8, 8, 3)  # 3 snapshots + the final x0
+        assert list(f["trajectory/timesteps"])[-1] == -1
+        np.testing.assert_array_equal(f["trajectory/images"][:, -1], f["samples/images"][:2])
+    assert not (tmp_path / "s.h5.partial").exists()
+
+
+def test_interrupted_sampling_resumes_to_identical_file(checkpoint, tmp_path, monkeypatch):
+    full = tmp_path / "full.h5"
+    sample_stage.run(str(checkpoint), SPEC, str(full), "cpu")
+
+    real_sample = sample_stage.sample
+    calls = {"n": 0}
+
+    def dies_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_sample(*args, **kwargs)
+
+    out = tmp_path / "resumed.h5"
+    monkeypatch.setattr(sample_stage, "sample", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
+    assert not out.exists()  # never looks complete
+    with h5py.File(str(out) + ".partial", "r") as f:
+        assert f.attrs["num_done"] == 8 and not f.attrs["complete"]
+    monkeypatch.setattr(sample_stage, "sample", real_sample)
+    sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
+    with h5py.File(full, "r") as a, h5py.File(out, "r") as b:
+        np.testing.assert_array_equal(a["samples/images"][:], b["samples/images"][:])
+        np.testing.assert_array_equal(a["trajectory/images"][:], b["trajectory/images"][:])
+
+
+def test_partial_from_other_settings_is_discarded(checkpoint, tmp_path):
+    out = tmp_path / "s.h5"
+    partial = tmp_path / "s.h5.partial"
+    with h5py.File(partial, "w") as f:
+        f.attrs["resume_hash"] = "something else"
+        f.attrs["num_done"] = 16
+    sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
+    with h5py.File(out, "r") as f:
+        assert f.attrs["num_done"] == 20
+
+
+def test_guidance_on_unconditional_model_is_refused(tiny_dataset, tmp_path):
+    from tests.conftest import TINY_MODEL
+
+    spec = {
+        **TINY_MODEL,
+        "net": {**TINY_MODEL["net"], "class_conditional": False},
+        "train": {**TINY_MODEL["train"], "steps": 1, "checkpoint_every": 1},
+    }
+    train_stage.train(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
+    with pytest.raises(ValueError, match="class-conditional"):
+        sample_stage.run(str(tmp_path / "m" / "ckpt" / "step0000001.pt"), SPEC, str(tmp_path / "s.h5"), "cpu")
