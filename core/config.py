@@ -82,6 +82,11 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config key default_studies: study '{name}' is not defined under 'studies'")
     for study_name, study in config["studies"].items():
         where = ["studies", study_name]
+        if extractor_kind(config, study_name) == "inception" and not config["metrics"].get("inception_weights"):
+            raise ConfigError(
+                f"config key {_key([*where, 'evaluation', 'extractor'])}: 'inception' needs "
+                "metrics.inception_weights, the path of pt_inception-2015-12-05-6726825d.pth"
+            )
         if study["dataset"] not in config["datasets"]:
             raise ConfigError(
                 f"config key {_key([*where, 'dataset'])}: dataset '{study['dataset']}' is not defined under 'datasets'"
@@ -109,6 +114,14 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key {_key([*ewhere, 'guidance_scale'])}: guidance needs a class-conditional model, "
                     f"but model '{exp['model']}' has net.class_conditional false"
                 )
+    weights = config["metrics"].get("inception_weights")
+    used = any(extractor_kind(config, s) == "inception" for s in config["studies"])
+    if used and not Path(weights).is_file():
+        raise ConfigError(
+            f"config key metrics.inception_weights: {weights} does not exist. Put the FID Inception weights "
+            "pt_inception-2015-12-05-6726825d.pth there (SHA-256 6726825d…, 95,628,359 bytes; the file "
+            "pytorch-fid and torch-fidelity download), or set the key to null to use the dataset classifier"
+        )
     return config
 
 
@@ -149,6 +162,33 @@ def eval_steps(config: dict[str, Any], study: str, experiment: str) -> list[int]
     return steps if exp["checkpoints"] == "all" else steps[-1:]
 
 
+def extractor_kind(config: dict[str, Any], study: str) -> str:
+    """``inception`` or ``classifier``, resolving ``auto`` by whether Inception weights are configured."""
+    kind = config["studies"][study]["evaluation"]["extractor"]
+    if kind == "auto":
+        return "inception" if config["metrics"].get("inception_weights") else "classifier"
+    return kind
+
+
+def extractor_tag(config: dict[str, Any], study: str) -> str:
+    """The extractor as named in reference-statistics file names, e.g. ``inception-pytorch-fid``."""
+    kind = extractor_kind(config, study)
+    return f"inception-{config['metrics']['preprocessing']}" if kind == "inception" else "classifier"
+
+
+def extractor_spec(config: dict[str, Any], study: str) -> dict[str, Any]:
+    """What ``core.features.load_extractor`` needs for the study's extractor."""
+    if extractor_kind(config, study) == "inception":
+        m = config["metrics"]
+        return {
+            "kind": "inception",
+            "weights": m["inception_weights"],
+            "sha256": m["inception_sha256"],
+            "preprocessing": m["preprocessing"],
+        }
+    return {"kind": "classifier", "weights": classifier_path(config, config["studies"][study]["dataset"])}
+
+
 def classifier_spec(config: dict[str, Any], study: str) -> dict[str, Any]:
     return dict(config["studies"][study].get("evaluation", {}).get("classifier", {}))
 
@@ -170,7 +210,7 @@ def classifier_path(config: dict[str, Any], dataset: str) -> str:
 
 def reference_path(config: dict[str, Any], study: str) -> str:
     ev, dataset = config["studies"][study]["evaluation"], config["studies"][study]["dataset"]
-    name = f"{ev['reference_split']}-{ev['extractor']}-n{ev['reference_num']}.npz"
+    name = f"{ev['reference_split']}-{extractor_tag(config, study)}-n{ev['reference_num']}.npz"
     return f"{config['results_dir']}/refstats/{dataset}/{name}"
 
 

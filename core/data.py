@@ -62,8 +62,9 @@ def write_root_attrs(f: h5py.File, kind: str, image_size: int, class_names: list
 
 
 def expected_layout(split: str) -> str:
+    writer = "core.sample" if split == "samples" else "core.make_dataset"
     return (
-        f"an HDF5 file written by `python -m core.make_dataset` (layout {LAYOUT}) with "
+        f"an HDF5 file written by `python -m {writer}` (layout {LAYOUT}) with "
         f"/{split}/images uint8 (N, H, W, 3) and /{split}/labels int64 (N,)"
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 from core import data, metrics
 from core.features import load_extractor
 from core.provenance import provenance, write_json
-from core.reference_stats import load_reference
+from core.reference_stats import _device, load_reference
 
 
 def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, options: dict[str, Any]) -> dict:
@@ -35,7 +35,9 @@ def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: 
         if not f.attrs.get("complete", False):
             raise ValueError(f"{samples} is not a complete sample file (num_done={f.attrs.get('num_done')})")
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-        feats, logits = extractor.extract(f["samples/images"])
+        feats, logits = extractor.extract(
+            f["samples/images"], batch_size=int(options.get("batch_size", 200)), device=_device()
+        )
     n_gen, n_real = len(feats), len(ref["features"])
     mu, sigma = metrics.feature_statistics(feats)
     fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
@@ -45,7 +47,16 @@ def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: 
         ref["features"], feats, num_subsets=int(options.get("kid_subsets", 100)), subset_size=kid_size
     )
     precision, recall = metrics.precision_recall(ref["features"], feats, k=3)
-    tag = extractor.label["display"]
+    n_tag = f"{n_gen // 1000}k" if n_gen >= 1000 and n_gen % 1000 == 0 else str(n_gen)
+    fd_name, is_name, kid_name = (
+        ("FID", "IS", "KID")
+        if extractor.is_inception
+        else (
+            f"FD_{extractor.label['display']}",
+            f"IS_{extractor.label['display']}",
+            f"KID_{extractor.label['display']}",
+        )
+    )
     result = {
         "fid": fd,
         "is_mean": is_mean,
@@ -55,9 +66,9 @@ def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: 
         "precision": precision,
         "recall": recall,
         "label": {
-            "fid": f"FD_{tag}@{n_gen // 1000 if n_gen >= 1000 else n_gen}{'k' if n_gen >= 1000 else ''}",
-            "is": f"IS_{tag} ({options.get('is_splits', 10)} splits)",
-            "kid": f"KID_{tag} ({options.get('kid_subsets', 100)}×{kid_size})",
+            "fid": f"{fd_name}@{n_tag}",
+            "is": f"{is_name} ({options.get('is_splits', 10)} splits)",
+            "kid": f"{kid_name} ({options.get('kid_subsets', 100)}×{kid_size})",
         },
         "extractor": extractor.label,
         "n_generated": n_gen,

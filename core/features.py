@@ -1,15 +1,19 @@
 """One feature-extraction path for every metric: an extractor maps uint8 images to (features, logits).
 
 Extractors:
-- ``classifier``: the dataset's own small CNN (``core.classifier``), native resolution, x/127.5 − 1.
-  Its numbers are labelled e.g. "FD_clf" / "IS_clf", never "Inception FID".
+- ``inception``: the FID Inception-v3 (``core.inception``) with the community's weights, 299² input in the
+  configured preprocessing mode; its numbers are labelled "FID" / "IS".
+- ``classifier``: the dataset's own small CNN (``core.classifier``), native resolution, x/127.5 − 1, for
+  when no Inception weights are configured. Its numbers are labelled "FD_clf" / "IS_clf", never "FID".
 
 Every extractor carries a ``label`` dict (name, weights file and SHA-256, preprocessing, feature
-dimension) that is copied into each statistics and metrics file.
+dimension) that is copied into each statistics and metrics file. Extraction runs without gradients, in
+float32 with TF32 disabled, so metrics do not depend on the GPU's matmul precision settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,30 +28,38 @@ from core.provenance import file_sha256
 class Extractor:
     name: str
     model: torch.nn.Module
-    preprocessing: str
+    prepare: Callable[[np.ndarray], torch.Tensor]
     label: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def is_inception(self) -> bool:
+        return self.name == "inception"
+
     @torch.inference_mode()
-    def extract(self, images: Any, batch_size: int = 500, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    def extract(self, images: Any, batch_size: int = 200, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
         """Features and logits (float64) of uint8 NHWC images (an array or an h5py dataset)."""
         n = images.shape[0]
         if n == 0:
             raise ValueError("no images to extract features from")
-        first = images[:1]
+        first = np.asarray(images[:1])
         if first.dtype != np.uint8 or first.ndim != 4 or first.shape[-1] != 3:
             raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {first.dtype} {tuple(images.shape)}")
-        self.model.to(device).eval()
-        feats, logits = [], []
-        for i in range(0, n, batch_size):
-            x = data.to_model_range(np.asarray(images[i : i + batch_size])).to(device)
-            f, lg = self.model(x)
-            feats.append(f.double().cpu().numpy())
-            logits.append(lg.double().cpu().numpy())
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            self.model.to(device).eval()
+            feats, logits = [], []
+            for i in range(0, n, batch_size):
+                f, lg = self.model(self.prepare(np.asarray(images[i : i + batch_size])).to(device))
+                feats.append(f.double().cpu().numpy())
+                logits.append(lg.double().cpu().numpy())
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         return np.concatenate(feats), np.concatenate(logits)
 
 
 def load_extractor(spec: dict[str, Any]) -> Extractor:
-    """The extractor named by ``spec['kind']`` with its weights at ``spec['weights']``."""
+    """The extractor named by ``spec['kind']`` with its weights at ``spec['weights']`` (verified)."""
     kind = spec["kind"]
     if kind == "classifier":
         from core.classifier import load_classifier
@@ -62,5 +74,22 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
             "feature_dim": model.feature_dim,
             "classifier_val_accuracy": meta.get("val_accuracy"),
         }
-        return Extractor("classifier", model, label["preprocessing"], label)
-    raise ValueError(f"unknown extractor kind {kind!r} (known: classifier)")
+        return Extractor("classifier", model, data.to_model_range, label)
+    if kind == "inception":
+        from core import inception
+
+        sha = spec.get("sha256") or inception.INCEPTION_SHA256
+        mode = spec.get("preprocessing", "pytorch-fid")
+        if mode not in inception.PREPROCESSING_MODES:
+            raise ValueError(f"metrics.preprocessing must be one of {inception.PREPROCESSING_MODES}, got {mode!r}")
+        model = inception.load_fid_inception(spec["weights"], sha)
+        label = {
+            "extractor": "inception-v3-fid",
+            "display": "",
+            "weights": str(spec["weights"]),
+            "weights_sha256": sha,
+            "preprocessing": mode,
+            "feature_dim": 2048,
+        }
+        return Extractor("inception", model, lambda x: inception.preprocess(torch.as_tensor(x), mode), label)
+    raise ValueError(f"unknown extractor kind {kind!r} (known: classifier, inception)")

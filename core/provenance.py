@@ -20,28 +20,23 @@ from typing import Any
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+
 def code_version() -> str:
-    """The git commit of the code (``+dirty`` when the work tree has changes), or ``unknown``."""
+    """The git commit of the code (``+dirty`` when core/, rules/ or the Snakefile have changes), or ``unknown``.
+
+    ``DIFFUSION_STUDY_CODE_VERSION`` overrides it (for installs without a git checkout).
+    """
     env = os.environ.get("DIFFUSION_STUDY_CODE_VERSION")
     if env:
         return env
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=_REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "core", "rules", "Snakefile"],
-            cwd=_REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "core", "rules", "Snakefile")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")

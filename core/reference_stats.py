@@ -15,20 +15,23 @@ import json
 from typing import Any
 
 import numpy as np
+import torch
 
 from core import data, metrics
 from core.features import load_extractor
 from core.provenance import atomic_path, provenance
 
 
-def reference_stats(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], out: str) -> None:
+def reference_stats(
+    data_path: str, split: str, num: int, extractor_spec: dict[str, Any], out: str, batch_size: int = 200
+) -> None:
     extractor = load_extractor(extractor_spec)
     with data.open_images(data_path, split) as f:
         available = f[f"{split}/images"].shape[0]
         n = available if num == 0 else num
         if n > available:
             raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
-        feats, logits = extractor.extract(f[f"{split}/images"][:n])
+        feats, logits = extractor.extract(f[f"{split}/images"][:n], batch_size=batch_size, device=_device())
         data_prov = json.loads(f.attrs.get("provenance", "{}"))
     mu, sigma = metrics.feature_statistics(feats)
     meta = provenance(
@@ -44,6 +47,10 @@ def reference_stats(data_path: str, split: str, num: int, extractor_spec: dict[s
     print(f"[reference_stats] {n} images of {data_path}:{split} -> {out}", flush=True)
 
 
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     with np.load(path) as z:
         arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
@@ -57,9 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", required=True)
     p.add_argument("--num", type=int, default=0)
     p.add_argument("--extractor", required=True, help="extractor spec as JSON: kind, weights")
+    p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    reference_stats(args.data, args.split, args.num, json.loads(args.extractor), args.out)
+    reference_stats(args.data, args.split, args.num, json.loads(args.extractor), args.out, args.batch_size)
 
 
 if __name__ == "__main__":

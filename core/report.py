@@ -107,6 +107,28 @@ def build_rows(study: dict[str, Any], per_exp: dict[str, list[dict[str, Any]]]) 
     return rows
 
 
+def provenance_note(m: dict[str, Any]) -> str:
+    """How the metric numbers were made, from one metrics file (extractor, weights, preprocessing, N)."""
+    ex = m["extractor"]
+    splits = m["label"]["is"].split("(")[-1].rstrip(")")
+    counts = f"{m['n_generated']} generated images against {m['n_real']} real `{m['reference']['split']}` images"
+    if ex["extractor"].startswith("inception"):
+        return (
+            "How these numbers were made: FID on the 2048-d pool features and IS on the 1008 logits (fc bias "
+            f"excluded) of the same TF-ported FID Inception-v3 (weights SHA-256 `{ex['weights_sha256'][:16]}…`), "
+            f"preprocessing `{ex['preprocessing']}`; {counts}; IS over {splits}. "
+        )
+    acc = ex.get("classifier_val_accuracy")
+    return (
+        "How these numbers were made: Fréchet distance and Inception-Score-style score on the features and "
+        f"softmax of the dataset's `classifier` extractor (weights SHA-256 `{ex['weights_sha256'][:16]}…`, "
+        f"preprocessing: {ex['preprocessing']}"
+        + (f", validation accuracy {acc:.3f}" if acc else "")
+        + f"); {counts}; IS over {splits}. These are not Inception FID/IS and are not comparable with "
+        "published numbers. "
+    )
+
+
 def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]], per_exp: dict[str, list[dict]]) -> str:
     any_m = next(iter(per_exp.values()))[0]
     fid_h, is_h = f"{any_m['label']['fid']} ↓", f"{any_m['label']['is']} ↑"
@@ -130,19 +152,8 @@ def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]], per_exp: d
                 f"| {r['name']} | {r['vae']} | {r['cfg']} | {r['backbone']} | {r['sampler']} | {r['step']} | "
                 f"{r['fid']:.2f} | {r['is_mean']:.2f} ± {r['is_std']:.2f} |\n"
             )
-    ex = any_m["extractor"]
+    out.write("\n" + provenance_note(any_m))
     out.write(
-        "\nHow these numbers were made: Fréchet distance and Inception-Score-style score on the features and "
-        f"softmax of the `{ex['extractor']}` extractor (weights SHA-256 `{ex['weights_sha256'][:16]}…`, "
-        f"preprocessing: {ex['preprocessing']}"
-        + (
-            f", classifier validation accuracy {ex['classifier_val_accuracy']:.3f}"
-            if ex.get("classifier_val_accuracy")
-            else ""
-        )
-        + f"); {any_m['n_generated']} generated images against {any_m['n_real']} real "
-        f"`{any_m['reference']['split']}` images; IS over {any_m['label']['is'].split('(')[-1].rstrip(')')}. "
-        "These are not Inception FID/IS and are not comparable with published numbers. "
         "Samples from the EMA weights; rows with several checkpoints report the best-FD checkpoint and the IS of "
         f"that same checkpoint. Report code version `{code_version()}`.\n"
     )

@@ -86,8 +86,8 @@ def render(rng: np.random.Generator, label: int, image_size: int) -> np.ndarray:
     # foreground: a palette colour, darkened on light backgrounds so the shape keeps its contrast
     fg_rgb = PALETTE[rng.integers(len(PALETTE))] * (0.55 if float(bg.mean()) > 170 else 1.0)
     fg = tuple(int(c) for c in fg_rgb)
-    r = rng.uniform(0.26, 0.36) * size
-    cx, cy = rng.uniform(0.5 * size - 0.12 * size, 0.5 * size + 0.12 * size, size=2)
+    r = rng.uniform(0.32, 0.42) * size
+    cx, cy = rng.uniform(0.5 * size - 0.08 * size, 0.5 * size + 0.08 * size, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     draw = ImageDraw.Draw(img)
     kind = CLASS_NAMES[label]

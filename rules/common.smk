@@ -26,7 +26,8 @@ wildcard_constraints:
 
 
 def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
+    """Parameters as JSON; key order is kept (the report lists experiments in config order)."""
+    return json.dumps(obj)
 
 
 def study_models(study):
@@ -80,10 +81,23 @@ def report_files(study):
 
 
 def extractor_spec(study):
-    dataset = config["studies"][study]["dataset"]
-    return {"kind": "classifier", "weights": cfg.classifier_path(config, dataset)}
+    return cfg.extractor_spec(config, study)
+
+
+def extractor_for_tag(dataset, tag):
+    """The extractor spec behind a reference-statistics file name (``classifier`` or ``inception-<mode>``)."""
+    if tag == "classifier":
+        return {"kind": "classifier", "weights": cfg.classifier_path(config, dataset)}
+    m = config["metrics"]
+    return {
+        "kind": "inception",
+        "weights": m["inception_weights"],
+        "sha256": m["inception_sha256"],
+        "preprocessing": tag.removeprefix("inception-"),
+    }
 
 
 def evaluation_options(study):
     ev = config["studies"][study]["evaluation"]
-    return {k: ev[k] for k in ("is_splits", "kid_subsets", "kid_subset_size")}
+    opts = {k: ev[k] for k in ("is_splits", "kid_subsets", "kid_subset_size")}
+    return {**opts, "batch_size": config["metrics"]["batch_size"]}

@@ -30,15 +30,16 @@ rule train_classifier:
 rule reference_stats:
     input:
         data=f"{R}/data/{{dataset}}.h5",
-        weights=f"{R}/extractors/{{dataset}}-classifier.pt",
+        weights=lambda w: extractor_for_tag(w.dataset, w.extractor)["weights"],
     output:
-        f"{R}/refstats/{{dataset}}/{{split}}-classifier-n{{num}}.npz",
+        f"{R}/refstats/{{dataset}}/{{split}}-{{extractor}}-n{{num}}.npz",
     log:
-        f"{R}/logs/reference_stats/{{dataset}}/{{split}}-classifier-n{{num}}.log",
+        f"{R}/logs/reference_stats/{{dataset}}/{{split}}-{{extractor}}-n{{num}}.log",
     benchmark:
-        f"{R}/benchmarks/reference_stats/{{dataset}}/{{split}}-classifier-n{{num}}.tsv"
+        f"{R}/benchmarks/reference_stats/{{dataset}}/{{split}}-{{extractor}}-n{{num}}.tsv"
     wildcard_constraints:
         split="train|val",
+        extractor="classifier|inception-pytorch-fid|inception-tf",
         num=r"\d+",
     conda:
         "../envs/environment.yaml"
@@ -46,12 +47,11 @@ rule reference_stats:
         mem_mb=4000,
         runtime=60,
     params:
-        extractor=lambda w, input: as_json(
-            {"kind": "classifier", "weights": input.weights}
-        ),
+        extractor=lambda w: as_json(extractor_for_tag(w.dataset, w.extractor)),
+        batch_size=config["metrics"]["batch_size"],
     shell:
         "python -m core.reference_stats --data {input.data} --split {wildcards.split} --num {wildcards.num}"
-        " --extractor {params.extractor:q} --out {output} > {log} 2>&1"
+        " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
 
 
 rule evaluate:

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from core import config as cfg
+from core import inception
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -19,7 +20,8 @@ def test_shipped_config_is_valid_and_resolves():
     assert spec["net"]["class_conditional"] is True and spec["train"]["label_dropout"] == 0.1
     assert spec["net"]["base_channels"] == c["studies"]["demo-a"]["defaults"]["model"]["net"]["base_channels"]
     exp = cfg.experiment_spec(c, "demo-a", "DDIM-CFG")
-    assert exp["guidance_scale"] == 2.0 and exp["num_samples"] > 0
+    assert exp["guidance_scale"] == BASE["studies"]["demo-a"]["experiments"]["DDIM-CFG"]["guidance_scale"] > 1
+    assert exp["num_samples"] > 0
     assert c["studies"]["demo-a"]["evaluation"]["is_splits"] == 10
 
 
@@ -65,3 +67,28 @@ def test_eval_steps_all_and_final():
         cfg.model_spec(c, "demo-b", "baseline")["train"]
     )
     assert len(cfg.eval_steps(c, "demo-a", "DDPM")) == 1
+
+
+def test_extractor_is_classifier_without_weights_and_inception_with_them(tmp_path):
+    c = cfg.validate(fresh())
+    assert cfg.extractor_kind(c, "demo-a") == "classifier"
+    assert cfg.reference_path(c, "demo-a").endswith("val-classifier-n1000.npz")
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"x")
+    c = fresh()
+    c["metrics"] = {"inception_weights": str(weights), "preprocessing": "tf"}
+    c = cfg.validate(c)
+    assert cfg.extractor_kind(c, "demo-a") == "inception"
+    assert cfg.reference_path(c, "demo-a").endswith("val-inception-tf-n1000.npz")
+    assert cfg.extractor_spec(c, "demo-a")["sha256"] == inception.INCEPTION_SHA256
+
+
+def test_missing_inception_weights_are_named_at_planning_time(tmp_path):
+    c = fresh()
+    c["metrics"] = {"inception_weights": str(tmp_path / "nowhere.pth")}
+    with pytest.raises(cfg.ConfigError, match=r"metrics\.inception_weights: .*nowhere\.pth does not exist"):
+        cfg.validate(c)
+    c = fresh()
+    c["studies"]["demo-a"]["evaluation"]["extractor"] = "inception"
+    with pytest.raises(cfg.ConfigError, match=r"needs metrics\.inception_weights"):
+        cfg.validate(c)

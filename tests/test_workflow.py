@@ -30,7 +30,7 @@ def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def tiny_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("wf") / "results"
     target = f"{results}/tiny/report/table.md"
-    snakemake("--config", f"results_dir={results}", target)
+    snakemake(target, "--config", f"results_dir={results}")
     return results
 
 
@@ -55,13 +55,17 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
         assert f.attrs["checkpoint_step"] == 10 and f["samples/images"].shape == (32, 8, 8, 3)
         assert list(f["samples/labels"][:6]) == [0, 1, 2, 3, 4, 0]
         assert f["trajectory/images"].shape[:2] == (2, 5)
+    # the real images' statistics are computed once and reused by all three evaluations
+    assert len(list((tiny_run / "benchmarks" / "reference_stats").rglob("*.tsv"))) == 1
+    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 3
+    assert m["reference"]["path"].endswith("val-classifier-n0.npz")
     for rule in ("train", "sample", "evaluate", "report"):
         assert any((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
         assert any((tiny_run / "logs" / rule).rglob("*.log")), rule
 
 
 def test_rerun_has_nothing_to_do(tiny_run):
-    proc = snakemake("-n", "--config", f"results_dir={tiny_run}", f"{tiny_run}/tiny/report/table.md")
+    proc = snakemake("-n", f"{tiny_run}/tiny/report/table.md", "--config", f"results_dir={tiny_run}")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
