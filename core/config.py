@@ -104,6 +104,14 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"{_key([*where, 'models'])}"
                 )
             model = model_spec(config, study_name, exp["model"])
+            ev = study["evaluation"]
+            n_real = ev["reference_num"] or config["datasets"][study["dataset"]]["splits"][ev["reference_split"]]
+            if exp["num_samples"] < ev["is_splits"] or ev["kid_subset_size"] > min(exp["num_samples"], n_real):
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'num_samples'])}: {exp['num_samples']} samples (and {n_real} real "
+                    f"images) cannot support evaluation.is_splits = {ev['is_splits']} and "
+                    f"evaluation.kid_subset_size = {ev['kid_subset_size']} of study '{study_name}'"
+                )
             if exp["sampler"]["steps"] > model["diffusion"]["timesteps"]:
                 raise ConfigError(
                     f"config key {_key([*ewhere, 'sampler', 'steps'])}: {exp['sampler']['steps']} steps exceed the "

@@ -23,6 +23,18 @@ from core.provenance import provenance, write_json
 from core.reference_stats import _device, load_reference
 
 
+def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
+    """Fail before feature extraction when the sample counts cannot support the configured metrics."""
+    splits, kid = int(options.get("is_splits", 10)), int(options.get("kid_subset_size", 1000))
+    if n_gen < splits:
+        raise ValueError(f"{n_gen} generated images are fewer than evaluation.is_splits = {splits}")
+    if kid > min(n_gen, n_real):
+        raise ValueError(
+            f"evaluation.kid_subset_size = {kid} exceeds the generated ({n_gen}) or real ({n_real}) images; "
+            "lower it or draw more samples (num_samples)"
+        )
+
+
 def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, options: dict[str, Any]) -> dict:
     ref, ref_meta = load_reference(reference)
     extractor = load_extractor(extractor_spec)
@@ -34,6 +46,7 @@ def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: 
     with data.open_images(samples, "samples") as f:
         if not f.attrs.get("complete", False):
             raise ValueError(f"{samples} is not a complete sample file (num_done={f.attrs.get('num_done')})")
+        check_counts(f["samples/images"].shape[0], len(ref["features"]), options)
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         feats, logits = extractor.extract(
             f["samples/images"], batch_size=int(options.get("batch_size", 200)), device=_device()
@@ -42,7 +55,7 @@ def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: 
     mu, sigma = metrics.feature_statistics(feats)
     fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     is_mean, is_std = metrics.inception_score(logits, splits=int(options.get("is_splits", 10)))
-    kid_size = min(int(options.get("kid_subset_size", 1000)), n_gen, n_real)
+    kid_size = int(options.get("kid_subset_size", 1000))
     kid_mean, kid_std = metrics.kernel_inception_distance(
         ref["features"], feats, num_subsets=int(options.get("kid_subsets", 100)), subset_size=kid_size
     )

@@ -237,9 +237,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                 fh.flush()
                 save(latest)
                 if step in keep_steps:
-                    target = state_dir / checkpoint_name(step)
-                    target.unlink(missing_ok=True)
-                    os.link(latest, target)
+                    link_or_copy(latest, state_dir / checkpoint_name(step))
             if preempt.signal is not None:
                 fh.flush()
                 save(latest)
@@ -253,13 +251,22 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     print(f"[train] done in {time.time() - t_start:.1f}s", flush=True)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (a copy where the filesystem has no hard links), replacing ``dst``."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def publish(out: Path, keep_steps: list[int]) -> None:
     """Hard-link the finished run's checkpoints and log to the paths the workflow declares."""
     (out / "ckpt").mkdir(exist_ok=True)
     for s in keep_steps:
-        src, dst = out / "state" / checkpoint_name(s), out / "ckpt" / checkpoint_name(s)
-        dst.unlink(missing_ok=True)
-        os.link(src, dst)
+        link_or_copy(out / "state" / checkpoint_name(s), out / "ckpt" / checkpoint_name(s))
     shutil.copyfile(out / "state" / "train_log.csv", out / "train_log.csv.tmp")
     os.replace(out / "train_log.csv.tmp", out / "train_log.csv")
 

@@ -92,3 +92,10 @@ def test_missing_inception_weights_are_named_at_planning_time(tmp_path):
     c["studies"]["demo-a"]["evaluation"]["extractor"] = "inception"
     with pytest.raises(cfg.ConfigError, match=r"needs metrics\.inception_weights"):
         cfg.validate(c)
+
+
+def test_sample_counts_must_support_the_metrics():
+    c = fresh()
+    c["studies"]["demo-a"]["evaluation"]["kid_subset_size"] = 5000
+    with pytest.raises(cfg.ConfigError, match=r"experiments\.\w+.*num_samples.*kid_subset_size = 5000"):
+        cfg.validate(c)

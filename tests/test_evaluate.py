@@ -79,3 +79,18 @@ def test_incomplete_sample_file_is_refused(tiny_dataset, inception_spec, tmp_pat
         f.attrs["complete"] = False
     with pytest.raises(ValueError, match="not a complete sample file"):
         evaluate(str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), {"is_splits": 2})
+
+
+def test_counts_that_cannot_support_the_metrics_fail_before_extraction(tiny_dataset, inception_spec, tmp_path):
+    ref = tmp_path / "ref.npz"
+    reference_stats(str(tiny_dataset), "val", 8, inception_spec, str(ref), batch_size=8)
+    samples = tmp_path / "s.h5"
+    write_samples(samples, np.zeros((8, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"evaluation\.kid_subset_size = 50"):
+        evaluate(
+            str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), {"is_splits": 2, "kid_subset_size": 50}
+        )
+    with pytest.raises(ValueError, match=r"evaluation\.is_splits = 10"):
+        evaluate(
+            str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), {"is_splits": 10, "kid_subset_size": 4}
+        )
