@@ -42,6 +42,20 @@ def experiment_model(study, experiment):
     return cfg.experiment_spec(config, study, experiment)["model"]
 
 
+def checkpoint_dir(wildcards):
+    """The checkpoint directory a sample file needs; a step the model never saves is a planning-time error."""
+    model = experiment_model(wildcards.study, wildcards.experiment)
+    steps = cfg.checkpoint_steps(
+        cfg.model_spec(config, wildcards.study, model)["train"]
+    )
+    if int(wildcards.step.removeprefix("step")) not in steps:
+        raise WorkflowError(
+            f"{wildcards.study}/{wildcards.experiment}: model '{model}' saves checkpoints only at steps {steps} "
+            f"(train.checkpoint_every and train.steps), not at {wildcards.step}"
+        )
+    return f"{cfg.model_dir(config, wildcards.study, model)}/ckpt"
+
+
 def study_metrics(study):
     return [
         cfg.metrics_path(config, study, e, s)

@@ -1,6 +1,6 @@
 rule sample:
     input:
-        ckpt=lambda w: f"{cfg.model_dir(config, w.study, experiment_model(w.study, w.experiment))}/ckpt",
+        ckpt=checkpoint_dir,
     output:
         f"{R}/{{study}}/samples/{{experiment}}/{{step}}.h5",
     log:

@@ -80,3 +80,13 @@ def test_bad_config_fails_before_any_job_and_names_the_key(tmp_path):
     assert "studies.tiny.defaults.model.train" in proc.stdout + proc.stderr
     assert "learning_rate" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_target_at_a_step_without_checkpoint_is_refused_at_planning_time(tmp_path):
+    results = tmp_path / "results"
+    proc = snakemake(
+        "-n", f"{results}/tiny/samples/DDIM/step0000015.h5", "--config", f"results_dir={results}", check=False
+    )
+    assert proc.returncode != 0
+    assert "saves checkpoints only at steps [10, 20]" in proc.stdout + proc.stderr
+    assert not results.exists()
