@@ -26,7 +26,13 @@ def build_model(spec: dict[str, Any], image_size: int, in_channels: int = 3, num
 
         net.pop("class_conditional", None)
         return UNet(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **net)
-    raise ValueError(f"unknown backbone {backbone!r} (known: unet)")
+    if backbone == "dit":
+        from core.dit import build_dit
+
+        net.pop("class_conditional", None)
+        zoo = net.pop("config", None)
+        return build_dit(zoo or net, image_size, in_channels, num_classes, **({} if zoo is None else net))
+    raise ValueError(f"unknown backbone {backbone!r} (known: unet, dit)")
 
 
 class EMA:

@@ -99,3 +99,12 @@ def test_sample_counts_must_support_the_metrics():
     c["studies"]["demo-a"]["evaluation"]["kid_subset_size"] = 5000
     with pytest.raises(cfg.ConfigError, match=r"experiments\.\w+.*num_samples.*kid_subset_size = 5000"):
         cfg.validate(c)
+
+
+def test_dit_models_need_a_zoo_name_or_their_sizes():
+    c = fresh()
+    c["studies"]["demo-a"]["models"]["dit"] = {"backbone": "dit", "net": {"config": "ref-8", "class_conditional": True}}
+    cfg.validate(copy.deepcopy(c))
+    c["studies"]["demo-a"]["models"]["dit"]["net"] = {"patch_size": 2, "class_conditional": True}
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.models\.dit"):
+        cfg.validate(c)
