@@ -94,6 +94,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         for model_name in study["models"]:
             spec = _merged_model(config, study_name, model_name)
             _check(spec, {**defs, "$ref": "#/$defs/model_complete"}, [*where, "models", model_name])
+            _check_net(study_name, model_name, spec)
+            _check_space(config, study_name, model_name, spec)
         for exp_name in study["experiments"]:
             exp = _merged_experiment(config, study_name, exp_name)
             ewhere = [*where, "experiments", exp_name]
@@ -117,6 +119,12 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key {_key([*ewhere, 'sampler', 'steps'])}: {exp['sampler']['steps']} steps exceed the "
                     f"model's diffusion.timesteps = {model['diffusion']['timesteps']}"
                 )
+            if model["space"] == "latent" and exp["sampler"].get("clip_denoised", False):
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'sampler', 'clip_denoised'])}: model '{exp['model']}' is a latent "
+                    "model; latents are not bounded by ±1 and clipping them truncates the distribution (the "
+                    "reference study's bug). Remove the key or set it to false"
+                )
             if exp.get("guidance_scale", 1.0) != 1.0 and not model["net"].get("class_conditional", False):
                 raise ConfigError(
                     f"config key {_key([*ewhere, 'guidance_scale'])}: guidance needs a class-conditional model, "
@@ -133,6 +141,52 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+UNET_NET_KEYS = {"base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout", "norm_groups"}
+DIT_NET_KEYS = {"config", "patch_size", "hidden_size", "depth", "mlp_ratio"}
+
+
+def _check_net(study: str, model: str, spec: dict[str, Any]) -> None:
+    """A net names only options of its backbone (UNet and DiT share num_heads and class_conditional)."""
+    foreign = DIT_NET_KEYS if spec["backbone"] == "unet" else UNET_NET_KEYS
+    wrong = sorted(foreign & set(spec["net"]))
+    if wrong:
+        other = "DiT" if spec["backbone"] == "unet" else "UNet"
+        raise ConfigError(
+            f"config key {_key(['studies', study, 'models', model, 'net', wrong[0]])}: {wrong} are {other} options, "
+            f"but the model's backbone is {spec['backbone']} (check the study's defaults.model.net too)"
+        )
+
+
+def _check_space(config: dict[str, Any], study: str, model: str, spec: dict[str, Any]) -> None:
+    """A latent model names an autoencoder trained on the study's dataset; a pixel model names none."""
+    where = ["studies", study, "models", model]
+    name = spec.get("autoencoder")
+    if spec.get("space", "pixel") == "pixel":
+        if name is not None:
+            raise ConfigError(f"config key {_key([*where, 'autoencoder'])}: only latent models (space: latent) use one")
+        return
+    if name is None:
+        raise ConfigError(f"config key {_key([*where, 'autoencoder'])}: a latent model needs an autoencoder")
+    if name not in config.get("autoencoders", {}):
+        raise ConfigError(
+            f"config key {_key([*where, 'autoencoder'])}: autoencoder '{name}' is not defined under 'autoencoders'"
+        )
+    ae, dataset = config["autoencoders"][name], config["studies"][study]["dataset"]
+    if ae["dataset"] != dataset:
+        raise ConfigError(
+            f"config key autoencoders.{name}.dataset: '{ae['dataset']}' differs from the dataset '{dataset}' of "
+            f"study '{study}', whose model '{model}' uses it"
+        )
+    if ae["dataset"] not in config["datasets"]:
+        raise ConfigError(f"config key autoencoders.{name}.dataset: dataset '{ae['dataset']}' is not defined")
+    factor, size = 2 ** (len(ae["net"]["ch_mult"]) - 1), config["datasets"][ae["dataset"]]["image_size"]
+    if size % factor:
+        raise ConfigError(
+            f"config key autoencoders.{name}.net.ch_mult: downsampling factor {factor} does not divide the "
+            f"image size {size} of dataset '{ae['dataset']}'"
+        )
+
+
 def _merged_model(config: dict[str, Any], study: str, model: str) -> dict[str, Any]:
     s = config["studies"][study]
     return deep_merge(s.get("defaults", {}).get("model", {}), s["models"][model])
@@ -142,7 +196,14 @@ def model_spec(config: dict[str, Any], study: str, model: str) -> dict[str, Any]
     """The training spec of a model (what ``core.train`` needs), with its name and study."""
     spec = _merged_model(config, study, model)
     spec.setdefault("space", "pixel")
+    spec.pop("resources", None)  # where it runs is not what it is: see train_resources
     return {"name": model, "study": study, **spec}
+
+
+def train_resources(config: dict[str, Any], study: str, model: str) -> dict[str, int]:
+    """GPUs per node and nodes of a model's training job (data-parallel when more than one GPU in all)."""
+    res = _merged_model(config, study, model).get("resources", {})
+    return {"gpus": int(res.get("gpus", 1)), "nodes": int(res.get("nodes", 1))}
 
 
 def _merged_experiment(config: dict[str, Any], study: str, experiment: str) -> dict[str, Any]:
@@ -155,6 +216,8 @@ def experiment_spec(config: dict[str, Any], study: str, experiment: str) -> dict
     exp = _merged_experiment(config, study, experiment)
     exp.setdefault("guidance_scale", 1.0)
     exp.setdefault("checkpoints", "final")
+    if model_spec(config, study, exp["model"])["space"] == "latent":  # latents are never clipped to ±1
+        exp["sampler"] = {**exp["sampler"], "clip_denoised": False}
     return {"experiment": experiment, "study": study, **exp}
 
 
@@ -232,6 +295,29 @@ def sample_path(config: dict[str, Any], study: str, experiment: str, step: int) 
 
 def metrics_path(config: dict[str, Any], study: str, experiment: str, step: int) -> str:
     return f"{config['results_dir']}/{study}/metrics/{experiment}/{step_tag(step)}.json"
+
+
+def autoencoder_path(config: dict[str, Any], name: str) -> str:
+    return f"{config['results_dir']}/autoencoders/{name}/vae.pt"
+
+
+def latent_path(config: dict[str, Any], name: str) -> str:
+    """The latent cache of an autoencoder's dataset."""
+    return f"{config['results_dir']}/latents/{name}.h5"
+
+
+def train_data_path(config: dict[str, Any], study: str, model: str) -> str:
+    """What a model trains on: the study's dataset, or its latent cache for a latent model."""
+    spec = model_spec(config, study, model)
+    if spec["space"] == "latent":
+        return latent_path(config, spec["autoencoder"])
+    return dataset_path(config, config["studies"][study]["dataset"])
+
+
+def study_autoencoders(config: dict[str, Any], study: str) -> list[str]:
+    """The autoencoders the study's latent models use, in config order."""
+    names = [model_spec(config, study, m).get("autoencoder") for m in config["studies"][study]["models"]]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def report_dir(config: dict[str, Any], study: str) -> str:

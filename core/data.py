@@ -8,7 +8,12 @@ Layout (``LAYOUT``)::
     /<split>/labels   int64 (N,)  (-1 where a sample has no label)
 
 Datasets hold ``train`` and ``val`` splits; a sample file holds one split named ``samples`` and, optionally,
-a ``/trajectory`` group. Chunks of ~1 MiB (e.g. 21 images at 128², 341 at 32²) keep random batches cheap:
+a ``/trajectory`` group.
+
+The latent cache of a dataset (``LATENT_LAYOUT``, written by ``core.encode``) has the same splits with
+``/<split>/moments`` float32 (N, 2·C, h, w), the mean and log-variance of the autoencoder's posterior q(z|x)
+(unscaled), beside the same ``labels``; its root attrs add ``latent_shape``, ``scale_factor`` and the
+autoencoder's path and SHA-256. Chunks of ~1 MiB (e.g. 21 images at 128², 341 at 32²) keep random batches cheap:
 the loader reads whole chunks in a shuffled order into a shuffle buffer rather than scattered rows.
 """
 
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 LAYOUT = "diffusion-study/images-v1"
+LATENT_LAYOUT = "diffusion-study/latents-v1"
 CHUNK_BYTES = 1 << 20
 
 
@@ -94,6 +100,42 @@ def open_images(path: str | os.PathLike[str], split: str) -> h5py.File:
     return f
 
 
+def open_latents(path: str | os.PathLike[str], split: str) -> h5py.File:
+    """Open a latent cache read-only and check it has ``split`` in the expected layout."""
+    path = Path(path)
+    expected = (
+        f"an HDF5 file written by `python -m core.encode` (layout {LATENT_LAYOUT}) with /{split}/moments "
+        f"float32 (N, 2·C, h, w) and /{split}/labels int64 (N,)"
+    )
+    if not path.is_file():
+        raise FileNotFoundError(f"latent file {path} does not exist; expected {expected}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise OSError(f"cannot read {path} as HDF5 ({err}); expected {expected}") from err
+    moments, labels = f.get(f"{split}/moments"), f.get(f"{split}/labels")
+    ok = (
+        f.attrs.get("layout") == LATENT_LAYOUT
+        and moments is not None
+        and labels is not None
+        and moments.dtype == np.float32
+        and moments.ndim == 4
+        and moments.shape[1] % 2 == 0
+        and labels.shape == (moments.shape[0],)
+    )
+    if not ok:
+        f.close()
+        raise ValueError(f"{path} lacks a valid split '{split}'; expected {expected}")
+    return f
+
+
+def open_split(path: str | os.PathLike[str], split: str, key: str = "images") -> h5py.File:
+    """``open_images`` for ``key == "images"``, ``open_latents`` for ``key == "moments"``."""
+    if key not in ("images", "moments"):
+        raise ValueError(f"unknown row dataset {key!r} (images or moments)")
+    return open_images(path, split) if key == "images" else open_latents(path, split)
+
+
 def class_names(f: h5py.File) -> list[str]:
     return list(json.loads(f.attrs.get("class_names", "[]")))
 
@@ -120,6 +162,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class ImageBatches:
     """Endless random batches from one split, reproducible from a ``torch.Generator``.
 
+    Rows are ``/<split>/images`` of an image file, or ``/<split>/moments`` of a latent cache (``key``).
+
     Splits that fit in ``max_memory_bytes`` are read once into memory and batches are drawn from a
     permutation per epoch. Larger splits are streamed: chunks are visited in a shuffled order, ``buffer_chunks``
     at a time, and rows are shuffled within that buffer. The position in the stream is part of
@@ -134,15 +178,16 @@ class ImageBatches:
         generator: torch.Generator,
         max_memory_bytes: int = 8 << 30,
         buffer_chunks: int = 64,
+        key: str = "images",
     ) -> None:
         self.path, self.split, self.batch_size, self.generator = Path(path), split, batch_size, generator
-        self.file = open_images(path, split)
-        self.images_ds = self.file[f"{split}/images"]
+        self.file = open_split(path, split, key)
+        self.images_ds = self.file[f"{split}/{key}"]
         self.labels_ds = self.file[f"{split}/labels"]
         self.num_images = self.images_ds.shape[0]
         if self.num_images < batch_size:
             raise ValueError(f"split '{split}' of {path} has {self.num_images} images, fewer than batch {batch_size}")
-        self.in_memory = self.images_ds.size <= max_memory_bytes
+        self.in_memory = self.images_ds.size * self.images_ds.dtype.itemsize <= max_memory_bytes
         if self.in_memory:
             self.images = self.images_ds[:]
             self.labels = self.labels_ds[:]
@@ -170,7 +215,9 @@ class ImageBatches:
         self.epoch += 1
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch as uint8 NHWC images and int64 labels (batches never straddle epochs)."""
+        """The next batch of rows (uint8 NHWC images or float32 moments) and int64 labels.
+
+        Batches never straddle epochs."""
         if self.pos + self.batch_size > len(self.order):
             self._new_epoch()
         idx = self.order[self.pos : self.pos + self.batch_size].numpy()

@@ -79,8 +79,13 @@ class GaussianDiffusion:
         x0: torch.Tensor,
         y: torch.Tensor | None,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ε-prediction MSE with t ~ U{0, …, T−1} (Ho et al. 2020, L_simple)."""
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        """ε-prediction MSE with t ~ U{0, …, T−1} (Ho et al. 2020, L_simple); ``t`` and ``noise`` are drawn
+        from ``generator`` (in that order) unless given."""
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
         return F.mse_loss(model(self.q_sample(x0, t, noise), t, y), noise)

@@ -90,3 +90,22 @@ def load_denoiser(path: str | os.PathLike[str], use_ema: bool = True, device: st
     model = build_model(meta["spec"], meta["image_size"], meta["in_channels"], meta["num_classes"])
     model.load_state_dict(ckpt["ema"]["model"] if use_ema else ckpt["model"])
     return model.to(device).eval(), {**meta, "step": ckpt["step"]}
+
+
+def build_autoencoder(net: dict[str, Any], image_size: int) -> nn.Module:
+    """The KL autoencoder (``core.vae.AutoencoderKL``) with the options of an ``autoencoders`` config entry."""
+    from core.vae import AutoencoderKL
+
+    return AutoencoderKL(resolution=image_size, **net)
+
+
+def load_autoencoder(path: str | os.PathLike[str], device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The autoencoder of a ``vae.pt`` written by ``core.autoencoder``, in eval mode, and its ``meta``
+    (net, image size, latent shape, ``scale_factor``, provenance)."""
+    ckpt = load_checkpoint(path, map_location=device)
+    if "scale_factor" not in ckpt.get("meta", {}):
+        raise ValueError(f"{path} is not an autoencoder file written by `python -m core.autoencoder train`")
+    meta = ckpt["meta"]
+    vae = build_autoencoder(meta["net"], int(meta["image_size"]))
+    vae.load_state_dict(ckpt["model"])
+    return vae.to(device).eval().requires_grad_(False), meta

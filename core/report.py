@@ -83,11 +83,11 @@ def build_rows(study: dict[str, Any], per_exp: dict[str, list[dict[str, Any]]]) 
         rows.append(
             {
                 "name": name,
-                "vae": "yes" if model.get("space") == "latent" else "no",
+                "vae": f"yes ({model['autoencoder']})" if model.get("space") == "latent" else "no",
                 "cfg": f"w={exp['guidance_scale']:g}" if model["net"].get("class_conditional") else "no",
                 "backbone": model.get("label", model["backbone"].upper() if model["backbone"] == "dit" else "UNet"),
                 "sampler": sampler,
-                "width": model["net"]["base_channels"],
+                "width": model["net"].get("base_channels", model["net"].get("hidden_size", "")),
                 "lr": model["train"]["lr"],
                 "hflip": "yes" if model["train"].get("hflip") else "no",
                 "step": best["samples"]["checkpoint_step"],
@@ -127,6 +127,31 @@ def provenance_note(m: dict[str, Any]) -> str:
         + f"); {counts}; IS over {splits}. These are not Inception FID/IS and are not comparable with "
         "published numbers. "
     )
+
+
+def autoencoder_table(files: list[str]) -> str:
+    """The autoencoders behind the latent rows: size, latents, scale factor and reconstruction quality."""
+    if not files:
+        return ""
+    out = io.StringIO()
+    entries = [json.loads(Path(f).read_text()) for f in files]
+    fd_h = entries[0]["label"]["fid"]
+    out.write("\n## Autoencoders of the latent rows\n\n")
+    out.write(f"| autoencoder | source | parameters | f | latent | scale factor | PSNR (dB) ↑ | {fd_h} ↓ |\n")
+    out.write("|---|---|---|---|---|---|---|---|\n")
+    for e, f in zip(entries, files, strict=True):
+        latent = "×".join(map(str, e["latent_shape"]))
+        out.write(
+            f"| [{e['name']}](../autoencoders/{Path(f).with_suffix('.png').name}) | {e['source']} | "
+            f"{e['num_parameters'] / 1e6:.2f}M | "
+            f"{e['downsampling_factor']} | {latent} | {e['scale_factor']:.4f} | {e['psnr_db']:.2f} | {e['fid']:.2f} |\n"
+        )
+    out.write(
+        f"\nReconstructions of the first {entries[0]['n_images']} `{entries[0]['split']}` images (decoder of the "
+        "posterior mean, rounded to uint8) against the same images' reference statistics; PSNR over uint8 pixels, "
+        "mean over images. The scale factor is 1/std of posterior samples of training images.\n"
+    )
+    return out.getvalue()
 
 
 def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]], per_exp: dict[str, list[dict]]) -> str:
@@ -319,14 +344,21 @@ def plot_curves(path: Path, per_exp: dict[str, list[dict[str, Any]]]) -> None:
     save_figure(fig, path)
 
 
-def report(study: dict[str, Any], metrics: list[str], samples: list[str], train_logs: list[str], out_dir: str) -> None:
+def report(
+    study: dict[str, Any],
+    metrics: list[str],
+    samples: list[str],
+    train_logs: list[str],
+    out_dir: str,
+    autoencoders: list[str] | None = None,
+) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_exp = collect(metrics)
     if not per_exp:
         raise ValueError("no metrics files given: nothing to report")
     rows = build_rows(study, per_exp)
-    write_text(out / "table.md", markdown_table(study, rows, per_exp))
+    write_text(out / "table.md", markdown_table(study, rows, per_exp) + autoencoder_table(autoencoders or []))
     write_csv(out / "table.csv", per_exp)
     plot_fid_is(out / "fid_is.png", rows)
     plot_losses(out / "loss.png", train_logs)
@@ -342,9 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--train-logs", nargs="+", required=True)
+    p.add_argument("--autoencoders", nargs="*", default=[], help="evaluate_autoencoder JSON files")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
-    report(json.loads(args.study), args.metrics, args.samples, args.train_logs, args.out_dir)
+    report(json.loads(args.study), args.metrics, args.samples, args.train_logs, args.out_dir, args.autoencoders)
 
 
 if __name__ == "__main__":

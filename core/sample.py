@@ -7,6 +7,8 @@ Samples are written batch by batch into ``<out>.partial``; the root attribute ``
 after a batch is on disk. A rerun with the same spec continues from ``num_done``; each batch draws from its
 own generator seeded by (seed, batch index), so a resumed file equals an uninterrupted one. Only a complete
 file is renamed to ``<out>``. Conditional models get class-balanced labels (i mod num_classes).
+Latent models sample latents (never clipped) and the autoencoder given by ``--autoencoder`` (checked against
+the SHA-256 the model recorded) decodes z / scale_factor to pixels before anything is written.
 The first ``trajectory_images`` images are also stored at ``trajectory_points`` timesteps in
 ``/trajectory/images`` (K, P, H, W, 3) with ``/trajectory/timesteps`` (−1 marks the final x₀).
 """
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,8 @@ import torch
 
 from core import data
 from core.diffusion import GaussianDiffusion
-from core.models import load_denoiser
-from core.provenance import code_version, spec_hash
+from core.models import load_autoencoder, load_denoiser
+from core.provenance import code_version, file_sha256, spec_hash
 from core.sampling import SamplerSpec, sample
 
 
@@ -35,7 +38,40 @@ def sampler_spec(spec: dict[str, Any]) -> SamplerSpec:
     return SamplerSpec(**spec["sampler"])
 
 
-def run(checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "auto") -> None:
+def _decoder(
+    checkpoint: str, latent: dict[str, Any] | None, autoencoder: str | None, sspec: SamplerSpec, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Identity for pixel models; for latent models, the checked autoencoder's decoder of z / scale_factor."""
+    if latent is None:
+        if autoencoder:
+            raise ValueError(f"{checkpoint} is a pixel-space model; do not pass --autoencoder")
+        return lambda x: x
+    if sspec.clip_denoised:
+        raise ValueError(
+            f"{checkpoint} is a latent model: sampler.clip_denoised must be false (latents are not bounded by ±1; "
+            "clipping them truncates the distribution)"
+        )
+    if not autoencoder:
+        raise ValueError(f"{checkpoint} is a latent model; pass --autoencoder (trained on {latent['autoencoder']})")
+    digest = file_sha256(autoencoder)
+    if digest != latent["autoencoder_sha256"]:
+        raise ValueError(
+            f"autoencoder {autoencoder} has SHA-256 {digest[:12]}…, but {checkpoint} was trained on latents of "
+            f"{latent['autoencoder']} ({latent['autoencoder_sha256'][:12]}…); retrain the model or use that file"
+        )
+    vae, _ = load_autoencoder(autoencoder, str(device))
+    scale = float(latent["scale_factor"])
+
+    @torch.no_grad()
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return vae.decode(z / scale)
+
+    return decode
+
+
+def run(
+    checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "auto", autoencoder: str | None = None
+) -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
     sspec = sampler_spec(spec)
     model, meta = load_denoiser(checkpoint, use_ema=bool(spec.get("use_ema", True)), device=str(device))
@@ -48,6 +84,9 @@ def run(checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "aut
     diffusion = GaussianDiffusion.from_spec(meta["spec"]["diffusion"])
     n, batch = int(spec["num_samples"]), int(spec["batch_size"])
     size, seed = int(meta["image_size"]), int(spec["seed"])
+    latent = meta.get("latent")
+    decode = _decoder(checkpoint, latent, autoencoder, sspec, device)
+    pixel_size = int(latent["pixel_size"]) if latent else size
     num_classes = int(meta["num_classes"])
     labels_all = np.arange(n) % num_classes if num_classes else np.full(n, -1)
     record_images = min(int(spec.get("trajectory_images", 0)), batch, n)
@@ -89,9 +128,11 @@ def run(checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "aut
                 "guidance_scale": guidance,
                 "seed": seed,
                 "use_ema": bool(spec.get("use_ema", True)),
+                "space": "latent" if latent else "pixel",
+                "autoencoder": latent,
                 "spec": spec,
             }
-            data.write_root_attrs(f, "samples", size, meta["class_names"], prov)
+            data.write_root_attrs(f, "samples", pixel_size, meta["class_names"], prov)
             for key in ("experiment", "sampler", "spacing", "variance"):
                 f.attrs[key] = str(prov[key])
             for key in ("checkpoint_step", "steps", "eta", "guidance_scale", "seed"):
@@ -100,7 +141,7 @@ def run(checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "aut
             f.attrs["resume_hash"] = h
             f.attrs["num_done"] = 0
             f.attrs["complete"] = False
-            data.create_split(f, "samples", n, size)
+            data.create_split(f, "samples", n, pixel_size)
             f["samples/labels"][:] = labels_all
 
     t0 = time.time()
@@ -113,13 +154,13 @@ def run(checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "aut
                 continue
             m = min(batch, n - start)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-            x_T = torch.randn((m, 3, size, size), generator=gen, device=device)
+            x_T = torch.randn((m, int(meta["in_channels"]), size, size), generator=gen, device=device)
             y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
             record = record_points if (start == 0 and record_images) else 0
             x0, traj = sample(model, diffusion, x_T, sspec, y, guidance, gen, record=record)
-            f["samples/images"][start : start + m] = data.to_uint8(x0)
+            f["samples/images"][start : start + m] = data.to_uint8(decode(x0))
             if traj:
-                stack = np.stack([data.to_uint8(x[:record_images]) for _, x in traj], axis=1)
+                stack = np.stack([data.to_uint8(decode(x[:record_images])) for _, x in traj], axis=1)
                 if "trajectory" in f:
                     del f["trajectory"]
                 g = f.create_group("trajectory")
@@ -140,12 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--spec", required=True, help="sampling spec as JSON (resolved from config.yaml)")
     p.add_argument("--out", required=True)
+    p.add_argument("--autoencoder", default=None, help="latent models: the vae.pt whose latents they learned")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    run(args.checkpoint, json.loads(args.spec), args.out, args.device)
+    run(args.checkpoint, json.loads(args.spec), args.out, args.device, args.autoencoder)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
     python -m core.train --spec '<model spec JSON>' --data results/data/shapes32.h5 \
         --out-dir results/demo-a/models/unet
 
+A latent model (``space: latent``) trains on the latent cache of ``core.encode`` instead of images: each step
+draws z ~ q(z|x) from the cached posterior and multiplies it by the autoencoder's scale factor; horizontal flips
+then flip the latent (an approximation of encoding the flipped image). The checkpoint's ``meta['latent']``
+records the autoencoder (path, SHA-256, scale factor) that decodes the samples.
+
 Writes, under ``--out-dir``:
 - ``state/latest.pt`` every ``checkpoint_every`` steps and ``state/step<N>.pt`` at each multiple and at the
   end: full training state (model, EMA, optimizer, LR schedule, step, RNG states), written atomically;
@@ -31,7 +36,7 @@ from typing import Any
 
 import torch
 
-from core import data
+from core import data, distributed
 from core.config import checkpoint_steps, step_tag
 from core.diffusion import GaussianDiffusion
 from core.models import EMA, build_model, load_checkpoint, save_checkpoint
@@ -69,30 +74,43 @@ class Preemption:
         self.signal = signum
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str = "auto") -> None:
     cfg = spec["train"]
     out = Path(out_dir)
     state_dir = out / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
-    device = _pick_device(device_name)
+    device = distributed.device_for(device_name)
+    ctx = distributed.init(device)
+    share = ctx.shard(int(cfg["batch_size"]))
     total_steps = int(cfg["steps"])
     keep_steps = checkpoint_steps(cfg)
     h = spec_hash(spec)
 
-    with data.open_images(data_path, "train") as f:
+    latent = spec.get("space", "pixel") == "latent"
+    rows_key = "moments" if latent else "images"
+    with data.open_split(data_path, "train", rows_key) as f:
         names = data.class_names(f)
-        image_size = int(f["train/images"].shape[1])
         data_prov = json.loads(f.attrs.get("provenance", "{}"))
+        shape = f[f"train/{rows_key}"].shape
+        if latent:
+            in_channels, image_size = shape[1] // 2, int(shape[2])
+            latent_info = {
+                "autoencoder": str(f.attrs["autoencoder"]),
+                "autoencoder_sha256": str(f.attrs["autoencoder_sha256"]),
+                "scale_factor": float(f.attrs["scale_factor"]),
+                "latent_shape": [int(v) for v in f.attrs["latent_shape"]],
+                "pixel_size": int(f.attrs["image_size"]),
+            }
+        else:
+            in_channels, image_size, latent_info = 3, int(shape[1]), None
     num_classes = len(names) if spec["net"].get("class_conditional", False) else 0
 
     torch.manual_seed(int(cfg["seed"]))
-    model = build_model(spec, image_size, 3, num_classes).to(device)
+    model = build_model(spec, image_size, in_channels, num_classes).to(device)
+    net = model
+    if ctx.enabled:  # gradients averaged over ranks; the EMA and checkpoints use the unwrapped model
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     ema_cfg = cfg["ema"]
     ema = EMA(
         model, float(ema_cfg["decay"]), int(ema_cfg.get("update_every", 1)), float(ema_cfg.get("warmup_power", 2 / 3))
@@ -107,17 +125,19 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
     noise_gen = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 2)
-    loader = data.ImageBatches(data_path, "train", int(cfg["batch_size"]), data_gen)
+    loader = data.ImageBatches(data_path, "train", int(cfg["batch_size"]), data_gen, key=rows_key)
     meta = {
         "spec": spec,
         "spec_hash": h,
         "code_version": code_version(),
         "image_size": image_size,
-        "in_channels": 3,
+        "in_channels": in_channels,
         "num_classes": num_classes,
+        "latent": latent_info,
         "class_names": names,
         "data": {"path": str(data_path), "provenance": data_prov},
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": ctx.world_size,
     }
 
     step = 0
@@ -126,10 +146,13 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
         ckpt = load_checkpoint(latest, map_location=device)
         if ckpt["meta"]["spec_hash"] != h:
             stale = out / f"state.stale-{ckpt['meta']['spec_hash']}"
-            print(f"[train] {latest} was made by another spec; moving the old state to {stale}", flush=True)
-            shutil.rmtree(stale, ignore_errors=True)
-            state_dir.rename(stale)
-            state_dir.mkdir(parents=True)
+            distributed.barrier(ctx)  # every rank has read latest.pt before the main rank moves it
+            if ctx.is_main:
+                print(f"[train] {latest} was made by another spec; moving the old state to {stale}", flush=True)
+                shutil.rmtree(stale, ignore_errors=True)
+                state_dir.rename(stale)
+                state_dir.mkdir(parents=True)
+            distributed.barrier(ctx)
         else:
             model.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
@@ -143,16 +166,20 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             step = int(ckpt["step"])
             print(f"[train] resuming from {latest} at step {step}", flush=True)
 
-    log_path = state_dir / "train_log.csv"
+    # only the main rank writes files; the others log to /dev/null
+    log_path = state_dir / "train_log.csv" if ctx.is_main else Path(os.devnull)
     rows: list[dict[str, str]] = []
-    if step > 0 and log_path.exists():
+    if ctx.is_main and step > 0 and log_path.exists():
         with open(log_path, newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    with open(log_path, "w", newline="") as fh:
-        csv.DictWriter(fh, LOG_FIELDS).writeheader()
-        csv.DictWriter(fh, LOG_FIELDS).writerows(rows)
+    if ctx.is_main:
+        with open(log_path, "w", newline="") as fh:
+            csv.DictWriter(fh, LOG_FIELDS).writeheader()
+            csv.DictWriter(fh, LOG_FIELDS).writerows(rows)
 
     def save(path: Path) -> None:
+        if not ctx.is_main:
+            return
         rng = {
             "torch": torch.get_rng_state(),
             "data": data_gen.get_state(),
@@ -176,34 +203,51 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     hflip = bool(cfg.get("hflip", False))
     grad_clip = cfg.get("grad_clip")
     log_every = int(cfg.get("log_every", 50))
-    print(
-        f"[train] {spec.get('name', '?')}: {meta['num_parameters'] / 1e6:.2f}M parameters, {total_steps} steps, "
-        f"batch {cfg['batch_size']}, device {device}, code {meta['code_version']}",
-        flush=True,
-    )
+    if ctx.is_main:
+        print(
+            f"[train] {spec.get('name', '?')}: {meta['num_parameters'] / 1e6:.2f}M parameters, {total_steps} steps, "
+            f"batch {cfg['batch_size']} over {ctx.world_size} process(es), device {device}, "
+            f"code {meta['code_version']}",
+            flush=True,
+        )
     model.train()
     t_start = t_window = time.time()
     window_images = 0
     with open(log_path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, LOG_FIELDS)
         while step < total_steps:
-            images, labels = loader.next()
-            x0 = data.to_model_range(images).to(device, non_blocking=True)
+            # Every rank draws the whole global batch's randomness (so the update equals one process's) and
+            # keeps its share ``share`` of the rows.
+            rows, labels = loader.next()
+            n_global = len(rows)
+            rows, labels = rows[share], labels[share]
+            if latent:  # a fresh z ~ q(z|x) from the cached posterior, scaled to unit variance
+                mean, logvar = torch.as_tensor(rows).to(device, non_blocking=True).chunk(2, dim=1)
+                eps = torch.randn((n_global, *mean.shape[1:]), generator=noise_gen, device=device)[share]
+                x0 = (mean + torch.exp(0.5 * logvar) * eps) * latent_info["scale_factor"]
+            else:
+                x0 = data.to_model_range(rows).to(device, non_blocking=True)
             if hflip:
-                flip = torch.rand(x0.shape[0], generator=noise_gen, device=device) < 0.5
+                flip = (torch.rand(n_global, generator=noise_gen, device=device) < 0.5)[share]
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
             y = None
             if num_classes:
                 y = torch.as_tensor(labels, device=device)
-                drop = torch.rand(y.shape[0], generator=noise_gen, device=device) < label_dropout
+                drop = (torch.rand(n_global, generator=noise_gen, device=device) < label_dropout)[share]
                 y = torch.where(drop, torch.full_like(y, num_classes), y)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = diffusion.training_loss(model, x0, y, generator=noise_gen)
-            if not torch.isfinite(loss):
+            t = torch.randint(0, diffusion.num_timesteps, (n_global,), device=device, generator=noise_gen)[share]
+            noise = torch.randn((n_global, *x0.shape[1:]), device=device, generator=noise_gen)[share]
+            loss = diffusion.training_loss(net, x0, y, t=t, noise=noise)
+            # one collective per step: the global mean loss, and whether any rank was told to stop
+            flag = 0.0 if preempt.signal is None else 1.0
+            agreed = distributed.all_mean(ctx, torch.stack([loss.detach().float(), torch.tensor(flag, device=device)]))
+            loss_value, stop = float(agreed[0]), float(agreed[1]) > 0
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint is {latest}"
+                    f"non-finite loss ({loss_value}) at step {step + 1}; the last good checkpoint is {latest}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,13 +255,13 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             optimizer.step()
             step += 1
             ema.update(model, step)
-            window_images += x0.shape[0]
+            window_images += n_global
             now = time.time()
             peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
             writer.writerow(
                 {
                     "step": step,
-                    "loss": f"{loss.item():.6g}",
+                    "loss": f"{loss_value:.6g}",
                     "lr": f"{lr:.6g}",
                     "grad_norm": f"{float(norm):.6g}",
                     "images_per_s": f"{window_images / max(now - t_window, 1e-9):.2f}",
@@ -225,10 +269,10 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                     "peak_mem_mb": f"{peak:.1f}",
                 }
             )
-            if step % log_every == 0 or step == total_steps:
+            if ctx.is_main and (step % log_every == 0 or step == total_steps):
                 fh.flush()
                 print(
-                    f"[train] step {step}/{total_steps} loss {loss.item():.4f} lr {lr:.2e} "
+                    f"[train] step {step}/{total_steps} loss {loss_value:.4f} lr {lr:.2e} "
                     f"{window_images / max(now - t_window, 1e-9):.1f} img/s",
                     flush=True,
                 )
@@ -236,19 +280,25 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             if step % int(cfg["checkpoint_every"]) == 0 or step == total_steps:
                 fh.flush()
                 save(latest)
-                if step in keep_steps:
+                if step in keep_steps and ctx.is_main:
                     link_or_copy(latest, state_dir / checkpoint_name(step))
-            if preempt.signal is not None:
+            if stop:
                 fh.flush()
                 save(latest)
                 print(
-                    f"[train] signal {preempt.signal} at step {step}: checkpointed to {latest}; exiting",
+                    f"[train] rank {ctx.rank}: signal {preempt.signal} (or another rank's) at step {step}: "
+                    f"checkpointed to {latest}; exiting",
                     flush=True,
                 )
+                distributed.barrier(ctx)
+                distributed.shutdown(ctx)
                 sys.exit(EXIT_PREEMPTED)
     loader.close()
-    publish(out, keep_steps)
-    print(f"[train] done in {time.time() - t_start:.1f}s", flush=True)
+    if ctx.is_main:
+        publish(out, keep_steps)
+        print(f"[train] done in {time.time() - t_start:.1f}s", flush=True)
+    distributed.barrier(ctx)
+    distributed.shutdown(ctx)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -274,7 +324,7 @@ def publish(out: Path, keep_steps: list[int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="model spec as JSON (resolved from config.yaml)")
-    p.add_argument("--data", required=True, help="HDF5 dataset with a 'train' split")
+    p.add_argument("--data", required=True, help="HDF5 dataset (or latent cache) with a 'train' split")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")

@@ -7,6 +7,7 @@ results layout, so that rules, stages and tests agree.
 import json
 
 from core import config as cfg
+from core.distributed import launcher
 
 try:
     cfg.validate(config)
@@ -54,6 +55,25 @@ def checkpoint_dir(wildcards):
             f"(train.checkpoint_every and train.steps), not at {wildcards.step}"
         )
     return f"{cfg.model_dir(config, wildcards.study, model)}/ckpt"
+
+
+def sample_inputs(wildcards):
+    """The checkpoint directory, and for a latent model the autoencoder that decodes its samples."""
+    inputs = {"ckpt": checkpoint_dir(wildcards)}
+    model = experiment_model(wildcards.study, wildcards.experiment)
+    spec = cfg.model_spec(config, wildcards.study, model)
+    if spec["space"] == "latent":
+        inputs["autoencoder"] = cfg.autoencoder_path(config, spec["autoencoder"])
+    return inputs
+
+
+def study_autoencoder_reports(study):
+    base = f"{R}/{study}/autoencoders"
+    return [
+        f"{base}/{ae}.{ext}"
+        for ae in cfg.study_autoencoders(config, study)
+        for ext in ("json", "png")
+    ]
 
 
 def study_metrics(study):

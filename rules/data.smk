@@ -7,6 +7,8 @@ rule make_dataset:
         f"{R}/benchmarks/make_dataset/{{dataset}}.tsv"
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     resources:
         mem_mb=4000,
         runtime=120,

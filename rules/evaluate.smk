@@ -10,6 +10,8 @@ rule train_classifier:
         f"{R}/benchmarks/train_classifier/{{dataset}}.tsv"
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     threads: THREADS
     resources:
         mem_mb=4000,
@@ -43,6 +45,8 @@ rule reference_stats:
         num=r"\d+",
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     resources:
         mem_mb=4000,
         runtime=60,
@@ -67,6 +71,8 @@ rule evaluate:
         f"{R}/benchmarks/evaluate/{{study}}/{{experiment}}/{{step}}.tsv"
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     resources:
         mem_mb=4000,
         runtime=60,

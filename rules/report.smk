@@ -3,6 +3,7 @@ rule report:
         metrics=lambda w: study_metrics(w.study),
         samples=lambda w: study_samples(w.study),
         train_logs=lambda w: study_train_logs(w.study),
+        autoencoders=lambda w: study_autoencoder_reports(w.study),
     output:
         table=f"{R}/{{study}}/report/table.md",
         csv=f"{R}/{{study}}/report/table.csv",
@@ -17,6 +18,8 @@ rule report:
         f"{R}/benchmarks/report/{{study}}.tsv"
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     resources:
         mem_mb=2000,
         runtime=30,
@@ -37,6 +40,10 @@ rule report:
             }
         ),
         out_dir=lambda w: cfg.report_dir(config, w.study),
+        autoencoders=lambda w, input: [
+            f for f in input.autoencoders if f.endswith(".json")
+        ],
     shell:
         "python -m core.report --study {params.study:q} --metrics {input.metrics} --samples {input.samples}"
-        " --train-logs {input.train_logs} --out-dir {params.out_dir} > {log} 2>&1"
+        " --train-logs {input.train_logs} --autoencoders {params.autoencoders} --out-dir {params.out_dir}"
+        " > {log} 2>&1"

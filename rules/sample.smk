@@ -1,6 +1,6 @@
 rule sample:
     input:
-        ckpt=checkpoint_dir,
+        unpack(sample_inputs),
     output:
         f"{R}/{{study}}/samples/{{experiment}}/{{step}}.h5",
     log:
@@ -9,12 +9,19 @@ rule sample:
         f"{R}/benchmarks/sample/{{study}}/{{experiment}}/{{step}}.tsv"
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     threads: THREADS
     resources:
         mem_mb=8000,
         runtime=240,
     params:
         spec=lambda w: as_json(cfg.experiment_spec(config, w.study, w.experiment)),
+        autoencoder=lambda w, input: (
+            f"--autoencoder {input.autoencoder}"
+            if "autoencoder" in input.keys()
+            else ""
+        ),
     shell:
         "python -m core.sample --checkpoint {input.ckpt}/{wildcards.step}.pt --spec {params.spec:q}"
-        " --out {output} --threads {threads} >> {log} 2>&1"
+        " {params.autoencoder} --out {output} --threads {threads} >> {log} 2>&1"

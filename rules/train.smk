@@ -1,6 +1,6 @@
 rule train:
     input:
-        data=lambda w: cfg.dataset_path(config, config["studies"][w.study]["dataset"]),
+        data=lambda w: cfg.train_data_path(config, w.study, w.model),
     output:
         ckpt=directory(f"{R}/{{study}}/models/{{model}}/ckpt"),
         log=f"{R}/{{study}}/models/{{model}}/train_log.csv",
@@ -10,13 +10,19 @@ rule train:
         f"{R}/benchmarks/train/{{study}}/{{model}}.tsv"
     conda:
         "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     threads: THREADS
     resources:
         mem_mb=8000,
         runtime=1440,
+        gpu=lambda w: cfg.train_resources(config, w.study, w.model)["gpus"],
+        nodes=lambda w: cfg.train_resources(config, w.study, w.model)["nodes"],
+        tasks=lambda w: cfg.train_resources(config, w.study, w.model)["nodes"],
     params:
         spec=lambda w: as_json(cfg.model_spec(config, w.study, w.model)),
         out_dir=lambda w: cfg.model_dir(config, w.study, w.model),
+        launch=lambda w: launcher(**cfg.train_resources(config, w.study, w.model)),
     shell:
-        "python -m core.train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir}"
+        "{params.launch} -m core.train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir}"
         " --threads {threads} >> {log} 2>&1"

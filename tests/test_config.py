@@ -18,7 +18,9 @@ def test_shipped_config_is_valid_and_resolves():
     c = cfg.validate(fresh())
     spec = cfg.model_spec(c, "demo-a", "unet-cfg")
     assert spec["net"]["class_conditional"] is True and spec["train"]["label_dropout"] == 0.1
-    assert spec["net"]["base_channels"] == c["studies"]["demo-a"]["defaults"]["model"]["net"]["base_channels"]
+    # YAML merge keys: the CFG model is the unconditional one's net with class_conditional switched on
+    assert {**spec["net"], "class_conditional": False} == cfg.model_spec(c, "demo-a", "unet")["net"]
+    assert spec["train"]["steps"] == c["studies"]["demo-a"]["defaults"]["model"]["train"]["steps"]
     exp = cfg.experiment_spec(c, "demo-a", "DDIM-CFG")
     assert exp["guidance_scale"] == BASE["studies"]["demo-a"]["experiments"]["DDIM-CFG"]["guidance_scale"] > 1
     assert exp["num_samples"] > 0

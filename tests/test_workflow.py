@@ -55,13 +55,33 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
         assert f.attrs["checkpoint_step"] == 10 and f["samples/images"].shape == (32, 8, 8, 3)
         assert list(f["samples/labels"][:6]) == [0, 1, 2, 3, 4, 0]
         assert f["trajectory/images"].shape[:2] == (2, 5)
-    # the real images' statistics are computed once and reused by all three evaluations
+    # the real images' statistics are computed once and reused by all five evaluations and the autoencoder's
     assert len(list((tiny_run / "benchmarks" / "reference_stats").rglob("*.tsv"))) == 1
-    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 3
+    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5
     assert m["reference"]["path"].endswith("val-classifier-n0.npz")
     for rule in ("train", "sample", "evaluate", "report"):
         assert any((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
         assert any((tiny_run / "logs" / rule).rglob("*.log")), rule
+
+
+def test_latent_rows_train_on_one_cache_and_write_decoded_pixels(tiny_run):
+    table = (tiny_run / "tiny" / "report" / "table.md").read_text()
+    assert "| DDIM-VAE-CFG | yes (shapes-tiny-f2) | w=2 | UNet |" in table
+    assert "| DiT-VAE-CFG | yes (shapes-tiny-f2) | w=2 | DiT depth 1 |" in table
+    assert "## Autoencoders of the latent rows" in table and "rFD_clf@64" in table
+    # one autoencoder and one latent cache serve both latent models
+    assert len(list((tiny_run / "benchmarks" / "train_autoencoder").rglob("*.tsv"))) == 1
+    assert len(list((tiny_run / "benchmarks" / "encode_latents").rglob("*.tsv"))) == 1
+    with h5py.File(tiny_run / "latents" / "shapes-tiny-f2.h5", "r") as f:
+        assert f["train/moments"].shape == (200, 6, 4, 4) and f["val/moments"].shape == (64, 6, 4, 4)
+    for exp in ("DDIM-VAE-CFG", "DiT-VAE-CFG"):
+        with h5py.File(tiny_run / "tiny" / "samples" / exp / "step0000020.h5", "r") as f:
+            assert f["samples/images"].shape == (32, 8, 8, 3)  # decoded to pixels, not 4×4×3 latents
+            prov = json.loads(f.attrs["provenance"])
+            assert prov["space"] == "latent" and prov["spec"]["sampler"]["clip_denoised"] is False
+    ae = json.loads((tiny_run / "tiny" / "autoencoders" / "shapes-tiny-f2.json").read_text())
+    assert ae["latent_shape"] == [3, 4, 4] and ae["n_images"] == 64 and 0 < ae["psnr_db"] < 60
+    assert (tiny_run / "tiny" / "autoencoders" / "shapes-tiny-f2.png").stat().st_size > 0
 
 
 def test_rerun_has_nothing_to_do(tiny_run):
@@ -90,3 +110,39 @@ def test_target_at_a_step_without_checkpoint_is_refused_at_planning_time(tmp_pat
     assert proc.returncode != 0
     assert "saves checkpoints only at steps [10, 20]" in proc.stdout + proc.stderr
     assert not results.exists()
+
+
+def test_envmodules_are_loaded_before_each_job(tmp_path):
+    """`--sdm env-modules` runs `module load <config envmodules>` in each job's shell; a stand-in `module`
+    command on PATH records what it was asked to load."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "module-calls.txt"
+    (bin_dir / "module").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    (bin_dir / "module").chmod(0o755)
+    results = tmp_path / "results"
+    env = {**__import__("os").environ, "PATH": f"{bin_dir}:{__import__('os').environ['PATH']}"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            f"{results}/data/shapes-tiny.h5",
+            "--sdm",
+            "env-modules",
+            "--config",
+            f"results_dir={results}",
+            "envmodules=[cuda/12.6,python/3.11]",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls = record.read_text()
+    assert "purge" in calls and "load cuda/12.6 python/3.11" in calls
+    assert (results / "data" / "shapes-tiny.h5").exists()

@@ -1,0 +1,89 @@
+"""Stage: encode a dataset once into its latent cache, which every latent experiment then trains from.
+
+    python -m core.encode --data results/data/shapes16.h5 --autoencoder results/autoencoders/shapes16-f2/vae.pt \
+        --out results/latents/shapes16-f2.h5
+
+For every split of the dataset, ``/<split>/moments`` holds the posterior's mean and log-variance
+(float32, N × 2C × h × w, unscaled) and ``/<split>/labels`` the labels (layout ``core.data.LATENT_LAYOUT``).
+Storing the posterior rather than one sample lets training draw a fresh z ~ q(z|x) at each step, as
+training through the encoder would. The scale factor, latent shape and the autoencoder's path and SHA-256
+are root attributes, so a denoiser trained from the cache records which autoencoder decodes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import h5py
+import numpy as np
+import torch
+
+from core import data
+from core.models import load_autoencoder
+from core.provenance import atomic_path, file_sha256, provenance
+
+
+@torch.no_grad()
+def encode(data_path: str, autoencoder: str, out: str, batch_size: int = 256, device_name: str = "auto") -> None:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
+    vae, meta = load_autoencoder(autoencoder, device)
+    c, h, w = meta["latent_shape"]
+    t0 = time.time()
+    with h5py.File(data_path, "r") as src:
+        splits = [s for s in src if isinstance(src[s], h5py.Group) and "images" in src[s]]
+        if not splits:
+            raise ValueError(f"{data_path} has no /<split>/images; expected {data.expected_layout('train')}")
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+            data.write_root_attrs(
+                f,
+                "latents",
+                int(src.attrs["image_size"]),
+                data.class_names(src),
+                provenance(
+                    None,
+                    dataset=str(data_path),
+                    dataset_provenance=json.loads(src.attrs.get("provenance", "{}")),
+                    autoencoder=str(autoencoder),
+                    autoencoder_spec_hash=meta["spec_hash"],
+                ),
+            )
+            f.attrs["layout"] = data.LATENT_LAYOUT
+            f.attrs["latent_shape"] = [c, h, w]
+            f.attrs["scale_factor"] = float(meta["scale_factor"])
+            f.attrs["autoencoder"] = str(autoencoder)
+            f.attrs["autoencoder_sha256"] = file_sha256(autoencoder)
+            for split in splits:
+                with data.open_images(data_path, split) as check:
+                    n = check[f"{split}/images"].shape[0]
+                rows = max(1, min(n, data.CHUNK_BYTES // (2 * c * h * w * 4)))
+                moments = f.create_dataset(
+                    f"{split}/moments", shape=(n, 2 * c, h, w), dtype=np.float32, chunks=(rows, 2 * c, h, w)
+                )
+                f[f"{split}/labels"] = src[f"{split}/labels"][:]
+                for i in range(0, n, batch_size):
+                    x = data.to_model_range(src[f"{split}/images"][i : i + batch_size]).to(device)
+                    posterior = vae.encode(x)
+                    moments[i : i + len(x)] = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
+                f[split].attrs["count"] = n
+                print(f"[encode] {split}: {n} images → {c}×{h}×{w} latents", flush=True)
+    print(f"[encode] wrote {out} in {time.time() - t0:.1f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--autoencoder", required=True, help="vae.pt written by core.autoencoder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    encode(args.data, args.autoencoder, args.out, args.batch_size, args.device)
+
+
+if __name__ == "__main__":
+    main()
