@@ -9,9 +9,10 @@ Layouts (``LAYOUTS``; ``root`` is the spec's ``path``):
     ``root/<category>/images/*`` → split ``train`` (the data has no split). The sibling annotation and contour
     folders of each category are ignored; every category folder must hold ``images/``.
 ``folder``
-    Either flat, ``root/<class>/*`` → split ``train``; or split, when the sub-folders of ``root`` are ``train``
-    plus at most one of ``val`` / ``validation`` and nothing else: ``root/train/<class>/*`` → ``train`` and
-    ``root/val[idation]/<class>/*`` → ``val``.
+    Split mode when the sub-folders of ``root`` are ``train`` alone or ``train`` plus one of ``val`` /
+    ``validation``: ``root/train/<class>/*`` → ``train`` and ``root/val[idation]/<class>/*`` → ``val``.
+    Otherwise flat, ``root/<class>/*`` → split ``train`` (a class may be called ``train`` if no folder is called
+    ``val``, ``validation`` or ``test``; mixing those with other folders is an error, not a guess).
 
 Rules shared by all layouts:
 
@@ -42,12 +43,14 @@ so the output does not depend on ``workers``. The file is written under a tempor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -115,9 +118,11 @@ def _subdirs(path: Path) -> list[str]:
 def _folder_split_dirs(root: Path) -> dict[str, str] | None:
     """For the ``folder`` layout: ``{split: folder}`` when ``root`` holds split folders, else None (flat)."""
     subs = set(_subdirs(root))
-    if "train" not in subs or not subs <= {"train", "val", "validation"}:
+    if "train" not in subs:
         return None
-    if {"val", "validation"} <= subs:
+    if not subs & {"val", "validation", "test"}:
+        return None if subs != {"train"} else {"train": "train"}
+    if not subs <= {"train", "val", "validation"} or {"val", "validation"} <= subs:
         return {"train": "train", "val": "ambiguous"}
     val = next((v for v in ("val", "validation") if v in subs), None)
     return {"train": "train"} | ({"val": val} if val else {})
@@ -162,7 +167,12 @@ def _resolve(layout: str, root: str | os.PathLike[str], config_key: str) -> Sour
         split_dirs = _folder_split_dirs(root) or {"train": "."}
         if split_dirs.get("val") == "ambiguous":
             raise _source_error(
-                ValueError, f"{root} holds both val/ and validation/; keep one", layout, root, config_key
+                ValueError,
+                f"{root} mixes split folders with other folders ({', '.join(_subdirs(root))}): split mode takes "
+                "train/ plus one of val/ or validation/ and nothing else (rename test/ to val/ to use it)",
+                layout,
+                root,
+                config_key,
             )
     dirs: dict[str, dict[str, Path]] = {}
     for split, folder in split_dirs.items():
@@ -264,15 +274,16 @@ def _load_or_error(path: str, size: int, mode: str, resample: str) -> np.ndarray
         return f"{type(err).__name__}: {err}"
 
 
-def _decode(paths: list[str], size: int, mode: str, resample: str, workers: int) -> Iterator[np.ndarray | str]:
-    """Decoded images (or error texts) in the order of ``paths``, over ``workers`` processes."""
+def _decode(
+    paths: list[str], size: int, mode: str, resample: str, pool: Executor | None, workers: int
+) -> Iterator[np.ndarray | str]:
+    """Decoded images (or error texts) in the order of ``paths``, in this process or over ``pool``."""
     fn = partial(_load_or_error, size=size, mode=mode, resample=resample)
-    if workers <= 1 or len(paths) < 2:
+    if pool is None or len(paths) < 2:
         yield from map(fn, paths)
         return
     chunksize = max(1, min(32, len(paths) // (workers * 8)))
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(fn, paths, chunksize=chunksize)
+    yield from pool.map(fn, paths, chunksize=chunksize)
 
 
 def validate_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
@@ -332,6 +343,7 @@ def _write_split(
     split: str,
     items: list[tuple[Path, int]],
     s: dict[str, Any],
+    pool: Executor | None,
     workers: int,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Decode and write one split in file order; returns rows written and the (path, error) of bad files."""
@@ -352,7 +364,7 @@ def _write_split(
             buf_img.clear()
             buf_lab.clear()
 
-    decoded = _decode([str(p) for p, _ in items], size, s["resize"], s["resample"], workers)
+    decoded = _decode([str(p) for p, _ in items], size, s["resize"], s["resample"], pool, workers)
     try:
         for (path, label), out in zip(items, decoded, strict=False):
             if isinstance(out, str):
@@ -370,7 +382,7 @@ def _write_split(
                 flush()
         flush()
     finally:
-        decoded.close()  # stops the worker pool when we leave early
+        decoded.close()
     return written, bad
 
 
@@ -418,14 +430,22 @@ def ingest(spec: dict[str, Any], out: str | os.PathLike[str], config_key: str | 
         if s["resize"] == "center-crop"
         else None,
     }
-    with atomic_path(out) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(out))
+        # one pool for all splits; a worker that dies (decoder crash, OOM) raises BrokenProcessPool, not a hang;
+        # leaving the block cancels queued work, so a run that fails early does not decode the rest
+        pool = None
+        if workers > 1:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context())
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            pool.submit(int).result()  # start the workers now, before the HDF5 file is open (no inherited lock)
         with h5py.File(tmp, "w") as f:
             class_counts: dict[str, list[int]] = {}
             for split in splits:
                 if not items[split]:
                     counts[split] = {"found": 0, "written": 0}
                     continue  # reported as an empty split below
-                written, bad = _write_split(f, split, items[split], s, workers)
+                written, bad = _write_split(f, split, items[split], s, pool, workers)
                 bad_all += bad
                 if s["on_error"] == "fail" and bad:
                     if len(bad_all) > MAX_LISTED:

@@ -126,6 +126,12 @@ def test_folder_layout_flat_and_with_splits(tmp_path):
     assert splits["val"][1].tolist() == [1]
     assert np.array_equal(splits["train"][0][3], np.full((8, 8, 3), BLUE, np.uint8))
 
+    mixed = tmp_path / "mixed"
+    solid(mixed / "train" / "cat" / "1.png", RED)
+    solid(mixed / "test" / "cat" / "1.png", RED)
+    with pytest.raises(ValueError, match=r"(?s)mixes split folders.*test.*datasets\.pets\.path"):
+        ingest.check_source("folder", mixed, "datasets.pets.path")
+
     solid(split / "val" / "eel" / "1.png", GREEN)
     with pytest.raises(ValueError, match=r"eel"):
         ingest.check_source("folder", split, "datasets.pets.path")
@@ -168,6 +174,11 @@ def test_corrupt_image_fails_by_default_and_is_skipped_on_request(tmp_path, caps
     assert images.shape == (4, 8, 8, 3) and labels.tolist() == [0, 0, 0, 1]  # compacted, order kept
     assert np.array_equal(images[3], np.full((8, 8, 3), BLUE, np.uint8))
     assert prov["skipped_corrupt"] == ["a/1b.jpg", "b/x.png"] and prov["class_counts"] == {"train": [3, 1]}
+    # the same over 2 worker processes
+    with pytest.raises(ValueError, match=r"2 unreadable"):
+        ingest.ingest(spec("folder", root, workers=2), tmp_path / "p.h5")
+    assert ingest.ingest(spec("folder", root, on_error="skip", workers=2), tmp_path / "p.h5") == counts
+    assert np.array_equal(read(tmp_path / "p.h5")[0]["train"][0], images)
 
 
 def test_missing_folders_name_config_key_and_layout(tmp_path):
