@@ -298,6 +298,7 @@ def validate_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
     s = DEFAULTS | dict(spec)
     checks = [
         ("source", s["source"] in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
+        ("path", isinstance(s["path"], str | os.PathLike) and str(s["path"]) != "", "a folder path"),
         ("image_size", isinstance(s["image_size"], int) and s["image_size"] >= 1, "a positive integer"),
         ("resize", s["resize"] in RESIZE_MODES, f"one of {', '.join(RESIZE_MODES)}"),
         ("resample", s["resample"] in RESAMPLE, f"one of {', '.join(RESAMPLE)}"),

@@ -153,6 +153,7 @@ def test_corrupt_image_fails_by_default_and_is_skipped_on_request(tmp_path, caps
     also_bad.parent.mkdir()
     also_bad.write_text("a text file with an image extension")
     solid(root / "b" / "y.png", BLUE)
+    ingest.check_source("folder", root, "datasets.mine.path")  # planning-time check decodes nothing
     out = tmp_path / "o.h5"
     with pytest.raises(ValueError, match=r"2 unreadable") as err:
         ingest.ingest(spec("folder", root), out, config_key="datasets.mine.path")
@@ -211,6 +212,8 @@ def test_spec_errors_name_the_key(tmp_path):
     solid(root / "a" / "1.png", RED)
     with pytest.raises(ValueError, match=r"datasets\.r\.resize must be one of stretch, center-crop"):
         ingest.ingest(spec("folder", root, resize="fit"), tmp_path / "o.h5", config_key="datasets.r.path")
+    with pytest.raises(ValueError, match=r"datasets\.<name>\.path must be a folder path, got None"):
+        ingest.ingest(spec("folder", root) | {"path": None}, tmp_path / "o.h5")
     with pytest.raises(ValueError, match=r"unknown key\(s\) splitz"):
         ingest.ingest(spec("folder", root, splitz=1), tmp_path / "o.h5")
     solid(root / "a" / "2.png", RED)
