@@ -160,8 +160,10 @@ fi
 if alive "$CI_DIR/slurmctld.pid"; then
     log "slurmctld already running (pid $(cat "$CI_DIR/slurmctld.pid"))"
 else
-    log "starting slurmctld"
-    slurmctld || { dump_logs; exit 1; }
+    # -c: forget jobs saved by an earlier session. A job left running by a cluster that was not stopped
+    # with slurm-down.sh would otherwise be recovered and hold CPUs; slurmctld now kills it as unknown.
+    log "starting slurmctld (clean state)"
+    slurmctld -c || { dump_logs; exit 1; }
 fi
 if alive "$CI_DIR/slurmd.pid"; then
     log "slurmd already running (pid $(cat "$CI_DIR/slurmd.pid"))"
