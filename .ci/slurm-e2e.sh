@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# End-to-end test of the SLURM executor on the single-node CI cluster (about 3 minutes on 2 cores):
+#   1. start the cluster (.ci/slurm-up.sh; needs root),
+#   2. run the `tiny` preset through profiles/slurm-ci into a fresh temporary results dir, then check that
+#      the report lists the preset's experiments and that every non-local job was a real SLURM job
+#      (job id in Snakemake's output, in slurmctld's log, COMPLETED in scontrol, its sbatch log on disk),
+#   3. corrupt the dataset file of a second results dir and run `train` on it: the SLURM job fails at
+#      run time, and Snakemake must exit non-zero,
+#   4. stop the daemons this script started (trap), print the wall time and the job count.
+# Environment: SLURM_CI_DIR as for slurm-up.sh; SLURM_E2E_KEEP=1 keeps the temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CI_DIR=${SLURM_CI_DIR:-/tmp/slurm-ci}
+t_start=$(date +%s)
+log() { printf '[slurm-e2e] %s\n' "$*"; }
+fail() {
+    log "FAIL: $*"
+    exit 1
+}
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# ---------------------------------------------------------------- cluster up, down on exit
+was_up=0
+alive "$CI_DIR/slurmctld.pid" && alive "$CI_DIR/slurmd.pid" && was_up=1
+TMP=$(mktemp -d /tmp/slurm-e2e.XXXXXX)
+cleanup() {
+    local rc=$?
+    if [ "$was_up" = 0 ]; then
+        bash .ci/slurm-down.sh || true
+    else
+        log "cluster was already running before this test: leaving it up"
+    fi
+    if [ "${SLURM_E2E_KEEP:-0}" = 1 ] || [ "$rc" != 0 ]; then
+        log "logs kept in $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+bash .ci/slurm-up.sh
+
+# ---------------------------------------------------------------- 1. the tiny preset through SLURM
+RESULTS=$TMP/results
+TARGET=$RESULTS/tiny/report/table.md
+log "run 1: tiny preset -> $RESULTS"
+ctld_lines=$(wc -l <"$CI_DIR/slurmctld.log") # only this run's submissions count below
+t1=$(date +%s)
+set +e
+timeout 270 snakemake --profile profiles/slurm-ci "$TARGET" --slurm-logdir "$TMP/slurm_logs" \
+    --config results_dir="$RESULTS" >"$TMP/run1.log" 2>&1
+rc=$?
+set -e
+t_run1=$(($(date +%s) - t1))
+[ "$rc" = 0 ] || {
+    tail -n 60 "$TMP/run1.log"
+    fail "snakemake exited $rc on the tiny preset (log: $TMP/run1.log)"
+}
+[ -s "$TARGET" ] || fail "$TARGET missing"
+
+# the report lists every experiment of the preset (names from config.yaml)
+experiments=$(python3 -c 'import yaml; print(*yaml.safe_load(open("config.yaml"))["studies"]["tiny"]["experiments"])')
+for e in $experiments; do
+    grep -q "^| $e |" "$TARGET" || fail "report $TARGET has no row for experiment '$e'"
+done
+
+# every non-local job was submitted with sbatch, ran and completed
+mapfile -t jobids < <(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$TMP/run1.log")
+n_jobs=${#jobids[@]}
+n_remote=$(grep -c '^rule ' "$TMP/run1.log" || true)
+n_local=$(grep -c '^localrule ' "$TMP/run1.log" || true)
+[ "$n_jobs" -gt 0 ] || fail "no SLURM job ids in $TMP/run1.log"
+[ "$n_jobs" = "$n_remote" ] || fail "$n_remote non-local jobs but $n_jobs SLURM submissions"
+for id in "${jobids[@]}"; do
+    tail -n +"$((ctld_lines + 1))" "$CI_DIR/slurmctld.log" | grep -q "_slurm_rpc_submit_batch_job: JobId=$id " ||
+        fail "slurmctld log has no submission of job $id"
+    state=$(scontrol show job "$id" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
+    [ "$state" = COMPLETED ] || fail "SLURM job $id is '${state:-unknown}', not COMPLETED"
+    [ -n "$(find "$TMP/slurm_logs" -name "$id.log" -print -quit)" ] || fail "no sbatch log $id.log"
+done
+log "run 1 ok: ${t_run1}s, $n_jobs SLURM jobs (ids ${jobids[*]}) + $n_local local; report lists: $experiments"
+
+# ---------------------------------------------------------------- 2. a failing job fails the run
+# A dataset file that is not HDF5: Snakemake takes it as given (it has no record of it), plans `train`,
+# and the job fails inside SLURM when core.train opens the file.
+BAD=$TMP/results-bad
+mkdir -p "$BAD/data"
+echo "not an HDF5 file" >"$BAD/data/shapes-tiny.h5"
+log "run 2: train on a corrupt dataset file (must fail)"
+t2=$(date +%s)
+set +e
+timeout 150 snakemake --profile profiles/slurm-ci "$BAD/tiny/models/unet-cfg/train_log.csv" \
+    --slurm-logdir "$TMP/slurm_logs_bad" --config results_dir="$BAD" >"$TMP/run2.log" 2>&1
+rc=$?
+set -e
+t_run2=$(($(date +%s) - t2))
+[ "$rc" = 124 ] && fail "run 2 hung: snakemake did not notice the failed job in 150 s"
+[ "$rc" != 0 ] || fail "snakemake exited 0 although the train job must fail (log: $TMP/run2.log)"
+bad_id=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$TMP/run2.log" | head -n1)
+[ -n "$bad_id" ] || fail "run 2 failed before submitting anything (expected a failure at run time)"
+grep -q "Error in rule train" "$TMP/run2.log" || fail "run 2 log does not name the failed rule train"
+state=$(scontrol show job "$bad_id" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
+[ "$state" = FAILED ] || fail "SLURM job $bad_id is '${state:-unknown}', not FAILED"
+log "run 2 ok: snakemake exited $rc after ${t_run2}s; SLURM job $bad_id FAILED"
+
+log "PASS in $(($(date +%s) - t_start))s (cluster start, 2 runs, checks): tiny preset ${t_run1}s with" \
+    "$n_jobs SLURM jobs + $n_local local; failing run ${t_run2}s with 1 SLURM job"
