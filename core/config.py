@@ -107,7 +107,9 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                 )
             model = model_spec(config, study_name, exp["model"])
             ev = study["evaluation"]
-            n_real = ev["reference_num"] or config["datasets"][study["dataset"]]["splits"][ev["reference_split"]]
+            # image-folder datasets have no counts before ingestion: core.evaluate checks those at run time
+            splits = config["datasets"][study["dataset"]].get("splits", {})
+            n_real = ev["reference_num"] or splits.get(ev["reference_split"], exp["num_samples"])
             if exp["num_samples"] < ev["is_splits"] or ev["kid_subset_size"] > min(exp["num_samples"], n_real):
                 raise ConfigError(
                     f"config key {_key([*ewhere, 'num_samples'])}: {exp['num_samples']} samples (and {n_real} real "

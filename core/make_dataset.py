@@ -2,7 +2,8 @@
 
     python -m core.make_dataset --spec '<dataset spec JSON>' --out results/data/shapes32.h5
 
-The built-in source ``shapes`` is generated procedurally from the spec's seed.
+The built-in source ``shapes`` is generated procedurally from the spec's seed; the image-folder sources
+(``imagenet100``, ``sysu-shapes``, ``folder``) are decoded and resized by ``core.ingest``.
 """
 
 from __future__ import annotations
@@ -46,11 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="dataset spec as JSON (one entry of config 'datasets')")
     p.add_argument("--out", required=True)
+    p.add_argument("--name", default="<name>", help="the dataset's key in config.yaml (for error messages)")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes for image folders (0: the spec's)")
     args = p.parse_args(argv)
     spec = json.loads(args.spec)
-    if spec["source"] != "shapes":
-        raise SystemExit(f"dataset source {spec['source']!r} is not supported by this version (known: shapes)")
-    make_shapes(spec, args.out)
+    if spec["source"] == "shapes":
+        make_shapes(spec, args.out)
+        return
+    from core import ingest
+
+    if args.workers > 0 and not spec.get("workers"):
+        spec["workers"] = args.workers
+    counts = ingest.ingest(spec, args.out, config_key=f"datasets.{args.name}.path")
+    print(f"[make_dataset] {args.out}: {json.dumps(counts)}", flush=True)
 
 
 if __name__ == "__main__":

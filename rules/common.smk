@@ -57,6 +57,23 @@ def checkpoint_dir(wildcards):
     return f"{cfg.model_dir(config, wildcards.study, model)}/ckpt"
 
 
+def dataset_source(wildcards):
+    """No input files; for an image-folder dataset, check its folder layout now, at planning time, so that a
+    missing dataset is reported (folder, expected layout, config key) before any job is submitted.
+    """
+    spec = config["datasets"][wildcards.dataset]
+    if spec["source"] != "shapes":
+        from core import ingest
+
+        try:
+            ingest.check_source(
+                spec["source"], spec["path"], f"datasets.{wildcards.dataset}.path"
+            )
+        except (OSError, ValueError) as err:
+            raise WorkflowError(str(err)) from None
+    return []
+
+
 def sample_inputs(wildcards):
     """The checkpoint directory, and for a latent model the autoencoder that decodes its samples."""
     inputs = {"ckpt": checkpoint_dir(wildcards)}

@@ -1,5 +1,6 @@
 """End to end: the tiny preset through Snakemake, every stage real (data → train → sample → evaluate → report)."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -146,3 +147,47 @@ def test_envmodules_are_loaded_before_each_job(tmp_path):
     calls = record.read_text()
     assert "purge" in calls and "load cuda/12.6 python/3.11" in calls
     assert (results / "data" / "shapes-tiny.h5").exists()
+
+
+def _config_with_folder_dataset(tmp_path, source: str, path: str) -> tuple:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["results_dir"] = str(tmp_path / "results")
+    config["datasets"]["raw"] = {"source": source, "path": path, "image_size": 8, "workers": 1}
+    study = copy.deepcopy(config["studies"]["tiny"])
+    study["dataset"] = "raw"
+    study["models"] = {"unet-cfg": study["models"]["unet-cfg"]}
+    study["experiments"] = {"DDIM": study["experiments"]["DDIM"]}
+    config["studies"]["raw-study"] = study
+    path_ = tmp_path / "config.yaml"
+    path_.write_text(yaml.safe_dump(config))
+    return path_, tmp_path / "results"
+
+
+def test_missing_dataset_folder_is_reported_at_planning_time(tmp_path):
+    missing = tmp_path / "imagenet100_128x128"
+    config, results = _config_with_folder_dataset(tmp_path, "imagenet100", str(missing))
+    proc = snakemake("--configfile", str(config), "-n", f"{results}/raw-study/report/table.md", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "datasets.raw.path" in out and str(missing) in out and "validation/<class>" in out
+    assert not results.exists()
+    # the demo does not need that dataset and still plans
+    assert snakemake("--configfile", str(config), "-n", "--nolock").returncode == 0
+
+
+def test_image_folder_dataset_is_ingested_by_the_workflow(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "raw"
+    for c, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 10), colour).save(root / f"class{c}" / f"{i}.png")
+    (root / "class0" / "notes.txt").write_text("not an image")
+    config, results = _config_with_folder_dataset(tmp_path, "folder", str(root))
+    snakemake(f"{results}/data/raw.h5", "--configfile", str(config))
+    with h5py.File(results / "data" / "raw.h5", "r") as f:
+        assert f["train/images"].shape == (12, 8, 8, 3)
+        assert list(f["train/labels"][:]) == [0] * 4 + [1] * 4 + [2] * 4
+        assert tuple(f["train/images"][5, 3, 3]) == (0, 255, 0)
+        assert f["train"].attrs["skipped_non_image"] == 1
