@@ -77,7 +77,7 @@ def build_rows(study: dict[str, Any], per_exp: dict[str, list[dict[str, Any]]]) 
         best = pick(runs)
         model = study["models"][exp["model"]]
         s = exp["sampler"]
-        sampler = f"{s['name'].upper()}-{s['steps']}"
+        sampler = ("DPM-Solver++(2M)" if s["name"] == "dpmpp2m" else s["name"].upper()) + f"-{s['steps']}"
         if s["name"] == "ddim":
             sampler += f" (η={s.get('eta', 0.0):g})"
         rows.append(

@@ -1,4 +1,4 @@
-"""Samplers: DDPM ancestral and DDIM, one loop, with classifier-free guidance.
+"""Samplers: DDPM ancestral, DDIM and DPM-Solver++(2M), one loop, with classifier-free guidance.
 
 Both samplers walk a decreasing list of timesteps t_0 > t_1 > … > t_{K−1} and, at each, predict ε,
 form x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t and step to the next timestep. After the last one the "previous"
@@ -9,6 +9,11 @@ form x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t and step to the next timeste
 - DDPM (Ho et al. 2020) on the (possibly respaced) schedule β = 1 − ᾱ_t/ᾱ_prev: the posterior mean
   √ᾱ_prev β/(1−ᾱ_t) x̂_0 + √(1−β)(1−ᾱ_prev)/(1−ᾱ_t) x_t plus noise of variance β(1−ᾱ_prev)/(1−ᾱ_t)
   ("fixed_small") or β ("fixed_large"). DDIM with η = 1 equals DDPM fixed_small.
+- DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), a multistep second-order solver of the probability-flow ODE
+  in λ_t = log(α_t/σ_t) (α_t = √ᾱ_t, σ_t = √(1−ᾱ_t)) with data prediction: with h = λ_prev − λ_t and the
+  previous step's h', r = h'/h, D = (1 + 1/(2r)) x̂_0 − 1/(2r) x̂_0' (D = x̂_0 at the first step),
+  x_prev = (σ_prev/σ_t) x_t − α_prev (e^(−h) − 1) D. The final step (σ_prev = 0) is first order and returns
+  x̂_0, as in the "lower order final" variant; with D = x̂_0 the update is DDIM's with η = 0.
 
 Timestep spacing for K of T steps (as named in Lin et al. 2024, Table 2):
 ``leading`` t = (K−1−i)·⌊T/K⌋, ``trailing`` t = round(T − i·T/K) − 1, ``linspace`` t = round(linspace(T−1, 0, K)).
@@ -27,7 +32,7 @@ import torch
 
 from core.diffusion import GaussianDiffusion
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 SPACINGS = ("leading", "trailing", "linspace")
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -54,6 +59,8 @@ class SamplerSpec:
     @property
     def label(self) -> str:
         """A short human label, e.g. ``DDIM-50 (η=0, leading)``."""
+        if self.name == "dpmpp2m":
+            return f"DPM-Solver++(2M)-{self.steps} ({self.spacing})"
         extra = f"η={self.eta:g}, " if self.name == "ddim" else f"{self.variance}, "
         return f"{self.name.upper()}-{self.steps} ({extra}{self.spacing})"
 
@@ -110,6 +117,8 @@ def sample(
     keep = set(np.linspace(0, len(ts) - 1, record).round().astype(int).tolist()) if record > 1 else set()
     trajectory: list[tuple[int, torch.Tensor]] = []
     x = x_T
+    prev_x0: torch.Tensor | None = None  # DPM-Solver++(2M): x̂_0 and h of the previous step
+    prev_h = 0.0
     for i, t in enumerate(ts):
         if i in keep:
             trajectory.append((t, x.clone()))
@@ -126,6 +135,12 @@ def sample(
             x = x0
             continue
         beta = 1 - a_t / a_prev
+        if spec.name == "dpmpp2m":
+            h = 0.5 * (math.log(a_prev / (1 - a_prev)) - math.log(a_t / (1 - a_t)))
+            d = x0 if prev_x0 is None else x0 + (x0 - prev_x0) * (h / (2 * prev_h))
+            x = math.sqrt((1 - a_prev) / (1 - a_t)) * x - math.sqrt(a_prev) * math.expm1(-h) * d
+            prev_x0, prev_h = x0, h
+            continue
         if spec.name == "ddim":
             sigma = spec.eta * math.sqrt((1 - a_prev) / (1 - a_t) * beta)
             mean = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
