@@ -58,7 +58,7 @@ t2=$(date +%s)
 (
     set +e
     # timeout leads its own process group: cleanup() can end it and snakemake together
-    timeout 200 snakemake --profile profiles/slurm-ci "$BAD/tiny/models/unet-cfg/train_log.csv" \
+    timeout 600 snakemake --profile profiles/slurm-ci "$BAD/tiny/models/unet-cfg/train_log.csv" \
         --slurm-logdir "$TMP/slurm_logs_bad" --config results_dir="$BAD" >"$TMP/run2.log" 2>&1 &
     echo $! >"$TMP/run2.pid"
     wait $!
@@ -73,7 +73,7 @@ TARGET=$RESULTS/tiny/report/table.md
 log "run 1: tiny preset -> $RESULTS"
 t1=$(date +%s)
 set +e
-timeout 270 snakemake --profile profiles/slurm-ci "$TARGET" --slurm-logdir "$TMP/slurm_logs" \
+timeout 900 snakemake --profile profiles/slurm-ci "$TARGET" --slurm-logdir "$TMP/slurm_logs" \
     --config results_dir="$RESULTS" >"$TMP/run1.log" 2>&1
 rc=$?
 set -e
@@ -110,7 +110,7 @@ log "run 1 ok: ${t_run1}s, $n_jobs SLURM jobs (ids ${jobids[*]}) + $n_local loca
 wait "$run2_pid" || true
 rc=$(cat "$TMP/run2.rc")
 t_run2=$(cat "$TMP/run2.seconds")
-[ "$rc" = 124 ] && fail "run 2 hung: snakemake did not notice the failed job in 200 s"
+[ "$rc" = 124 ] && fail "run 2 hung: snakemake did not notice the failed job in 600 s"
 [ "$rc" != 0 ] || fail "snakemake exited 0 although the train job must fail (log: $TMP/run2.log)"
 bad_id=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$TMP/run2.log" | head -n1)
 [ -n "$bad_id" ] || fail "run 2 failed before submitting anything (expected a failure at run time)"
