@@ -218,9 +218,14 @@ def experiment_spec(config: dict[str, Any], study: str, experiment: str) -> dict
     exp = _merged_experiment(config, study, experiment)
     exp.setdefault("guidance_scale", 1.0)
     exp.setdefault("checkpoints", "final")
+    exp.pop("gpus", None)  # how many processes draw the samples does not change them: see sample_gpus
     if model_spec(config, study, exp["model"])["space"] == "latent":  # latents are never clipped to ±1
         exp["sampler"] = {**exp["sampler"], "clip_denoised": False}
     return {"experiment": experiment, "study": study, **exp}
+
+
+def sample_gpus(config: dict[str, Any], study: str, experiment: str) -> int:
+    return int(_merged_experiment(config, study, experiment).get("gpus", 1))
 
 
 def checkpoint_steps(train: dict[str, Any]) -> list[int]:

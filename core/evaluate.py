@@ -17,10 +17,10 @@ import argparse
 import json
 from typing import Any
 
-from core import data, metrics
+from core import data, distributed, metrics
 from core.features import load_extractor
 from core.provenance import provenance, write_json
-from core.reference_stats import _device, load_reference
+from core.reference_stats import load_reference
 
 
 def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
@@ -35,7 +35,12 @@ def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
         )
 
 
-def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, options: dict[str, Any]) -> dict:
+def evaluate(
+    samples: str, reference: str, extractor_spec: dict[str, Any], out: str, options: dict[str, Any]
+) -> dict | None:
+    """Compute and write the metrics; under torchrun the extraction is split and only rank 0 writes."""
+    device = distributed.device_for("auto")
+    ctx = distributed.init(device)
     ref, ref_meta = load_reference(reference)
     extractor = load_extractor(extractor_spec)
     if ref_meta["extractor"]["weights_sha256"] != extractor.label["weights_sha256"]:
@@ -49,8 +54,11 @@ def evaluate(samples: str, reference: str, extractor_spec: dict[str, Any], out: 
         check_counts(f["samples/images"].shape[0], len(ref["features"]), options)
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         feats, logits = extractor.extract(
-            f["samples/images"], batch_size=int(options.get("batch_size", 200)), device=_device()
+            f["samples/images"], batch_size=int(options.get("batch_size", 200)), device=device, ctx=ctx
         )
+    distributed.shutdown(ctx)
+    if not ctx.is_main:
+        return None
     n_gen, n_real = len(feats), len(ref["features"])
     mu, sigma = metrics.feature_statistics(feats)
     fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])

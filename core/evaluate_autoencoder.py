@@ -1,7 +1,7 @@
 """Stage: how well an autoencoder reconstructs a study's reference images (PSNR, Fréchet distance, a grid).
 
     python -m core.evaluate_autoencoder --autoencoder results/autoencoders/shapes16-f2/vae.pt \
-        --data results/data/shapes16.h5 --split val --num 1000 \
+        --data results/data/shapes16.h5 --split val --num-images 1000 \
         --reference results/refstats/shapes16/val-classifier-n1000.npz --extractor '<JSON>' \
         --out results/demo-a/autoencoders/shapes16-f2.json --grid results/demo-a/autoencoders/shapes16-f2.png
 
@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 
 from core import data, metrics
+from core.distributed import device_for
 from core.features import load_extractor
 from core.models import load_autoencoder
 from core.provenance import atomic_path, provenance, write_json
-from core.reference_stats import _device, load_reference
+from core.reference_stats import load_reference
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -74,7 +75,7 @@ def evaluate_autoencoder(
     grid: str,
     batch_size: int = 200,
 ) -> dict[str, Any]:
-    device = _device()
+    device = str(device_for("auto"))
     ref, ref_meta = load_reference(reference)
     extractor = load_extractor(extractor_spec)
     if ref_meta["extractor"]["weights_sha256"] != extractor.label["weights_sha256"]:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--autoencoder", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
-    p.add_argument("--num", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=0, help="the first N images of the split (0: all)")
     p.add_argument("--reference", required=True)
     p.add_argument("--extractor", required=True, help="extractor spec as JSON: kind, weights")
     p.add_argument("--batch-size", type=int, default=200)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         args.autoencoder,
         args.data,
         args.split,
-        args.num,
+        args.num_images,
         args.reference,
         json.loads(args.extractor),
         args.out,

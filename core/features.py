@@ -8,7 +8,8 @@ Extractors:
 
 Every extractor carries a ``label`` dict (name, weights file and SHA-256, preprocessing, feature
 dimension) that is copied into each statistics and metrics file. Extraction runs without gradients, in
-float32 with TF32 disabled, so metrics do not depend on the GPU's matmul precision settings.
+float32 with TF32 disabled, so metrics do not depend on the GPU's matmul precision settings; under torchrun
+it is split across the processes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from core import data
+from core.distributed import Context
 from core.provenance import file_sha256
 
 
@@ -36,8 +38,13 @@ class Extractor:
         return self.name == "inception"
 
     @torch.inference_mode()
-    def extract(self, images: Any, batch_size: int = 200, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-        """Features and logits (float64) of uint8 NHWC images (an array or an h5py dataset)."""
+    def extract(
+        self, images: Any, batch_size: int = 200, device: str | torch.device = "cpu", ctx: Context | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features and logits (float64) of uint8 NHWC images (an array or an h5py dataset).
+
+        With a data-parallel ``ctx`` (torchrun), rank r extracts the r-th contiguous part and every rank gets
+        all rows back in order."""
         n = images.shape[0]
         if n == 0:
             raise ValueError("no images to extract features from")
@@ -48,13 +55,22 @@ class Extractor:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         try:
             self.model.to(device).eval()
+            lo, hi = 0, n
+            if ctx is not None and ctx.enabled:
+                per = -(-n // ctx.world_size)
+                lo, hi = min(n, ctx.rank * per), min(n, (ctx.rank + 1) * per)
             feats, logits = [], []
-            for i in range(0, n, batch_size):
-                f, lg = self.model(self.prepare(np.asarray(images[i : i + batch_size])).to(device))
+            for i in range(lo, hi, batch_size):
+                f, lg = self.model(self.prepare(np.asarray(images[i : min(i + batch_size, hi)])).to(device))
                 feats.append(f.double().cpu().numpy())
                 logits.append(lg.double().cpu().numpy())
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        if ctx is not None and ctx.enabled:
+            parts: list[Any] = [None] * ctx.world_size
+            torch.distributed.all_gather_object(parts, (feats, logits))
+            feats = [a for part in parts for a in part[0]]
+            logits = [a for part in parts for a in part[1]]
         return np.concatenate(feats), np.concatenate(logits)
 
 

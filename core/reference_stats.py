@@ -1,11 +1,11 @@
 """Stage: features and statistics of real images, computed once and reused by every experiment.
 
-    python -m core.reference_stats --data results/data/shapes32.h5 --split val --num 1000 \
+    python -m core.reference_stats --data results/data/shapes32.h5 --split val --num-images 1000 \
         --extractor '<extractor spec JSON>' --out results/refstats/shapes32/val-clf-n1000.npz
 
 The ``.npz`` holds ``features`` (N, D), ``logits``, ``mu`` and ``sigma`` (float64) and ``meta`` (a JSON
-string: dataset, split, N, extractor label, code version). N is the first ``--num`` images of the split
-(all of them when ``--num`` is 0).
+string: dataset, split, N, extractor label, code version). N is the first ``--num-images`` images of the split
+(all of them when ``--num-images`` is 0).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import json
 from typing import Any
 
 import numpy as np
-import torch
 
-from core import data, metrics
+from core import data, distributed, metrics
 from core.features import load_extractor
 from core.provenance import atomic_path, provenance
 
@@ -25,14 +24,19 @@ from core.provenance import atomic_path, provenance
 def reference_stats(
     data_path: str, split: str, num: int, extractor_spec: dict[str, Any], out: str, batch_size: int = 200
 ) -> None:
+    device = distributed.device_for("auto")
+    ctx = distributed.init(device)  # under torchrun the extraction is split; rank 0 writes
     extractor = load_extractor(extractor_spec)
     with data.open_images(data_path, split) as f:
         available = f[f"{split}/images"].shape[0]
         n = available if num == 0 else num
         if n > available:
             raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
-        feats, logits = extractor.extract(f[f"{split}/images"][:n], batch_size=batch_size, device=_device())
+        feats, logits = extractor.extract(f[f"{split}/images"][:n], batch_size=batch_size, device=device, ctx=ctx)
         data_prov = json.loads(f.attrs.get("provenance", "{}"))
+    distributed.shutdown(ctx)
+    if not ctx.is_main:
+        return
     mu, sigma = metrics.feature_statistics(feats)
     meta = provenance(
         None,
@@ -47,10 +51,6 @@ def reference_stats(
     print(f"[reference_stats] {n} images of {data_path}:{split} -> {out}", flush=True)
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     with np.load(path) as z:
         arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--split", required=True)
-    p.add_argument("--num", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=0, help="the first N images of the split (0: all)")
     p.add_argument("--extractor", required=True, help="extractor spec as JSON: kind, weights")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    reference_stats(args.data, args.split, args.num, json.loads(args.extractor), args.out, args.batch_size)
+    reference_stats(args.data, args.split, args.num_images, json.loads(args.extractor), args.out, args.batch_size)
 
 
 if __name__ == "__main__":

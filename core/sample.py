@@ -9,6 +9,8 @@ own generator seeded by (seed, batch index), so a resumed file equals an uninter
 file is renamed to ``<out>``. Conditional models get class-balanced labels (i mod num_classes).
 Latent models sample latents (never clipped) and the autoencoder given by ``--autoencoder`` (checked against
 the SHA-256 the model recorded) decodes z / scale_factor to pixels before anything is written.
+Under ``torchrun`` (several processes) rank r draws batches r, r + W, … into its own shard file and the main
+rank assembles ``<out>`` in batch order: the same file as one process writes.
 The first ``trajectory_images`` images are also stored at ``trajectory_points`` timesteps in
 ``/trajectory/images`` (K, P, H, W, 3) with ``/trajectory/timesteps`` (−1 marks the final x₀).
 """
@@ -27,7 +29,7 @@ import h5py
 import numpy as np
 import torch
 
-from core import data
+from core import data, distributed
 from core.diffusion import GaussianDiffusion
 from core.models import load_autoencoder, load_denoiser
 from core.provenance import code_version, file_sha256, spec_hash
@@ -72,7 +74,8 @@ def _decoder(
 def run(
     checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "auto", autoencoder: str | None = None
 ) -> None:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
+    device = distributed.device_for(device_name)
+    ctx = distributed.init(device)
     sspec = sampler_spec(spec)
     model, meta = load_denoiser(checkpoint, use_ema=bool(spec.get("use_ema", True)), device=str(device))
     guidance = float(spec.get("guidance_scale", 1.0))
@@ -99,81 +102,122 @@ def run(
     }
     h = spec_hash(identity)
 
+    prov = {
+        "code_version": code_version(),
+        "experiment": spec.get("experiment"),
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_step": int(meta["step"]),
+        "model_spec": meta["spec"],
+        "model_code_version": meta["code_version"],
+        "sampler": sspec.name,
+        "sampler_label": sspec.label,
+        "steps": sspec.steps,
+        "eta": sspec.eta,
+        "spacing": sspec.spacing,
+        "variance": sspec.variance,
+        "guidance_scale": guidance,
+        "seed": seed,
+        "use_ema": bool(spec.get("use_ema", True)),
+        "space": "latent" if latent else "pixel",
+        "autoencoder": latent,
+        "spec": spec,
+    }
+
+    def open_partial(path: Path, resume_hash: str) -> h5py.File:
+        """The partial file at ``path``, reopened if it was made by the same settings, else made anew."""
+        if path.exists():
+            try:
+                with h5py.File(path, "r") as f:
+                    same = f.attrs.get("resume_hash") == resume_hash
+            except OSError:
+                same = False
+            if not same:
+                print(f"[sample] {path} was made by other settings or is unreadable: starting again", flush=True)
+                path.unlink()
+        if not path.exists():
+            with h5py.File(path, "w") as f:
+                data.write_root_attrs(f, "samples", pixel_size, meta["class_names"], prov)
+                for key in ("experiment", "sampler", "spacing", "variance"):
+                    f.attrs[key] = str(prov[key])
+                for key in ("checkpoint_step", "steps", "eta", "guidance_scale", "seed"):
+                    f.attrs[key] = prov[key]
+                f.attrs["code_version"] = prov["code_version"]
+                f.attrs["resume_hash"] = resume_hash
+                f.attrs["num_done"] = 0
+                f.attrs["complete"] = False
+                data.create_split(f, "samples", n, pixel_size)
+                f["samples/labels"][:] = labels_all
+        return h5py.File(path, "a")
+
+    def draw(b: int, f: h5py.File) -> int:
+        """Sample batch ``b`` (its own generator: the same images whichever process draws it) into ``f``."""
+        start = b * batch
+        m = min(batch, n - start)
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+        x_T = torch.randn((m, int(meta["in_channels"]), size, size), generator=gen, device=device)
+        y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
+        record = record_points if (start == 0 and record_images) else 0
+        x0, traj = sample(model, diffusion, x_T, sspec, y, guidance, gen, record=record)
+        f["samples/images"][start : start + m] = data.to_uint8(decode(x0))
+        if traj:
+            stack = np.stack([data.to_uint8(decode(x[:record_images])) for _, x in traj], axis=1)
+            if "trajectory" in f:
+                del f["trajectory"]
+            g = f.create_group("trajectory")
+            g.create_dataset("images", data=stack)
+            g.create_dataset("timesteps", data=np.array([t for t, _ in traj], dtype=np.int64))
+        return start + m
+
     partial = Path(str(out) + ".partial")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if partial.exists():
-        try:
-            with h5py.File(partial, "r") as f:
-                same = f.attrs.get("resume_hash") == h
-        except OSError:
-            same = False
-        if not same:
-            print(f"[sample] {partial} was made by other settings or is unreadable: starting again", flush=True)
-            partial.unlink()
-    if not partial.exists():
-        with h5py.File(partial, "w") as f:
-            prov = {
-                "code_version": code_version(),
-                "experiment": spec.get("experiment"),
-                "checkpoint": os.path.abspath(checkpoint),
-                "checkpoint_step": int(meta["step"]),
-                "model_spec": meta["spec"],
-                "model_code_version": meta["code_version"],
-                "sampler": sspec.name,
-                "sampler_label": sspec.label,
-                "steps": sspec.steps,
-                "eta": sspec.eta,
-                "spacing": sspec.spacing,
-                "variance": sspec.variance,
-                "guidance_scale": guidance,
-                "seed": seed,
-                "use_ema": bool(spec.get("use_ema", True)),
-                "space": "latent" if latent else "pixel",
-                "autoencoder": latent,
-                "spec": spec,
-            }
-            data.write_root_attrs(f, "samples", pixel_size, meta["class_names"], prov)
-            for key in ("experiment", "sampler", "spacing", "variance"):
-                f.attrs[key] = str(prov[key])
-            for key in ("checkpoint_step", "steps", "eta", "guidance_scale", "seed"):
-                f.attrs[key] = prov[key]
-            f.attrs["code_version"] = prov["code_version"]
-            f.attrs["resume_hash"] = h
-            f.attrs["num_done"] = 0
-            f.attrs["complete"] = False
-            data.create_split(f, "samples", n, pixel_size)
-            f["samples/labels"][:] = labels_all
-
+    num_batches = -(-n // batch)
     t0 = time.time()
-    with h5py.File(partial, "a") as f:
+    if not ctx.enabled:
+        with open_partial(partial, h) as f:
+            done = int(f.attrs["num_done"])
+            if done:
+                print(f"[sample] resuming {partial} at {done}/{n}", flush=True)
+            for b in range(done // batch, num_batches):
+                end = draw(b, f)
+                f.attrs["num_done"] = end
+                f.flush()
+                rate = (end - done) / max(time.time() - t0, 1e-9)
+                print(f"[sample] {end}/{n} images ({rate:.1f} img/s)", flush=True)
+            f.attrs["complete"] = True
+            f["samples"].attrs["count"] = n
+        os.replace(partial, out)
+        print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
+        return
+
+    # Several processes: rank r draws batches r, r + W, r + 2W, … into its own shard (resumable the same way,
+    # counting its own batches in num_done), then the main rank copies the batches in order into <out>.
+    shards = [Path(f"{out}.partial.rank{r}of{ctx.world_size}") for r in range(ctx.world_size)]
+    mine = list(range(ctx.rank, num_batches, ctx.world_size))
+    with open_partial(shards[ctx.rank], spec_hash({**identity, "world_size": ctx.world_size})) as f:
         done = int(f.attrs["num_done"])
-        if done:
-            print(f"[sample] resuming {partial} at {done}/{n}", flush=True)
-        for b, start in enumerate(range(0, n, batch)):
-            if start < done:
-                continue
-            m = min(batch, n - start)
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
-            x_T = torch.randn((m, int(meta["in_channels"]), size, size), generator=gen, device=device)
-            y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
-            record = record_points if (start == 0 and record_images) else 0
-            x0, traj = sample(model, diffusion, x_T, sspec, y, guidance, gen, record=record)
-            f["samples/images"][start : start + m] = data.to_uint8(decode(x0))
-            if traj:
-                stack = np.stack([data.to_uint8(decode(x[:record_images])) for _, x in traj], axis=1)
-                if "trajectory" in f:
-                    del f["trajectory"]
-                g = f.create_group("trajectory")
-                g.create_dataset("images", data=stack)
-                g.create_dataset("timesteps", data=np.array([t for t, _ in traj], dtype=np.int64))
-            f.attrs["num_done"] = start + m
+        for k, b in enumerate(mine[done:], start=done):
+            draw(b, f)
+            f.attrs["num_done"] = k + 1
             f.flush()
-            rate = (start + m - done) / max(time.time() - t0, 1e-9)
-            print(f"[sample] {start + m}/{n} images ({rate:.1f} img/s)", flush=True)
-        f.attrs["complete"] = True
-        f["samples"].attrs["count"] = n
-    os.replace(partial, out)
-    print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
+        print(f"[sample] rank {ctx.rank}: {len(mine)} batches in {time.time() - t0:.1f}s", flush=True)
+    distributed.barrier(ctx)
+    if ctx.is_main:
+        with open_partial(partial, h) as f:
+            for b in range(num_batches):
+                rows = slice(b * batch, min((b + 1) * batch, n))
+                with h5py.File(shards[b % ctx.world_size], "r") as src:
+                    f["samples/images"][rows] = src["samples/images"][rows]
+                    if b == 0 and "trajectory" in src:
+                        src.copy("trajectory", f)
+            f.attrs["num_done"] = n
+            f.attrs["complete"] = True
+            f["samples"].attrs["count"] = n
+        os.replace(partial, out)
+        for shard in shards:
+            shard.unlink()
+        print(f"[sample] wrote {out} from {ctx.world_size} processes in {time.time() - t0:.1f}s", flush=True)
+    distributed.barrier(ctx)
+    distributed.shutdown(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:

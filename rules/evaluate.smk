@@ -50,11 +50,13 @@ rule reference_stats:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=config["metrics"]["gpus"],
     params:
+        launch=launcher(config["metrics"]["gpus"]),
         extractor=lambda w: as_json(extractor_for_tag(w.dataset, w.extractor)),
         batch_size=config["metrics"]["batch_size"],
     shell:
-        "python -m core.reference_stats --data {input.data} --split {wildcards.split} --num {wildcards.num}"
+        "{params.launch} -m core.reference_stats --data {input.data} --split {wildcards.split} --num-images {wildcards.num}"
         " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
 
 
@@ -76,9 +78,11 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=config["metrics"]["gpus"],
     params:
+        launch=launcher(config["metrics"]["gpus"]),
         extractor=lambda w: as_json(extractor_spec(w.study)),
         options=lambda w: as_json(evaluation_options(w.study)),
     shell:
-        "python -m core.evaluate --samples {input.samples} --reference {input.reference}"
+        "{params.launch} -m core.evaluate --samples {input.samples} --reference {input.reference}"
         " --extractor {params.extractor:q} --options {params.options:q} --out {output} > {log} 2>&1"

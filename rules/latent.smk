@@ -74,6 +74,6 @@ rule evaluate_autoencoder:
         batch_size=config["metrics"]["batch_size"],
     shell:
         "python -m core.evaluate_autoencoder --autoencoder {input.vae} --data {input.data}"
-        " --split {params.split} --num {params.num} --reference {input.reference}"
+        " --split {params.split} --num-images {params.num} --reference {input.reference}"
         " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output.metrics}"
         " --grid {output.grid} --threads {threads} > {log} 2>&1"

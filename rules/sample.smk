@@ -15,13 +15,15 @@ rule sample:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=lambda w: cfg.sample_gpus(config, w.study, w.experiment),
     params:
         spec=lambda w: as_json(cfg.experiment_spec(config, w.study, w.experiment)),
+        launch=lambda w: launcher(cfg.sample_gpus(config, w.study, w.experiment)),
         autoencoder=lambda w, input: (
             f"--autoencoder {input.autoencoder}"
             if "autoencoder" in input.keys()
             else ""
         ),
     shell:
-        "python -m core.sample --checkpoint {input.ckpt}/{wildcards.step}.pt --spec {params.spec:q}"
+        "{params.launch} -m core.sample --checkpoint {input.ckpt}/{wildcards.step}.pt --spec {params.spec:q}"
         " {params.autoencoder} --out {output} --threads {threads} >> {log} 2>&1"
