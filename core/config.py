@@ -82,6 +82,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config key default_studies: study '{name}' is not defined under 'studies'")
     for study_name, study in config["studies"].items():
         where = ["studies", study_name]
+        expand_sweeps(config, study_name)
         if extractor_kind(config, study_name) == "inception" and not config["metrics"].get("inception_weights"):
             raise ConfigError(
                 f"config key {_key([*where, 'evaluation', 'extractor'])}: 'inception' needs "
@@ -106,6 +107,17 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"{_key([*where, 'models'])}"
                 )
             model = model_spec(config, study_name, exp["model"])
+            early = "early_stopping" in model["train"]
+            if early != (exp.get("checkpoints", "final") == "best"):
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'checkpoints'])}: "
+                    + (
+                        f"model '{exp['model']}' stops early (train.early_stopping), so which steps it saves is "
+                        "known only after training: sample its best-validation state with checkpoints: best"
+                        if early
+                        else f"'best' needs train.early_stopping in model '{exp['model']}'"
+                    )
+                )
             ev = study["evaluation"]
             # image-folder datasets have no counts before ingestion: core.evaluate checks those at run time
             splits = config["datasets"][study["dataset"]].get("splits", {})
@@ -141,6 +153,71 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             "pytorch-fid and torch-fidelity download), or set the key to null to use the dataset classifier"
         )
     return config
+
+
+def _sweep_sampler(base: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
+    """The base experiment's sampler with another algorithm or step count (its spacing kept)."""
+    sampler = {k: v for k, v in base.items() if k in ("spacing", "clip_denoised")}
+    sampler.update(name=name, steps=steps)
+    if name == "ddim":
+        sampler["eta"] = base.get("eta", 0.0) if base["name"] == "ddim" else 0.0
+    if name == "ddpm" and base["name"] == "ddpm" and "variance" in base:
+        sampler["variance"] = base["variance"]
+    return sampler
+
+
+def expand_sweeps(config: dict[str, Any], study: str) -> None:
+    """Add the experiments of ``studies.<study>.sweeps`` to the study's experiments (idempotent).
+
+    A point identical to its base experiment is not repeated: the base stands for it in the sweep. A base
+    evaluated at every checkpoint is swept at its last one.
+    """
+    s = config["studies"][study]
+    for kind, entries in s.get("sweeps", {}).items():
+        for i, entry in enumerate(entries):
+            base_name = entry["base"]
+            if base_name not in s["experiments"] or "sweep" in s["experiments"][base_name]:
+                raise ConfigError(
+                    f"config key {_key(['studies', study, 'sweeps', kind, i, 'base'])}: '{base_name}' is not one of "
+                    f"the study's experiments"
+                )
+            base = _merged_experiment(config, study, base_name)
+            points: dict[str, dict[str, Any]] = {}
+            if kind == "nfe":
+                for sampler, steps_list in entry["samplers"].items():
+                    for steps in steps_list:
+                        points[f"{base_name}.nfe-{sampler}-{steps}"] = {
+                            "sampler": _sweep_sampler(base["sampler"], sampler, steps)
+                        }
+            else:
+                for w in entry["scales"]:
+                    points[f"{base_name}.w{w:g}"] = {"guidance_scale": float(w)}
+            for name, change in points.items():
+                point = {
+                    **copy.deepcopy(s["experiments"][base_name]),
+                    **change,
+                    "sweep": {"kind": kind, "base": base_name},
+                }
+                point.pop("published", None)
+                if base.get("checkpoints") == "all":
+                    point["checkpoints"] = "final"
+                merged = deep_merge(s.get("defaults", {}).get("experiment", {}), point)
+                if _sampling_settings(merged) != _sampling_settings(base):
+                    s["experiments"].setdefault(name, point)
+
+
+def _sampling_settings(exp: dict[str, Any]) -> dict[str, Any]:
+    """What makes an experiment's samples: all but its bookkeeping keys, with the default guidance."""
+    out = {k: v for k, v in exp.items() if k not in ("sweep", "published", "checkpoints")}
+    out.setdefault("guidance_scale", 1.0)
+    out["guidance_scale"] = float(out["guidance_scale"])
+    return out
+
+
+def sweep_experiments(config: dict[str, Any], study: str, kind: str | None = None) -> list[str]:
+    """The study's experiments made by a sweep (of ``kind``), in config order."""
+    exps = config["studies"][study]["experiments"]
+    return [e for e, x in exps.items() if "sweep" in x and (kind is None or x["sweep"]["kind"] == kind)]
 
 
 UNET_NET_KEYS = {"base_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout", "norm_groups"}
@@ -234,10 +311,13 @@ def checkpoint_steps(train: dict[str, Any]) -> list[int]:
     return sorted({*range(every, total + 1, every), total})
 
 
-def eval_steps(config: dict[str, Any], study: str, experiment: str) -> list[int]:
+def eval_steps(config: dict[str, Any], study: str, experiment: str) -> list[int | str]:
+    """The checkpoints an experiment samples: steps, or ``"best"`` (early stopping's best-validation state)."""
     exp = experiment_spec(config, study, experiment)
+    if exp["checkpoints"] == "best":
+        return ["best"]
     steps = checkpoint_steps(model_spec(config, study, exp["model"])["train"])
-    return steps if exp["checkpoints"] == "all" else steps[-1:]
+    return list(steps) if exp["checkpoints"] == "all" else steps[-1:]
 
 
 def extractor_kind(config: dict[str, Any], study: str) -> str:
@@ -274,8 +354,9 @@ def classifier_spec(config: dict[str, Any], study: str) -> dict[str, Any]:
 # ---- paths -------------------------------------------------------------------------------------------
 
 
-def step_tag(step: int) -> str:
-    return f"step{step:07d}"
+def step_tag(step: int | str) -> str:
+    """A checkpoint's file stem: ``step0004000``, or ``best``."""
+    return step if isinstance(step, str) else f"step{step:07d}"
 
 
 def dataset_path(config: dict[str, Any], dataset: str) -> str:
@@ -296,11 +377,11 @@ def model_dir(config: dict[str, Any], study: str, model: str) -> str:
     return f"{config['results_dir']}/{study}/models/{model}"
 
 
-def sample_path(config: dict[str, Any], study: str, experiment: str, step: int) -> str:
+def sample_path(config: dict[str, Any], study: str, experiment: str, step: int | str) -> str:
     return f"{config['results_dir']}/{study}/samples/{experiment}/{step_tag(step)}.h5"
 
 
-def metrics_path(config: dict[str, Any], study: str, experiment: str, step: int) -> str:
+def metrics_path(config: dict[str, Any], study: str, experiment: str, step: int | str) -> str:
     return f"{config['results_dir']}/{study}/metrics/{experiment}/{step_tag(step)}.json"
 
 

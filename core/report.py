@@ -68,29 +68,33 @@ def fmt_lr(x: float) -> str:
     return f"{x:.0e}".replace("e-0", "e-")
 
 
+def sampler_label(s: dict[str, Any]) -> str:
+    label = ("DPM-Solver++(2M)" if s["name"] == "dpmpp2m" else s["name"].upper()) + f"-{s['steps']}"
+    return label + (f" (η={s.get('eta', 0.0):g})" if s["name"] == "ddim" else "")
+
+
 def build_rows(study: dict[str, Any], per_exp: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for name, exp in study["experiments"].items():
-        if name not in per_exp:
+        if name not in per_exp or "sweep" in exp:
             continue
         runs = per_exp[name]
         best = pick(runs)
         model = study["models"][exp["model"]]
-        s = exp["sampler"]
-        sampler = ("DPM-Solver++(2M)" if s["name"] == "dpmpp2m" else s["name"].upper()) + f"-{s['steps']}"
-        if s["name"] == "ddim":
-            sampler += f" (η={s.get('eta', 0.0):g})"
         rows.append(
             {
                 "name": name,
                 "vae": f"yes ({model['autoencoder']})" if model.get("space") == "latent" else "no",
                 "cfg": f"w={exp['guidance_scale']:g}" if model["net"].get("class_conditional") else "no",
                 "backbone": model.get("label", model["backbone"].upper() if model["backbone"] == "dit" else "UNet"),
-                "sampler": sampler,
+                "sampler": sampler_label(exp["sampler"]),
+                "model": exp["model"],
+                "published": exp.get("published"),
                 "width": model["net"].get("base_channels", model["net"].get("hidden_size", "")),
                 "lr": model["train"]["lr"],
                 "hflip": "yes" if model["train"].get("hflip") else "no",
                 "step": best["samples"]["checkpoint_step"],
+                "tag": Path(best["_path"]).stem,
                 "last_step": runs[-1]["samples"]["checkpoint_step"],
                 "fid": best["fid"],
                 "fid_last": runs[-1]["fid"],
@@ -105,6 +109,15 @@ def build_rows(study: dict[str, Any], per_exp: dict[str, list[dict[str, Any]]]) 
             }
         )
     return rows
+
+
+def published_cells(p: dict[str, Any] | None, with_step: bool = False) -> str:
+    if not p:
+        return " – | – |"
+    fid = f"{p['fid']:.2f}" + (f" ({p['step']})" if with_step and "step" in p else "")
+    is_ = f"{p['is_mean']:.2f}" + (f" ± {p['is_std']:.2f}" if "is_std" in p else "")
+    note = f" ({p['note']})" if p.get("note") else ""
+    return f" {fid} | {is_}{note} |"
 
 
 def provenance_note(m: dict[str, Any]) -> str:
@@ -159,28 +172,185 @@ def markdown_table(study: dict[str, Any], rows: list[dict[str, Any]], per_exp: d
     fid_h, is_h = f"{any_m['label']['fid']} ↓", f"{any_m['label']['is']} ↑"
     out = io.StringIO()
     out.write(f"# {study['title']}\n\n")
+    pub = any(r["published"] for r in rows)
     if study["layout"] == "ablation":
-        out.write(
-            f"| run | width | LR | h-flip | sampler | best {fid_h} (step) | {is_h} at that step | last {fid_h} |\n"
-        )
-        out.write("|---|---|---|---|---|---|---|---|\n")
+        head = f"| run | width | LR | h-flip | sampler | best {fid_h} (step) | {is_h} at that step | last {fid_h} |"
+        head += " published best FID (step) | published IS at that step |" if pub else ""
+        out.write(head + "\n|" + "---|" * (10 if pub else 8) + "\n")
         for r in rows:
             out.write(
                 f"| {r['name']} | {r['width']} | {fmt_lr(r['lr'])} | {r['hflip']} | {r['sampler']} | "
-                f"{r['fid']:.2f} ({r['step']}) | {r['is_mean']:.2f} ± {r['is_std']:.2f} | {r['fid_last']:.2f} |\n"
+                f"{r['fid']:.2f} ({r['step']}) | {r['is_mean']:.2f} ± {r['is_std']:.2f} | {r['fid_last']:.2f} |"
+                + (published_cells(r["published"], with_step=True) if pub else "")
+                + "\n"
             )
     else:
-        out.write(f"| name | VAE | CFG | backbone | sampler | step | {fid_h} | {is_h} |\n")
-        out.write("|---|---|---|---|---|---|---|---|\n")
+        head = f"| name | VAE | CFG | backbone | sampler | step | {fid_h} | {is_h} |"
+        head += " published FID | published IS |" if pub else ""
+        out.write(head + "\n|" + "---|" * (10 if pub else 8) + "\n")
         for r in rows:
             out.write(
                 f"| {r['name']} | {r['vae']} | {r['cfg']} | {r['backbone']} | {r['sampler']} | {r['step']} | "
-                f"{r['fid']:.2f} | {r['is_mean']:.2f} ± {r['is_std']:.2f} |\n"
+                f"{r['fid']:.2f} | {r['is_mean']:.2f} ± {r['is_std']:.2f} |"
+                + (published_cells(r["published"]) if pub else "")
+                + "\n"
             )
     out.write("\n" + provenance_note(any_m))
+    if pub:
+        out.write(
+            "Published: the reference study's numbers for the same row (Inception FID/IS as the reference computed "
+            "them). " + study.get("published_protocol", "") + " "
+        )
     out.write(
         "Samples from the EMA weights; rows with several checkpoints report the best-FD checkpoint and the IS of "
         f"that same checkpoint. Report code version `{code_version()}`.\n"
+    )
+    return out.getvalue()
+
+
+def network_evaluations(exp: dict[str, Any]) -> int:
+    """Denoiser evaluations per image: one per step, two with classifier-free guidance (w ≠ 1)."""
+    return int(exp["sampler"]["steps"]) * (2 if exp.get("guidance_scale", 1.0) != 1.0 else 1)
+
+
+def sweep_series(study: dict[str, Any], per_exp: dict[str, list[dict]], kind: str) -> dict[str, list[str]]:
+    """Per swept base experiment, the experiments of its ``kind`` sweep (the base included) that have metrics."""
+    series: dict[str, list[str]] = defaultdict(list)
+    for name, exp in study["experiments"].items():
+        if exp.get("sweep", {}).get("kind") == kind:
+            base = exp["sweep"]["base"]
+            if not series[base] and base in per_exp:
+                series[base].append(base)
+            if name in per_exp:
+                series[base].append(name)
+    return dict(series)
+
+
+def sweep_tables(study: dict[str, Any], per_exp: dict[str, list[dict]]) -> str:
+    out = io.StringIO()
+    exps = study["experiments"]
+    for base, names in sweep_series(study, per_exp, "nfe").items():
+        b = exps[base]
+        out.write(
+            f"\n## Sweep: quality against sampler steps ({base}: model {b['model']}, w={b['guidance_scale']:g})\n\n"
+        )
+        m0 = per_exp[base][-1]
+        out.write(
+            "| experiment | sampler | network evaluations per image | "
+            f"{m0['label']['fid']} ↓ | {m0['label']['is']} ↑ |\n"
+        )
+        out.write("|---|---|---|---|---|\n")
+        for n in sorted(names, key=lambda n: (exps[n]["sampler"]["name"], exps[n]["sampler"]["steps"])):
+            m = per_exp[n][-1]
+            out.write(
+                f"| {n} | {sampler_label(exps[n]['sampler'])} | {network_evaluations(exps[n])} | {m['fid']:.2f} | "
+                f"{m['is_mean']:.2f} ± {m['is_std']:.2f} |\n"
+            )
+    for base, names in sweep_series(study, per_exp, "guidance").items():
+        b = exps[base]
+        out.write(f"\n## Sweep: guidance scale ({base}: model {b['model']}, {sampler_label(b['sampler'])})\n\n")
+        m0 = per_exp[base][-1]
+        out.write(
+            f"| experiment | guidance scale w | {m0['label']['fid']} ↓ | {m0['label']['is']} ↑ |\n|---|---|---|---|\n"
+        )
+        for n in sorted(names, key=lambda n: exps[n]["guidance_scale"]):
+            m = per_exp[n][-1]
+            out.write(
+                f"| {n} | {exps[n]['guidance_scale']:g} | {m['fid']:.2f} | {m['is_mean']:.2f} ± {m['is_std']:.2f} |\n"
+            )
+    if out.getvalue():
+        out.write("\nSweep points are sampled from the same checkpoint as their base row (its last evaluated one).\n")
+    return out.getvalue()
+
+
+def plot_sweeps(path: Path, study: dict[str, Any], per_exp: dict[str, list[dict]]) -> None:
+    """Left: Fréchet distance against network evaluations per sampler; right: FD against IS across w."""
+    sns.set_theme(style="whitegrid")
+    exps = study["experiments"]
+    nfe, guidance = sweep_series(study, per_exp, "nfe"), sweep_series(study, per_exp, "guidance")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
+    any_m = next(iter(per_exp.values()))[0]
+    for base, names in nfe.items():
+        by_sampler: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for n in names:
+            by_sampler[exps[n]["sampler"]["name"]].append((network_evaluations(exps[n]), per_exp[n][-1]["fid"]))
+        for sampler, pts in sorted(by_sampler.items()):
+            x, y = zip(*sorted(pts), strict=True)
+            label = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)"}[sampler]
+            a1.plot(x, y, marker="o", label=f"{base}: {label}")
+    a1.set_xscale("log")
+    a1.set(xlabel="network evaluations per image", ylabel=any_m["label"]["fid"], title="Quality against sampler steps")
+    for base, names in guidance.items():
+        pts = sorted((exps[n]["guidance_scale"], per_exp[n][-1]["fid"], per_exp[n][-1]["is_mean"]) for n in names)
+        a2.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=base)
+        for w, fd, is_ in pts:
+            a2.annotate(f"w={w:g}", (fd, is_), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    a2.set(xlabel=f"{any_m['label']['fid']} (lower is better)", ylabel=f"{any_m['label']['is']} (higher is better)")
+    a2.set_title("Guidance scale: Fréchet distance against IS")
+    for ax, has in ((a1, nfe), (a2, guidance)):
+        if has:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "no sweep configured\n(studies.<study>.sweeps)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+    save_figure(fig, path)
+
+
+def training_cost(log: str, gpus: int) -> dict[str, Any]:
+    """Throughput, peak memory and device-hours of one training run, from its train_log.csv (a resumed run's
+    elapsed time restarts at 0: the segments are summed)."""
+    with open(log, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {"steps": 0, "images_per_s": math.nan, "peak_mem_mb": 0.0, "device_hours": 0.0}
+    elapsed, last = 0.0, 0.0
+    for r in rows:
+        e = float(r["elapsed_s"])
+        if e < last:
+            elapsed += last
+        last = e
+    elapsed += last
+    return {
+        "steps": int(rows[-1]["step"]),
+        "images_per_s": float(np.median([float(r["images_per_s"]) for r in rows])),
+        "peak_mem_mb": max(float(r["peak_mem_mb"]) for r in rows),
+        "device_hours": elapsed * gpus / 3600,
+    }
+
+
+def cost_table(study: dict[str, Any], per_exp: dict[str, list[dict]], train_logs: list[str], samples: list[str]) -> str:
+    """Per experiment: its model's training throughput, peak GPU memory and GPU-hours, and its sampling GPU-hours."""
+    logs = {Path(p).parent.name: p for p in train_logs}
+    resources = study.get("resources", {})
+    out = io.StringIO()
+    out.write("\n## Cost\n\n")
+    out.write(
+        "| experiment | model | training steps | training images/s (median) | peak GPU memory | training device-hours "
+        "| sampling device-hours (all its checkpoints) |\n|---|---|---|---|---|---|---|\n"
+    )
+    for name, exp in study["experiments"].items():
+        if name not in per_exp or exp["model"] not in logs:
+            continue
+        c = training_cost(logs[exp["model"]], int(resources.get(exp["model"], {}).get("gpus", 1)) or 1)
+        seconds = 0.0
+        for f in (s for s in samples if f"/{name}/" in s):
+            with h5py.File(f, "r") as h:
+                seconds += float(h.attrs.get("sampling_device_seconds", 0.0))
+        mem = f"{c['peak_mem_mb'] / 1024:.1f} GiB" if c["peak_mem_mb"] > 0 else "– (CPU run)"
+        out.write(
+            f"| {name} | {exp['model']} | {c['steps']} | {c['images_per_s']:.1f} | {mem} | {c['device_hours']:.3f} | "
+            f"{seconds / 3600:.4f} |\n"
+        )
+    out.write(
+        "\nFrom the training logs (`train_log.csv`: images/s per logging window, peak `torch.cuda` memory) and the "
+        "sample files (`sampling_device_seconds`). Device-hours = wall time × GPUs (× 1 process on a CPU run); a "
+        "model shared by several rows is trained once and its cost is listed on each.\n"
     )
     return out.getvalue()
 
@@ -270,18 +440,27 @@ def plot_losses(path: Path, train_logs: list[str]) -> None:
         steps, loss = np.array(data).T
         k = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, label=Path(log).parent.name)
+        line = ax.plot(steps[k - 1 :], smooth, label=Path(log).parent.name)[0]
+        val_log = Path(log).with_name("val_log.csv")  # early-stopping runs: the validation ε-loss, dashed
+        if val_log.exists():
+            with open(val_log, newline="") as fh:
+                val = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(fh)]
+            if val:
+                ax.plot(
+                    *np.array(val).T, ls="--", marker=".", color=line.get_color(), label=f"{line.get_label()} (val)"
+                )
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("ε-MSE (moving average)")
+    ax.set_ylabel("ε-MSE (training: moving average; dashed: fixed validation batch)")
     ax.set_title("Training loss")
     ax.legend(fontsize=8)
     save_figure(fig, path)
 
 
-def _sample_file(samples: list[str], experiment: str, step: int) -> str:
-    tag = f"/{experiment}/step{step:07d}.h5"
-    return next(s for s in samples if s.endswith(tag))
+def _sample_file(samples: list[str], experiment: str, tag: str) -> str:
+    """The sample file of an experiment's checkpoint ``tag`` (``step0001300`` or ``best``)."""
+    suffix = f"/{experiment}/{tag}.h5"
+    return next(s for s in samples if s.endswith(suffix))
 
 
 def plot_grids(path: Path, rows: list[dict[str, Any]], samples: list[str], n: int = 36) -> None:
@@ -291,7 +470,7 @@ def plot_grids(path: Path, rows: list[dict[str, Any]], samples: list[str], n: in
     for ax in axes.flat:
         ax.axis("off")
     for ax, r in zip(axes.flat, rows, strict=False):
-        with h5py.File(_sample_file(samples, r["name"], r["step"]), "r") as f:
+        with h5py.File(_sample_file(samples, r["name"], r["tag"]), "r") as f:
             images = f["samples/images"][:n]
         ax.imshow(image_grid(images, int(math.sqrt(n))), interpolation="nearest")
         ax.set_title(f"{r['name']}\n{r['sampler']}, step {r['step']}", fontsize=9)
@@ -301,7 +480,7 @@ def plot_grids(path: Path, rows: list[dict[str, Any]], samples: list[str], n: in
 def plot_trajectories(path: Path, rows: list[dict[str, Any]], samples: list[str]) -> None:
     strips, labels, ts = [], [], None
     for r in rows:
-        with h5py.File(_sample_file(samples, r["name"], r["step"]), "r") as f:
+        with h5py.File(_sample_file(samples, r["name"], r["tag"]), "r") as f:
             if "trajectory" not in f:
                 continue
             traj, ts = f["trajectory/images"][:], f["trajectory/timesteps"][:]
@@ -358,13 +537,20 @@ def report(
     if not per_exp:
         raise ValueError("no metrics files given: nothing to report")
     rows = build_rows(study, per_exp)
-    write_text(out / "table.md", markdown_table(study, rows, per_exp) + autoencoder_table(autoencoders or []))
+    write_text(
+        out / "table.md",
+        markdown_table(study, rows, per_exp)
+        + sweep_tables(study, per_exp)
+        + cost_table(study, per_exp, train_logs, samples)
+        + autoencoder_table(autoencoders or []),
+    )
     write_csv(out / "table.csv", per_exp)
+    plot_sweeps(out / "sweeps.png", study, per_exp)
     plot_fid_is(out / "fid_is.png", rows)
     plot_losses(out / "loss.png", train_logs)
     plot_grids(out / "grids.png", rows, samples)
     plot_trajectories(out / "trajectory.png", rows, samples)
-    plot_curves(out / "curves.png", per_exp)
+    plot_curves(out / "curves.png", {e: runs for e, runs in per_exp.items() if "sweep" not in study["experiments"][e]})
     print((out / "table.md").read_text(), flush=True)
 
 

@@ -185,6 +185,7 @@ def run(
                 print(f"[sample] {end}/{n} images ({rate:.1f} img/s)", flush=True)
             f.attrs["complete"] = True
             f["samples"].attrs["count"] = n
+            f.attrs["sampling_device_seconds"] = time.time() - t0  # this run's wall time × 1 process
         os.replace(partial, out)
         print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
         return
@@ -212,6 +213,7 @@ def run(
             f.attrs["num_done"] = n
             f.attrs["complete"] = True
             f["samples"].attrs["count"] = n
+            f.attrs["sampling_device_seconds"] = (time.time() - t0) * ctx.world_size
         os.replace(partial, out)
         for shard in shards:
             shard.unlink()

@@ -12,7 +12,15 @@ Writes, under ``--out-dir``:
 - ``state/latest.pt`` every ``checkpoint_every`` steps and ``state/step<N>.pt`` at each multiple and at the
   end: full training state (model, EMA, optimizer, LR schedule, step, RNG states), written atomically;
 - ``state/train_log.csv``: one row per step (loss, LR, grad norm, img/s, peak memory);
-- on success, ``ckpt/step<N>.pt`` and ``train_log.csv``: the published copies (hard links) the workflow uses.
+- with ``train.early_stopping``: ``state/val_log.csv`` (validation ε-loss every ``every`` steps) and
+  ``state/best.pt``, the state at the lowest validation loss so far; training stops once ``patience``
+  evaluations in a row have not improved on it (or at ``steps``);
+- on success, ``ckpt/step<N>.pt`` (``ckpt/best.pt`` too with early stopping) and ``train_log.csv``: the
+  published copies (hard links) the workflow uses.
+
+The validation ε-loss is deterministic: the first ``num_images`` images of the ``val`` split, with timesteps
+and noise drawn once from a fixed seed, so successive evaluations differ only by the weights (the EMA weights,
+which are the ones sampled, unless ``weights: model``).
 
 A rerun continues from ``state/latest.pt`` when it was made by the same spec (same hash); a state from a
 different spec is moved aside to ``state.stale-<hash>``. SIGTERM or SIGUSR1 (SLURM's warning before a time
@@ -43,6 +51,7 @@ from core.models import EMA, build_model, load_checkpoint, save_checkpoint
 from core.provenance import code_version, spec_hash
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s", "peak_mem_mb"]
+VAL_FIELDS = ["step", "val_loss", "best_step", "best_val_loss"]
 EXIT_PREEMPTED = 75
 
 
@@ -60,6 +69,50 @@ def lr_at(step: int, train: dict[str, Any]) -> float:
         min_lr = float(train.get("min_lr", 0.0))
         return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
     return lr
+
+
+class Validation:
+    """The fixed validation batch of early stopping: x0, labels, timesteps and noise drawn once (seeded)."""
+
+    def __init__(
+        self,
+        data_path: str,
+        key: str,
+        num_images: int,
+        diffusion: GaussianDiffusion,
+        device: torch.device,
+        scale_factor: float | None,
+        num_classes: int,
+    ) -> None:
+        with data.open_split(data_path, "val", key) as f:
+            n = f[f"val/{key}"].shape[0]
+            if n == 0:
+                raise ValueError(f"{data_path}: the val split is empty; train.early_stopping needs validation images")
+            rows = torch.as_tensor(f[f"val/{key}"][: min(num_images, n)])
+            labels = torch.as_tensor(f["val/labels"][: len(rows)]).long()
+        gen = torch.Generator().manual_seed(12345)
+        if scale_factor is not None:  # latents: one fixed draw from the posterior
+            mean, logvar = rows.float().chunk(2, dim=1)
+            self.x0 = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)) * scale_factor
+        else:
+            self.x0 = data.to_model_range(rows)
+        self.y = labels if num_classes else None
+        self.t = torch.randint(0, diffusion.num_timesteps, (len(rows),), generator=gen)
+        self.noise = torch.randn(self.x0.shape, generator=gen)
+        self.diffusion, self.device = diffusion, device
+
+    @torch.no_grad()
+    def loss(self, model: torch.nn.Module, batch_size: int) -> float:
+        was_training = model.training
+        model.eval()
+        total = 0.0
+        for i in range(0, len(self.x0), batch_size):
+            sl = slice(i, i + batch_size)
+            y = None if self.y is None else self.y[sl].to(self.device)
+            x0, t, noise = (v[sl].to(self.device) for v in (self.x0, self.t, self.noise))
+            total += float(self.diffusion.training_loss(model, x0, y, t=t, noise=noise)) * len(x0)
+        model.train(was_training)
+        return total / len(self.x0)
 
 
 class Preemption:
@@ -126,6 +179,12 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
     noise_gen = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 2)
     loader = data.ImageBatches(data_path, "train", int(cfg["batch_size"]), data_gen, key=rows_key)
+    early = cfg.get("early_stopping")
+    validation = None
+    if early:
+        scale = latent_info["scale_factor"] if latent else None
+        validation = Validation(data_path, rows_key, int(early["num_images"]), diffusion, device, scale, num_classes)
+    best = {"step": 0, "val_loss": math.inf, "bad": 0}
     meta = {
         "spec": spec,
         "spec_hash": h,
@@ -164,6 +223,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
             step = int(ckpt["step"])
+            best = ckpt.get("early_stopping", best)
             print(f"[train] resuming from {latest} at step {step}", flush=True)
 
     # only the main rank writes files; the others log to /dev/null
@@ -176,6 +236,15 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
         with open(log_path, "w", newline="") as fh:
             csv.DictWriter(fh, LOG_FIELDS).writeheader()
             csv.DictWriter(fh, LOG_FIELDS).writerows(rows)
+    val_path = state_dir / "val_log.csv" if ctx.is_main and early else Path(os.devnull)
+    if ctx.is_main and early:
+        val_rows: list[dict[str, str]] = []
+        if step > 0 and val_path.exists():
+            with open(val_path, newline="") as fh:
+                val_rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+        with open(val_path, "w", newline="") as fh:
+            csv.DictWriter(fh, VAL_FIELDS).writeheader()
+            csv.DictWriter(fh, VAL_FIELDS).writerows(val_rows)
 
     def save(path: Path) -> None:
         if not ctx.is_main:
@@ -194,6 +263,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             "loader": loader.state_dict(),
             "step": step,
             "rng": rng,
+            "early_stopping": dict(best),
             "meta": meta,
         }
         save_checkpoint(path, state)
@@ -277,11 +347,45 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                     flush=True,
                 )
                 t_window, window_images = now, 0
-            if step % int(cfg["checkpoint_every"]) == 0 or step == total_steps:
+            improved = converged = False
+            if validation is not None and (step % int(early["every"]) == 0 or step == total_steps):
+                weights = ema.model if early.get("weights", "ema") == "ema" else model
+                val_loss = validation.loss(weights, int(cfg["batch_size"]))
+                if not math.isfinite(val_loss):
+                    raise FloatingPointError(f"non-finite validation loss ({val_loss}) at step {step}")
+                improved = val_loss < best["val_loss"] - float(early.get("min_delta", 0.0))
+                best = {"step": step, "val_loss": val_loss, "bad": 0} if improved else {**best, "bad": best["bad"] + 1}
+                converged = best["bad"] >= int(early["patience"])
+                with open(val_path, "a", newline="") as vh:
+                    csv.DictWriter(vh, VAL_FIELDS).writerow(
+                        {
+                            "step": step,
+                            "val_loss": f"{val_loss:.6g}",
+                            "best_step": best["step"],
+                            "best_val_loss": f"{best['val_loss']:.6g}",
+                        }
+                    )
+                if ctx.is_main:
+                    print(
+                        f"[train] step {step}: validation ε-loss {val_loss:.5f} (best {best['val_loss']:.5f} at "
+                        f"step {best['step']}, {best['bad']}/{early['patience']} without improvement)",
+                        flush=True,
+                    )
+            if step % int(cfg["checkpoint_every"]) == 0 or step == total_steps or improved or converged:
                 fh.flush()
                 save(latest)
                 if step in keep_steps and ctx.is_main:
                     link_or_copy(latest, state_dir / checkpoint_name(step))
+                if improved and ctx.is_main:
+                    link_or_copy(latest, state_dir / "best.pt")
+            if converged:
+                if ctx.is_main:
+                    print(
+                        f"[train] early stopping at step {step}: no improvement of the validation loss in "
+                        f"{early['patience']} evaluations; best step {best['step']}",
+                        flush=True,
+                    )
+                break
             if stop:
                 fh.flush()
                 save(latest)
@@ -295,7 +399,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                 sys.exit(EXIT_PREEMPTED)
     loader.close()
     if ctx.is_main:
-        publish(out, keep_steps)
+        publish(out, [s for s in keep_steps if s <= step], best=early is not None)
         print(f"[train] done in {time.time() - t_start:.1f}s", flush=True)
     distributed.barrier(ctx)
     distributed.shutdown(ctx)
@@ -312,13 +416,15 @@ def link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def publish(out: Path, keep_steps: list[int]) -> None:
-    """Hard-link the finished run's checkpoints and log to the paths the workflow declares."""
+def publish(out: Path, keep_steps: list[int], best: bool = False) -> None:
+    """Hard-link the finished run's checkpoints and logs to the paths the workflow declares."""
     (out / "ckpt").mkdir(exist_ok=True)
-    for s in keep_steps:
-        link_or_copy(out / "state" / checkpoint_name(s), out / "ckpt" / checkpoint_name(s))
-    shutil.copyfile(out / "state" / "train_log.csv", out / "train_log.csv.tmp")
-    os.replace(out / "train_log.csv.tmp", out / "train_log.csv")
+    names = [checkpoint_name(s) for s in keep_steps] + (["best.pt"] if best else [])
+    for name in names:
+        link_or_copy(out / "state" / name, out / "ckpt" / name)
+    for log in ["train_log.csv"] + (["val_log.csv"] if best else []):
+        shutil.copyfile(out / "state" / log, out / f"{log}.tmp")
+        os.replace(out / f"{log}.tmp", out / log)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.-]+",
     experiment=r"[A-Za-z0-9_.+-]+",
     dataset=r"[A-Za-z0-9_.-]+",
-    step=r"step\d{7}",
+    step=r"step\d{7}|best",
 
 
 def as_json(obj):
@@ -46,10 +46,15 @@ def experiment_model(study, experiment):
 def checkpoint_dir(wildcards):
     """The checkpoint directory a sample file needs; a step the model never saves is a planning-time error."""
     model = experiment_model(wildcards.study, wildcards.experiment)
-    steps = cfg.checkpoint_steps(
-        cfg.model_spec(config, wildcards.study, model)["train"]
-    )
-    if int(wildcards.step.removeprefix("step")) not in steps:
+    train = cfg.model_spec(config, wildcards.study, model)["train"]
+    steps = cfg.checkpoint_steps(train)
+    if wildcards.step == "best":
+        if "early_stopping" not in train:
+            raise WorkflowError(
+                f"{wildcards.study}/{wildcards.experiment}: model '{model}' has no train.early_stopping, so it "
+                "has no best-validation checkpoint (best.pt)"
+            )
+    elif int(wildcards.step.removeprefix("step")) not in steps:
         raise WorkflowError(
             f"{wildcards.study}/{wildcards.experiment}: model '{model}' saves checkpoints only at steps {steps} "
             f"(train.checkpoint_every and train.steps), not at {wildcards.step}"
@@ -127,6 +132,7 @@ def report_files(study):
             "grids.png",
             "trajectory.png",
             "curves.png",
+            "sweeps.png",
         )
     ]
 

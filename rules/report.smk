@@ -12,6 +12,7 @@ rule report:
         grids=f"{R}/{{study}}/report/grids.png",
         trajectory=f"{R}/{{study}}/report/trajectory.png",
         curves=f"{R}/{{study}}/report/curves.png",
+        sweeps=f"{R}/{{study}}/report/sweeps.png",
     log:
         f"{R}/logs/report/{{study}}.log",
     benchmark:
@@ -29,6 +30,13 @@ rule report:
                 "name": w.study,
                 "title": config["studies"][w.study].get("title", w.study),
                 "layout": config["studies"][w.study]["layout"],
+                "published_protocol": config["studies"][w.study].get(
+                    "published_protocol", ""
+                ),
+                "resources": {
+                    m: cfg.train_resources(config, w.study, m)
+                    for m in study_models(w.study)
+                },
                 "models": {
                     m: cfg.model_spec(config, w.study, m)
                     for m in study_models(w.study)

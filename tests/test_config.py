@@ -110,3 +110,20 @@ def test_dit_models_need_a_zoo_name_or_their_sizes():
     c["studies"]["demo-a"]["models"]["dit"]["net"] = {"patch_size": 2, "class_conditional": True}
     with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.models\.dit"):
         cfg.validate(c)
+
+
+def test_early_stopping_models_are_sampled_at_their_best_checkpoint():
+    c = fresh()
+    c["studies"]["demo-a"]["models"]["unet"]["train"] = {"early_stopping": {"every": 100, "patience": 3}}
+    with pytest.raises(cfg.ConfigError, match=r"experiments\.DDPM\.checkpoints: .*checkpoints: best"):
+        cfg.validate(copy.deepcopy(c))
+    for e in ("DDPM", "DDIM"):
+        c["studies"]["demo-a"]["experiments"][e]["checkpoints"] = "best"
+    v = cfg.validate(c)
+    assert cfg.eval_steps(v, "demo-a", "DDIM") == ["best"]
+    assert cfg.sample_path(v, "demo-a", "DDIM", "best").endswith("demo-a/samples/DDIM/best.h5")
+    assert cfg.model_spec(v, "demo-a", "unet")["train"]["early_stopping"]["num_images"] == 1000  # schema default
+    c = fresh()
+    c["studies"]["demo-a"]["experiments"]["DDIM-CFG"]["checkpoints"] = "best"
+    with pytest.raises(cfg.ConfigError, match=r"DDIM-CFG\.checkpoints: 'best' needs train\.early_stopping"):
+        cfg.validate(c)

@@ -145,3 +145,58 @@ def test_ema_closed_form_and_warmup():
     assert warm.current_decay() == pytest.approx(1 - 1000 ** (-2 / 3))
     warm.num_updates = 10**9
     assert warm.current_decay() == 0.999
+
+
+def early_spec(tiny_spec, **early):
+    train = {**tiny_spec["train"], "early_stopping": {"every": 2, "patience": 2, "num_images": 16, **early}}
+    return {**tiny_spec, "train": train}
+
+
+def read_val_log(run):
+    with open(run / "val_log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_early_stopping_stops_after_patience_and_publishes_the_best_state(tiny_spec, tiny_dataset, tmp_path):
+    # LR ~ 0: the weights, hence the validation loss, never change, so only the first evaluation improves
+    spec = early_spec(tiny_spec)
+    spec["train"].update(lr=1e-30, min_lr=0.0)
+    run_train(spec, tiny_dataset, tmp_path / "run")
+    rows = read_val_log(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]  # improved at 2, then 2 evaluations without improvement
+    assert {int(r["best_step"]) for r in rows} == {2}
+    with open(tmp_path / "run" / "train_log.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 6  # stopped at step 6 of 12
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt").iterdir()) == ["best.pt", "step0000004.pt"]
+    best = load_checkpoint(tmp_path / "run" / "ckpt" / "best.pt")
+    assert best["step"] == 2 and best["early_stopping"]["step"] == 2
+
+
+def test_best_checkpoint_has_the_lowest_logged_validation_loss(tiny_spec, tiny_dataset, tmp_path):
+    spec = early_spec(tiny_spec, patience=100, weights="model")
+    run = tmp_path / "run"
+    run_train(spec, tiny_dataset, run)
+    rows = read_val_log(run)
+    assert [int(r["step"]) for r in rows] == list(range(2, 13, 2))  # never stopped: ran all 12 steps
+    best_row = min(rows, key=lambda r: float(r["val_loss"]))
+    best = load_checkpoint(run / "ckpt" / "best.pt")
+    assert best["step"] == int(best_row["step"]) == int(rows[-1]["best_step"])
+    # the logged loss is the fixed-batch ε-loss of the saved weights, recomputed independently here
+    model, _ = load_denoiser(run / "ckpt" / "best.pt", use_ema=False)
+    diffusion = train_stage.GaussianDiffusion.from_spec(spec["diffusion"])
+    val = train_stage.Validation(str(tiny_dataset), "images", 16, diffusion, torch.device("cpu"), None, 5)
+    assert val.loss(model, 5) == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
+
+
+def test_early_stopping_resumes_to_the_uninterrupted_validation_log(tiny_spec, tiny_dataset, tmp_path):
+    spec = early_spec(tiny_spec, patience=100)
+    run_train(spec, tiny_dataset, tmp_path / "full")
+    part = tmp_path / "part"
+    run_train(spec, tiny_dataset, part)
+    shutil.copyfile(part / "state" / "step0000004.pt", part / "state" / "latest.pt")
+    shutil.rmtree(part / "ckpt")
+    run_train(spec, tiny_dataset, part)
+    assert read_val_log(part) == read_val_log(tmp_path / "full")
+    assert states_equal(
+        load_checkpoint(tmp_path / "full" / "ckpt" / "best.pt"), load_checkpoint(part / "ckpt" / "best.pt")
+    )

@@ -1,6 +1,7 @@
 """End to end: the tiny preset through Snakemake, every stage real (data → train → sample → evaluate → report)."""
 
 import copy
+import csv
 import json
 import subprocess
 import sys
@@ -75,14 +76,25 @@ def test_latent_rows_train_on_one_cache_and_write_decoded_pixels(tiny_run):
     assert len(list((tiny_run / "benchmarks" / "encode_latents").rglob("*.tsv"))) == 1
     with h5py.File(tiny_run / "latents" / "shapes-tiny-f2.h5", "r") as f:
         assert f["train/moments"].shape == (200, 6, 4, 4) and f["val/moments"].shape == (64, 6, 4, 4)
-    for exp in ("DDIM-VAE-CFG", "DiT-VAE-CFG"):
-        with h5py.File(tiny_run / "tiny" / "samples" / exp / "step0000020.h5", "r") as f:
+    for exp, tag in (("DDIM-VAE-CFG", "best"), ("DiT-VAE-CFG", "step0000020")):
+        with h5py.File(tiny_run / "tiny" / "samples" / exp / f"{tag}.h5", "r") as f:
             assert f["samples/images"].shape == (32, 8, 8, 3)  # decoded to pixels, not 4×4×3 latents
             prov = json.loads(f.attrs["provenance"])
             assert prov["space"] == "latent" and prov["spec"]["sampler"]["clip_denoised"] is False
     ae = json.loads((tiny_run / "tiny" / "autoencoders" / "shapes-tiny-f2.json").read_text())
     assert ae["latent_shape"] == [3, 4, 4] and ae["n_images"] == 64 and 0 < ae["psnr_db"] < 60
     assert (tiny_run / "tiny" / "autoencoders" / "shapes-tiny-f2.png").stat().st_size > 0
+
+
+def test_early_stopping_model_is_sampled_at_its_best_validation_checkpoint(tiny_run):
+    model = tiny_run / "tiny" / "models" / "unet-vae-cfg"
+    with open(model / "val_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    best_step = min(rows, key=lambda r: float(r["val_loss"]))["step"]
+    with h5py.File(tiny_run / "tiny" / "samples" / "DDIM-VAE-CFG" / "best.h5", "r") as f:
+        assert f.attrs["checkpoint_step"] == int(best_step)
+    m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG" / "best.json").read_text())
+    assert m["samples"]["checkpoint_step"] == int(best_step)
 
 
 def test_rerun_has_nothing_to_do(tiny_run):
