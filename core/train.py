@@ -71,6 +71,25 @@ def lr_at(step: int, train: dict[str, Any]) -> float:
     return lr
 
 
+def speed_levers(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The speed options of ``train`` (bench/RESULTS.md measures each): bf16 autocast of the forward pass
+    (weights, gradients, optimizer state and EMA stay fp32), TF32 matmuls and convolutions (CUDA; this process
+    only — metrics run elsewhere with TF32 off), channels-last memory format, fused AdamW, ``torch.compile``."""
+    bf16 = cfg.get("precision", "fp32") == "bf16"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.get("tf32", False))
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    return {
+        "autocast": autocast,
+        "channels_last": bool(cfg.get("channels_last", False)),
+        "fused_adamw": bool(cfg.get("fused_adamw", False)),
+        "compile": bool(cfg.get("compile", False)),
+    }
+
+
 class Validation:
     """The fixed validation batch of early stopping: x0, labels, timesteps and noise drawn once (seeded)."""
 
@@ -160,10 +179,15 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
 
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(spec, image_size, in_channels, num_classes).to(device)
+    levers = speed_levers(cfg, device)
+    if levers["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     net = model
     if ctx.enabled:  # gradients averaged over ranks; the EMA and checkpoints use the unwrapped model
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if levers["compile"]:
+        net = torch.compile(net)
     ema_cfg = cfg["ema"]
     ema = EMA(
         model, float(ema_cfg["decay"]), int(ema_cfg.get("update_every", 1)), float(ema_cfg.get("warmup_power", 2 / 3))
@@ -174,6 +198,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
         lr=float(cfg["lr"]),
         betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
         weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+        **({"fused": True} if levers["fused_adamw"] else {}),
     )
     diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
@@ -310,7 +335,10 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                 group["lr"] = lr
             t = torch.randint(0, diffusion.num_timesteps, (n_global,), device=device, generator=noise_gen)[share]
             noise = torch.randn((n_global, *x0.shape[1:]), device=device, generator=noise_gen)[share]
-            loss = diffusion.training_loss(net, x0, y, t=t, noise=noise)
+            if levers["channels_last"]:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            with levers["autocast"]():
+                loss = diffusion.training_loss(net, x0, y, t=t, noise=noise)
             # one collective per step: the global mean loss, and whether any rank was told to stop
             flag = 0.0 if preempt.signal is None else 1.0
             agreed = distributed.all_mean(ctx, torch.stack([loss.detach().float(), torch.tensor(flag, device=device)]))
@@ -350,7 +378,8 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             improved = converged = False
             if validation is not None and (step % int(early["every"]) == 0 or step == total_steps):
                 weights = ema.model if early.get("weights", "ema") == "ema" else model
-                val_loss = validation.loss(weights, int(cfg["batch_size"]))
+                with levers["autocast"]():
+                    val_loss = validation.loss(weights, int(cfg["batch_size"]))
                 if not math.isfinite(val_loss):
                     raise FloatingPointError(f"non-finite validation loss ({val_loss}) at step {step}")
                 improved = val_loss < best["val_loss"] - float(early.get("min_delta", 0.0))

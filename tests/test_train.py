@@ -200,3 +200,24 @@ def test_early_stopping_resumes_to_the_uninterrupted_validation_log(tiny_spec, t
     assert states_equal(
         load_checkpoint(tmp_path / "full" / "ckpt" / "best.pt"), load_checkpoint(part / "ckpt" / "best.pt")
     )
+
+
+def train_losses(spec, data, out):
+    run_train(spec, data, out)
+    with open(out / "train_log.csv", newline="") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize(
+    ("lever", "rel"),
+    [({"channels_last": True}, 1e-5), ({"fused_adamw": True}, 1e-5), ({"precision": "bf16"}, 5e-2)],
+)
+def test_speed_levers_train_the_same_model(tiny_spec, tiny_dataset, tmp_path, lever, rel):
+    base = train_losses(tiny_spec, tiny_dataset, tmp_path / "base")
+    spec = {**tiny_spec, "train": {**tiny_spec["train"], **lever}}
+    fast = train_losses(spec, tiny_dataset, tmp_path / "fast")
+    assert fast == pytest.approx(base, rel=rel)
+    state = load_checkpoint(tmp_path / "fast" / "ckpt" / "step0000012.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    if "precision" in lever:  # bf16 autocast really ran: the losses differ from fp32's after the first update
+        assert fast != base
