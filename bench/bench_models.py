@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ CPU_MEMORY_METHOD = (
     "at its start (after gc.collect and malloc_trim); covers weights, gradients, AdamW state and activations"
 )
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated during the measurement minus the allocation at its start"
+DIT_PEER_NOTE = (
+    "diffusers' DiT embeds the timestep and label in every block (each AdaLayerNormZero has its own timestep MLP "
+    "and label table); ours embeds them once: the extra peer parameters are depth - 1 copies of that embedder "
+    "(extra_params_in_embedder_copies), the matmul FLOPs agree within 0.1%"
+)
+LEVERS = ("bf16", "tf32", "channels_last", "adamw", "compile")
 DIFFUSION_SPEC = {"schedule": "cosine", "timesteps": 1000}
 
 
@@ -81,17 +88,17 @@ class Case:
     channels: int
     num_classes: int
     batch: dict[str, int]  # per device kind: cpu, cuda
-    steps: dict[str, tuple[int, int]]  # per device kind: (warm-up, timed)
-    levers: bool = True
+    steps: dict[str, tuple[int, int, int]]  # per device kind: warm-up steps, timed steps per round, rounds
+    levers: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"cpu": LEVERS, "cuda": LEVERS})
+    peer_on: tuple[str, ...] = ("cpu", "cuda")  # device kinds on which the diffusers peer is measured
     peer_note: str = ""
 
     @property
     def backbone(self) -> str:
         return self.spec["backbone"]
 
-    def build(self, num_classes: int | None = None) -> nn.Module:
-        classes = self.num_classes if num_classes is None else num_classes
-        return build_model(self.spec, self.image_size, self.channels, classes)
+    def build(self) -> nn.Module:
+        return build_model(self.spec, self.image_size, self.channels, self.num_classes)
 
 
 def unet_spec(base: int, mult: list[int], blocks: int, attn: list[int], heads: int, groups: int, drop: float) -> dict:
@@ -104,66 +111,95 @@ def dit_spec(hidden: int, depth: int, heads: int, patch: int) -> dict:
 
 
 def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
-    """The measured configurations (the reference's sizes, or tiny stand-ins of the same layout with --quick)."""
+    """The measured configurations (the reference's sizes, or tiny stand-ins of the same layouts with --quick).
+
+    On the CPU the big models run a few steps at a small batch, with only the bf16 lever (DiT-B/2) or none, to
+    keep the whole run near ten minutes on two cores; every lever is measured at the demo sizes. On the CPU all
+    settings of a model (ours, levers, peer) are timed in interleaved rounds, so a shared machine's noise hits
+    them alike.
+    """
     if quick:
-        tiny = {"cpu": 4, "cuda": 4}
-        steps = {"cpu": (1, 2), "cuda": (1, 2)}
-        return [
-            Case("unet-a", "UNet, Study A layout (tiny)", unet_spec(16, [1, 2, 2, 4], 1, [8, 4], 4, 8, 0.1), 32, 3, 0,
-                 tiny, steps),
-            Case("unet-b64", "UNet, Study B layout (tiny)", unet_spec(8, [1, 2, 4, 8], 1, [2], 4, 8, 0.0), 16, 3, 0,
-                 tiny, steps),
-            Case("unet-demo", "UNet, demo size", unet_spec(32, [1, 2, 2], 1, [4], 2, 8, 0.0), 16, 3, 0, tiny, steps),
-            Case("dit-b2", "DiT-B/2 layout (tiny)", dit_spec(64, 2, 4, 2), 8, 4, 10, tiny, steps),
-            Case("dit-demo", "DiT, demo layout (depth 2)", dit_spec(72, 2, 6, 2), 8, 3, 5, tiny, steps),
-        ]  # fmt: skip
-    big = {"cpu": (1, 2), "cuda": (5, 20)}
-    mid = {"cpu": (1, 3), "cuda": (5, 20)}
-    small = {"cpu": (2, 10), "cuda": (10, 50)}
-    cases = [
+        tiny, steps = {"cpu": 4, "cuda": 4}, {"cpu": (1, 1, 1), "cuda": (1, 1, 1)}
+        layouts = [
+            ("unet-a", "UNet, Study A layout (tiny)", unet_spec(16, [1, 2, 2, 4], 1, [8, 4], 4, 8, 0.1), 32, 3, 0),
+            ("unet-demo", "UNet, demo size", unet_spec(32, [1, 2, 2], 1, [4], 2, 8, 0.0), 16, 3, 0),
+            ("dit-b2", "DiT-B/2 layout (tiny)", dit_spec(64, 2, 4, 2), 8, 4, 10),
+        ]
+        return [Case(*layout, batch=tiny, steps=steps) for layout in layouts]
+    big = {"cpu": (1, 1, 2), "cuda": (5, 20, 1)}
+    small = {"cpu": (2, 3, 4), "cuda": (10, 50, 1)}
+    gpu_only = {"cpu": (), "cuda": LEVERS}
+    study_a = Case(
+        name="unet-a",
+        label="UNet, Study A (128² pixel, base 128, mult 1-2-2-4, attn 32/16 + middle)",
+        spec=unet_spec(128, [1, 2, 2, 4], 2, [32, 16], 4, 32, 0.1),
+        image_size=128,
+        channels=3,
+        num_classes=0,
+        batch={"cpu": 1, "cuda": 32},
+        steps=big,
+        levers=gpu_only,
+        peer_note="heads: ours 4 at every attention (64-d at 32², 128-d at 16² and middle), diffusers 64-d heads "
+        "(4 at 32², 8 at 16² and middle): same FLOPs",
+    )
+    study_b = [
         Case(
-            "unet-a",
-            "UNet, Study A (128² pixel, base 128, mult 1-2-2-4, attn 32/16)",
-            unet_spec(128, [1, 2, 2, 4], 2, [32, 16], 4, 32, 0.1),
-            128, 3, 0, {"cpu": 2, "cuda": 32}, big,
-            peer_note="heads: ours 4 at every attention (64-d at 32², 128-d at 16²/middle); diffusers 64-d heads "
-            "(4 at 32², 8 at 16²/middle); same FLOPs",
-        ),
-        *[
-            Case(
-                f"unet-b{d}",
-                f"UNet, Study B dim {d} (64² pixel, mult 1-2-4-8, attn 8)",
-                unet_spec(d, [1, 2, 4, 8], 2, [8], 4, 32, 0.0),
-                64, 3, 0, {"cpu": 4, "cuda": 64}, mid,
-            )
-            for d in study_b_dims
-        ],
-        Case(
-            "unet-demo",
-            "UNet, demo (16² pixel, base 32, mult 1-2-2, attn 4)",
-            unet_spec(32, [1, 2, 2], 1, [4], 2, 8, 0.0),
-            16, 3, 0, {"cpu": 32, "cuda": 128}, small,
-        ),
-        Case(
-            "dit-b2",
-            "DiT-B/2 (32×32×4 latents, 1000 classes)",
-            {"backbone": "dit", "net": {"config": "DiT-B/2"}},
-            32, 4, 1000, {"cpu": 4, "cuda": 128}, mid,
-        ),
-        Case(
-            "dit-ref12",
-            "DiT, reference depth 12 / width 768 / 12 heads, patch 2 (32×32×3, 100 classes)",
-            {"backbone": "dit", "net": {"config": "ref-12"}},
-            32, 3, 100, {"cpu": 4, "cuda": 32}, mid, levers=False,
-        ),
-        Case(
-            "dit-demo",
-            "DiT, demo (8×8×3, hidden 72, depth 12, 6 heads, patch 2)",
-            dit_spec(72, 12, 6, 2),
-            8, 3, 5, {"cpu": 32, "cuda": 128}, small,
-        ),
-    ]  # fmt: skip
-    return cases
+            name=f"unet-b{d}",
+            label=f"UNet, Study B dim {d} (64² pixel, mult 1-2-4-8, attn 8 + middle)",
+            spec=unet_spec(d, [1, 2, 4, 8], 2, [8], 4, 32, 0.0),
+            image_size=64,
+            channels=3,
+            num_classes=0,
+            batch={"cpu": 2, "cuda": 64},
+            steps=big,
+            levers=gpu_only,
+        )
+        for d in study_b_dims
+    ]
+    demo_unet = Case(
+        name="unet-demo",
+        label="UNet, demo (16² pixel, base 32, mult 1-2-2, attn 4 + middle)",
+        spec=unet_spec(32, [1, 2, 2], 1, [4], 2, 8, 0.0),
+        image_size=16,
+        channels=3,
+        num_classes=0,
+        batch={"cpu": 32, "cuda": 128},
+        steps=small,
+    )
+    dit_b2 = Case(
+        name="dit-b2",
+        label="DiT-B/2 (32×32×4 latents, 1000 classes)",
+        spec={"backbone": "dit", "net": {"config": "DiT-B/2"}},
+        image_size=32,
+        channels=4,
+        num_classes=1000,
+        batch={"cpu": 2, "cuda": 128},
+        steps=big,
+        levers={"cpu": ("bf16",), "cuda": LEVERS},
+    )
+    dit_ref = Case(
+        name="dit-ref12",
+        label="DiT, reference depth 12 / width 768 / 12 heads, patch 2 (32×32×3, 100 classes)",
+        spec={"backbone": "dit", "net": {"config": "ref-12"}},
+        image_size=32,
+        channels=3,
+        num_classes=100,
+        batch={"cpu": 2, "cuda": 32},
+        steps=big,
+        levers=gpu_only,
+        peer_on=("cuda",),
+    )
+    demo_dit = Case(
+        name="dit-demo",
+        label="DiT, demo (8×8×3, hidden 72, depth 12, 6 heads, patch 2, 5 classes)",
+        spec=dit_spec(72, 12, 6, 2),
+        image_size=8,
+        channels=3,
+        num_classes=5,
+        batch={"cpu": 32, "cuda": 128},
+        steps=small,
+    )
+    return [study_a, *study_b, demo_unet, dit_b2, dit_ref, demo_dit]
 
 
 class DiffusersUNet(nn.Module):
@@ -192,9 +228,9 @@ class DiffusersDiT(nn.Module):
         return self.net(x, timestep=t, class_labels=y, return_dict=False)[0]
 
 
-def build_peer(case: Case, diffusers: Any, num_classes: int | None = None) -> nn.Module:
+def build_peer(case: Case, diffusers: Any) -> nn.Module:
     """The diffusers model configured like ``case`` (same widths, blocks, attention placement, groups, heads)."""
-    classes = case.num_classes if num_classes is None else num_classes
+    classes = case.num_classes
     net = dict(case.spec["net"])
     if case.backbone == "unet":
         widths = [net["base_channels"] * m for m in net["channel_mult"]]
@@ -223,6 +259,8 @@ def build_peer(case: Case, diffusers: Any, num_classes: int | None = None) -> nn
             num_class_embeds=classes + 1 if classes else None,
         )
         return DiffusersUNet(unet, classes)
+    if not classes:
+        raise ValueError("diffusers' DiT is class-conditional only (adaLN-Zero on timestep + label)")
     if "config" in net:
         from core.dit import DIT_CONFIGS
 
@@ -235,13 +273,15 @@ def build_peer(case: Case, diffusers: Any, num_classes: int | None = None) -> nn
         num_layers=net["depth"],
         sample_size=case.image_size,
         patch_size=net["patch_size"],
-        num_embeds_ada_norm=max(classes, 1),
+        num_embeds_ada_norm=classes,
     )
-    return DiffusersDiT(dit, max(classes, 1))
+    return DiffusersDiT(dit, classes)
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_params(build: Callable[[], nn.Module]) -> int:
+    """Parameters of the model ``build`` makes, built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
 
 
 def train_flops_per_image(build: Callable[[], nn.Module], case: Case) -> float | None:
@@ -320,20 +360,6 @@ class PeakMemory:
         self.peak_mib = (peak - self._base) / 2**20
 
 
-def time_steps(step: Callable[[], None], device: torch.device, warmup: int, timed: int) -> list[float]:
-    """Seconds of each of ``timed`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(timed):
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 @dataclass
 class Levers:
     """One training configuration: which speed levers are on."""
@@ -361,40 +387,52 @@ def tf32_mode(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def measure_train(
-    build: Callable[[], nn.Module], case: Case, device: torch.device, levers: Levers, batch: int, steps: tuple[int, int]
-) -> dict[str, Any]:
-    """Training-step throughput (images/s, median) and peak memory of one model under one lever setting."""
-    torch.manual_seed(0)
-    with PeakMemory(device) as mem, tf32_mode(levers.tf32):
-        model = build().to(device).train()
-        fmt = torch.channels_last if levers.channels_last else torch.contiguous_format
-        model = model.to(memory_format=fmt)
-        opt_kwargs: dict[str, Any] = {"foreach": False} if device.type == "cpu" else {}
-        if levers.adamw == "foreach":
-            opt_kwargs = {"foreach": True}
-        elif levers.adamw == "fused":
-            opt_kwargs = {"fused": True}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5, **opt_kwargs)
-        net = torch.compile(model) if levers.compile else model
-        diffusion = GaussianDiffusion.from_spec(DIFFUSION_SPEC)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x0 = torch.randn(batch, case.channels, case.image_size, case.image_size, device=device, generator=gen)
-        x0 = x0.clamp(-1, 1).contiguous(memory_format=fmt)
-        y = torch.randint(0, case.num_classes, (batch,), device=device) if case.num_classes else None
+class Trainer:
+    """One model under one lever setting, built and warmed up (its peak memory measured meanwhile), ready to time
+    training steps: ``GaussianDiffusion.training_loss`` forward, backward, AdamW step."""
 
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=levers.bf16):
-                loss = diffusion.training_loss(net, x0, y, generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    def __init__(
+        self, build: Callable[[], nn.Module], case: Case, device: torch.device, levers: Levers, batch: int, warmup: int
+    ) -> None:
+        self.device, self.levers, self.batch = device, levers, batch
+        torch.manual_seed(0)
+        with PeakMemory(device) as mem:
+            model = build().to(device).train()
+            memory_format = torch.channels_last if levers.channels_last else torch.contiguous_format
+            model = model.to(memory_format=memory_format)
+            opt_kwargs: dict[str, Any] = {"foreach": False} if device.type == "cpu" else {}  # CPU default: for-loop
+            if levers.adamw == "foreach":
+                opt_kwargs = {"foreach": True}
+            elif levers.adamw == "fused":
+                opt_kwargs = {"fused": True}
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5, **opt_kwargs)
+            self.net = torch.compile(model) if levers.compile else model
+            self.diffusion = GaussianDiffusion.from_spec(DIFFUSION_SPEC)
+            self.gen = torch.Generator(device=device).manual_seed(0)
+            x0 = torch.randn(batch, case.channels, case.image_size, case.image_size, device=device, generator=self.gen)
+            self.x0 = x0.clamp(-1, 1).contiguous(memory_format=memory_format)
+            self.y = torch.randint(0, case.num_classes, (batch,), device=device) if case.num_classes else None
+            for _ in range(warmup):
+                self.step()
+            synchronize(device)
+        self.peak_mem_mib = mem.peak_mib
 
-        times = time_steps(step, device, *steps)
-        del model, net, optimizer
-    median = statistics.median(times)
-    return {"levers": levers.label(), "batch": batch, "step_s": times, "median_step_s": median,
-            "images_per_s": batch / median, "peak_mem_mib": mem.peak_mib}  # fmt: skip
+    def step(self) -> None:
+        with tf32_mode(self.levers.tf32), torch.autocast(self.device.type, torch.bfloat16, enabled=self.levers.bf16):
+            loss = self.diffusion.training_loss(self.net, self.x0, self.y, generator=self.gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def timed_steps(self, n: int) -> list[float]:
+        """Seconds of each of ``n`` steps."""
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.step()
+            synchronize(self.device)
+            times.append(time.perf_counter() - t0)
+        return times
 
 
 class TwoForwardCFG(nn.Module):
@@ -419,7 +457,7 @@ def measure_sampling(
     gen = torch.Generator(device=device).manual_seed(0)
     x_T = torch.randn(batch, case.channels, case.image_size, case.image_size, device=device, generator=gen)
     y = torch.randint(0, case.num_classes, (batch,), device=device, generator=gen)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with tf32_mode(False), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         sample(model, diffusion, x_T, SamplerSpec("ddim", steps=2), y=y, guidance_scale=3.0)
         synchronize(device)
         t0 = time.perf_counter()
@@ -428,22 +466,250 @@ def measure_sampling(
     return {"seconds": time.perf_counter() - t0, "steps_run": steps}
 
 
-# ----------------------------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def guarded(fn: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """Run one measurement; an out-of-memory or unsupported-op error becomes a recorded row, not a crash."""
+    try:
+        return fn()
+    except (RuntimeError, NotImplementedError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        msg = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        print(f"  {what}: failed ({msg})")
+        return {"error": msg}
+
+
+def lever_settings(kind: str, case: Case, compile_ok: bool) -> tuple[list[Levers], list[str]]:
+    """Each lever of ``case`` on its own (against the fp32 baseline), then all together; notes on those skipped."""
+    wanted, on, notes = case.levers[kind], [], []
+    if not wanted:
+        return [], [f"levers not measured on {kind} at this size (time budget); see the demo sizes"]
+    if "bf16" in wanted:
+        on.append(Levers(bf16=True))
+    if "tf32" in wanted:
+        if kind == "cuda":
+            on.append(Levers(tf32=True))
+        else:
+            notes.append("TF32: a CUDA lever, skipped on CPU")
+    if "adamw" in wanted:
+        on.append(Levers(adamw="fused" if kind == "cuda" else "foreach"))
+        if kind == "cpu":
+            notes.append("AdamW: foreach vs the for-loop default on CPU (fused is the CUDA lever)")
+    if "channels_last" in wanted:
+        if case.backbone == "unet":
+            on.append(Levers(channels_last=True))
+        else:
+            notes.append("channels-last: not applied to DiT (only its patch-embedding conv is 4-D)")
+    if "compile" in wanted and compile_ok:
+        on.append(Levers(compile=True))
+    elif "compile" in wanted:
+        notes.append("torch.compile: off (--compile adds it; on CPU at the demo sizes only, for compile time)")
+    if len(on) > 1:
+        on.append(
+            Levers(
+                bf16=any(lv.bf16 for lv in on),
+                tf32=any(lv.tf32 for lv in on),
+                channels_last=any(lv.channels_last for lv in on),
+                adamw=next((lv.adamw for lv in on if lv.adamw != "default"), "default"),
+                compile=any(lv.compile for lv in on),
+            )
+        )
+    return on, notes
 
 
 @dataclass
-class Report:
-    """Collected measurements and the printed tables."""
+class Bench:
+    """One benchmark run: the device, the optional peer library, and the collected rows."""
 
     device: torch.device
+    compile: bool
     peak_flops: float | None
+    diffusers: Any
     result: dict[str, Any] = field(default_factory=dict)
 
-    def achieved(self, flops_per_image: float | None, images_per_s: float) -> dict[str, float | None]:
-        if flops_per_image is None:
+    @property
+    def kind(self) -> str:
+        return self.device.type
+
+    def achieved(self, flops_per_image: float | None, images_per_s: float | None) -> dict[str, float | None]:
+        """Achieved TFLOP/s and, when the device's peak is known, the model FLOPs utilisation."""
+        if flops_per_image is None or images_per_s is None:
             return {"tflops_per_s": None, "mfu": None}
         rate = flops_per_image * images_per_s
         return {"tflops_per_s": rate / 1e12, "mfu": rate / self.peak_flops if self.peak_flops else None}
+
+    def train(self, case: Case) -> None:
+        """Baseline training step, each lever, and the matched peer at the baseline and all-levers settings."""
+        batch, steps = case.batch[self.kind], case.steps[self.kind]
+        print(f"\n[train] {case.name}: {case.label}, batch {batch}, steps (warm-up, timed per round, rounds) {steps}")
+        params, flops = count_params(case.build), train_flops_per_image(case.build, case)
+        print(f"  ours: {params / 1e6:.2f}M parameters, {fmt(flops and flops / 1e9, '.2f')} GFLOP per image")
+        compile_ok = self.compile and (self.kind == "cuda" or case.name.endswith("demo"))
+        levers, notes = lever_settings(self.kind, case, compile_ok)
+        self.result["lever_notes"][case.name] = notes
+        runs: list[tuple[str, Levers]] = [("ours", Levers()), *(("ours", lv) for lv in levers)]
+        builders: dict[str, Callable[[], nn.Module]] = {"ours": case.build}
+        peer_name, peer_params, peer_flops = "", 0, None
+        if self.diffusers is not None and self.kind in case.peer_on:
+            builders["peer"] = functools.partial(build_peer, case, self.diffusers)
+            peer_name = "diffusers." + ("UNet2DModel" if case.backbone == "unet" else "DiTTransformer2DModel")
+            peer_params, peer_flops = count_params(builders["peer"]), train_flops_per_image(builders["peer"], case)
+            print(f"  peer {peer_name}: {peer_params / 1e6:.2f}M parameters")
+            runs += [("peer", Levers()), *(("peer", lv) for lv in levers[-1:])]
+        results = self.measure(case, runs, builders, batch, steps)
+        base = results[("ours", Levers().label())]
+        row = {"model": case.name, "label": case.label, "params": params, "train_flops_per_image": flops} | base
+        self.result["train"].append(row | self.achieved(flops, base.get("images_per_s")))
+        for lv in levers:
+            m = results[("ours", lv.label())]
+            lever_row = {"model": case.name, "lever": lv.label(), "off_images_per_s": base.get("images_per_s")} | m
+            lever_row |= self.achieved(flops, m.get("images_per_s"))
+            if "images_per_s" in m and "images_per_s" in base:
+                lever_row["speedup"] = m["images_per_s"] / base["images_per_s"]
+            self.result["levers"].append(lever_row)
+        for who, lv in runs:
+            if who == "peer":
+                self.result["peers"].append(
+                    self.peer_row(case, lv, results, params, flops, peer_name, peer_params, peer_flops)
+                )
+
+    def measure(
+        self,
+        case: Case,
+        runs: list[tuple[str, Levers]],
+        builders: dict[str, Callable[[], nn.Module]],
+        batch: int,
+        steps: tuple[int, int, int],
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Time every run (who, levers). With one round each run is built, timed and freed in turn; with more,
+        all are built first and timed in turns of ``per_round`` steps, so a busy machine slows them alike."""
+        warmup, per_round, rounds = steps
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        trainers: dict[tuple[str, str], Trainer] = {}
+
+        def record(key: tuple[str, str], fn: Callable[[], dict[str, Any]], what: str) -> None:
+            m = guarded(fn, what)
+            agg = results.setdefault(key, {"levers": key[1], "batch": batch, "step_s": []})
+            if "error" in m:
+                agg["error"] = m["error"]
+                trainers.pop(key, None)
+            agg["step_s"] += m.get("step_s", [])
+            if "peak_mem_mib" in m:
+                agg["peak_mem_mib"] = m["peak_mem_mib"]
+
+        def build(who: str, levers: Levers) -> dict[str, Any]:
+            trainer = trainers[(who, levers.label())] = Trainer(builders[who], case, self.device, levers, batch, warmup)
+            return {"peak_mem_mib": trainer.peak_mem_mib}
+
+        for r in range(rounds):
+            for who, levers in runs:
+                key = (who, levers.label())
+                if r == 0:
+                    record(key, lambda w=who, lv=levers: build(w, lv), f"{who}, {key[1]}: build")
+                if key in trainers:
+                    record(key, lambda k=key: {"step_s": trainers[k].timed_steps(per_round)}, f"{who}, {key[1]}")
+                if rounds == 1:
+                    trainers.pop(key, None)
+                    release_memory(self.device)
+        trainers.clear()
+        release_memory(self.device)
+        for (who, label), agg in results.items():
+            if agg["step_s"]:
+                agg |= {"rounds": rounds, "median_step_s": statistics.median(agg["step_s"])}
+                agg["images_per_s"] = batch / agg["median_step_s"]
+                mem = agg.get("peak_mem_mib", float("nan"))
+                print(f"  {who}, {label}: {agg['images_per_s']:.3f} images/s, peak memory {mem:.0f} MiB")
+        return results
+
+    def peer_row(
+        self,
+        case: Case,
+        levers: Levers,
+        results: dict[tuple[str, str], dict[str, Any]],
+        params: int,
+        flops: float | None,
+        peer_name: str,
+        peer_params: int,
+        peer_flops: float | None,
+    ) -> dict[str, Any]:
+        """Ours beside the peer at one lever setting: parameters, FLOPs, throughput, memory, the ratio."""
+        ours, peer = results.get(("ours", levers.label()), {}), results[("peer", levers.label())]
+        row = {
+            "model": case.name,
+            "peer": peer_name,
+            "levers": levers.label(),
+            "ours_params": params,
+            "peer_params": peer_params,
+            "peer_over_ours_params": peer_params / params,
+            "ours_train_flops_per_image": flops,
+            "peer_train_flops_per_image": peer_flops,
+            "ours_images_per_s": ours.get("images_per_s"),
+            "ours_peak_mem_mib": ours.get("peak_mem_mib"),
+            "ours_mfu": self.achieved(flops, ours.get("images_per_s"))["mfu"],
+            "peer_mfu": self.achieved(peer_flops, peer.get("images_per_s"))["mfu"],
+            "note": case.peer_note or DIT_PEER_NOTE * (case.backbone == "dit"),
+            **{f"peer_{k}": v for k, v in peer.items()},
+        }
+        if case.backbone == "dit":  # the parameter difference in units of one conditioning embedder (t MLP + labels)
+            with torch.device("meta"):
+                ours_model = case.build()
+            embedder = sum(p.numel() for p in [*ours_model.t_embedder.parameters(), ours_model.y_embedder.weight])
+            row["extra_params_in_embedder_copies"] = (peer_params - params) / embedder
+        if "images_per_s" in peer and ours.get("images_per_s"):
+            row["ours_over_peer"] = ours["images_per_s"] / peer["images_per_s"]
+            print(f"  ours/peer ({levers.label()}): {row['ours_over_peer']:.2f}×")
+        return row
+
+    def sampling(self, case: Case, steps: int) -> None:
+        """DDIM-50 with CFG (w = 3): one batched 2B forward per step vs two B forwards, and the peer if present."""
+        batch = case.batch[self.kind]
+        run_note = "" if steps == 50 else f" (DDIM-{steps} timed, scaled to 50 steps)"
+        print(f"\n[sample] {case.name}: DDIM-50, CFG w = 3, batch {batch}{run_note}")
+        torch.manual_seed(0)
+        model = case.build().to(self.device).eval()
+        variants: list[tuple[str, nn.Module, bool]] = [
+            ("ours, CFG batched (2B)", model, False),
+            ("ours, CFG two forwards (B + B)", TwoForwardCFG(model), False),
+        ]
+        if self.kind == "cuda":
+            variants.append(("ours, CFG batched (2B), bf16 autocast", model, True))
+        if self.diffusers is not None and self.kind in case.peer_on:
+            peer = build_peer(case, self.diffusers).to(self.device).eval()
+            variants.append(("diffusers peer, CFG batched (2B)", peer, False))
+        for label, net, bf16 in variants:
+            m = guarded(lambda n=net, h=bf16: measure_sampling(n, case, self.device, batch, steps, h), label)
+            row = {"model": case.name, "label": case.label, "variant": label, "batch": batch} | m
+            row |= {"sampler": "DDIM-50 (η = 0, leading)", "guidance_scale": 3.0, "extrapolated": steps != 50}
+            if "seconds" in m:
+                row["seconds_ddim50"] = m["seconds"] * 50 / steps
+                row["images_per_s"] = batch / row["seconds_ddim50"]
+                print(f"  {label}: {row['images_per_s']:.4f} images/s")
+            self.result["sampling"].append(row)
+        release_memory(self.device)
+
+    def features(self, images: int) -> None:
+        """FIDInceptionV3 (random weights) through ``core.features.Extractor`` on 64² uint8 images."""
+        batch = min(images, 32 if self.kind == "cpu" else 256)
+        print(f"\n[features] FIDInceptionV3 (random init), {images} images 64² → 299², batch {batch}")
+        torch.manual_seed(0)
+        net = inception.FIDInceptionV3().eval()
+        extractor = Extractor("inception", net, lambda x: inception.preprocess(torch.as_tensor(x), "pytorch-fid"))
+        pixels = np.random.default_rng(0).integers(0, 256, (images, 64, 64, 3), dtype=np.uint8)
+        extractor.extract(pixels[: min(8, images)], batch_size=batch, device=self.device)  # warm-up
+        t0 = time.perf_counter()
+        extractor.extract(pixels, batch_size=batch, device=self.device)
+        synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.result["features"] = {
+            "network": "core.inception.FIDInceptionV3 (random init)",
+            "path": "core.features.Extractor (preprocess on the CPU, network on the device)",
+            "input": "uint8 64x64 -> preprocess('pytorch-fid') -> 299x299",
+            "images": images,
+            "batch": batch,
+            "seconds": seconds,
+            "images_per_s": images / seconds,
+        }
+        print(f"  {images / seconds:.2f} images/s")
 
 
 def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
@@ -456,272 +722,137 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def guarded(fn: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
-    """Run one measurement; an out-of-memory or unsupported-op error becomes a recorded row, not a crash."""
-    try:
-        return fn()
-    except (RuntimeError, NotImplementedError, torch.OutOfMemoryError) as err:
-        msg = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-        print(f"  {what}: failed ({msg})")
-        return {"error": msg}
+def print_tables(result: dict[str, Any], show_mfu: bool) -> None:
+    """The summary tables, in Markdown."""
+    header = ["model", "params", "batch", "images/s", "peak mem (MiB)", "TFLOP/s"] + (["MFU"] if show_mfu else [])
+    rows = []
+    for r in result["train"]:
+        mfu = [fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%")] if show_mfu else []
+        ips, mem, rate = (
+            fmt(r.get("images_per_s"), ".3f"),
+            fmt(r.get("peak_mem_mib"), ".0f"),
+            fmt(r["tflops_per_s"], ".3f"),
+        )
+        rows.append([r["model"], f"{r['params'] / 1e6:.2f}M", str(r.get("batch", "—")), ips, mem, rate, *mfu])
+    print_table("Training step, fp32 baseline", header, rows)
+    rows = []
+    for r in result["levers"]:
+        off, on = fmt(r["off_images_per_s"], ".3f"), fmt(r.get("images_per_s"), ".3f")
+        rows.append([r["model"], r["lever"], off, on, fmt(r.get("speedup"), ".2f", "×")])
+    print_table("Levers, training step", ["model", "levers on", "off images/s", "on images/s", "on/off"], rows)
+    if result["peers"]:
+        rows = []
+        for r in result["peers"]:
+            params = f"{r['ours_params'] / 1e6:.2f}M / {r['peer_params'] / 1e6:.2f}M"
+            ours, peer = fmt(r["ours_images_per_s"], ".3f"), fmt(r.get("peer_images_per_s"), ".3f")
+            rows.append(
+                [r["model"], r["peer"], r["levers"], params, ours, peer, fmt(r.get("ours_over_peer"), ".2f", "×")]
+            )
+        header = ["model", "peer", "levers", "params ours / peer", "ours images/s", "peer images/s", "ours/peer"]
+        print_table("Peers, training step", header, rows)
+    rows = []
+    for r in result["sampling"]:
+        ips = fmt(r.get("images_per_s"), ".4f") + ("*" if r["extrapolated"] else "")
+        rows.append([r["model"], r["variant"], str(r["batch"]), ips])
+    title = "Sampling, DDIM-50 with CFG w = 3 (* scaled from fewer timed steps)"
+    print_table(title, ["model", "variant", "batch", "images/s"], rows)
+    if "features" in result:
+        print(f"\nInception feature extraction (64² → 299²): {result['features']['images_per_s']:.2f} images/s")
 
 
-def lever_settings(device: torch.device, case: Case, compile_ok: bool) -> tuple[list[Levers], list[str]]:
-    """Each lever on its own (on vs the fp32 baseline), plus all together; and notes on the skipped ones."""
-    on, notes = [Levers(bf16=True)], []
-    if device.type == "cuda":
-        on += [Levers(tf32=True), Levers(adamw="fused")]
-    else:
-        on.append(Levers(adamw="foreach"))
-        notes.append("TF32: CUDA only, skipped on CPU; AdamW: foreach vs the for-loop default (fused: CUDA lever)")
-    if case.backbone == "unet":
-        on.append(Levers(channels_last=True))
-    else:
-        notes.append("channels-last: not applied to DiT (only its patch-embedding conv is 4-D)")
-    if compile_ok:
-        on.append(Levers(compile=True))
-    fast = Levers(
-        bf16=True,
-        tf32=device.type == "cuda",
-        channels_last=case.backbone == "unet",
-        adamw="fused" if device.type == "cuda" else "foreach",
-        compile=compile_ok,
-    )
-    return [*on, fast], notes
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default="bench/results-models.json")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1-2 steps: a smoke test (< 30 s on a CPU)")
     p.add_argument("--compile", action="store_true", help="add torch.compile as a lever (CPU: demo sizes only)")
     p.add_argument("--no-peers", action="store_true", help="skip the diffusers peers even if importable")
+    p.add_argument("--models", default="", help="training rows to run, e.g. unet-demo,dit-demo (default: all)")
+    p.add_argument("--parts", default="train,sample,features", help="which parts to run (comma-separated)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--study-b-dims", default="", help="Study B widths, e.g. 64,96,128 (default: 64 on CPU, all on GPU)")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak FLOP/s (in TFLOP/s) for MFU; default: known GPUs")
-    p.add_argument("--cpu-sample-steps", type=int, default=10, help="CPU: DDIM steps run for the reference-size model")
-    p.add_argument("--inception-images", type=int, default=0, help="images for feature extraction (0: 64 CPU, 1024 GPU)")
-    args = p.parse_args()
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak for MFU, TFLOP/s (default: known GPUs' bf16)")
+    p.add_argument("--cpu-sample-steps", type=int, default=5, help="CPU: DDIM steps timed for the reference-size model")
+    p.add_argument("--inception-images", type=int, default=0, help="images to extract (default: 64 on CPU, 1024 GPU)")
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(kind)
-    quick = args.quick
-    dims = [int(d) for d in args.study_b_dims.split(",") if d] or ([64] if kind == "cpu" else [64, 96, 128])
     if kind == "cuda":
-        name = torch.cuda.get_device_name()
-        device_label = name
-        peak = args.peak_tflops * 1e12 or next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        device_label = torch.cuda.get_device_name()
+        known = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_label), None)
     else:
         device_label = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-        peak = args.peak_tflops * 1e12 or None
+        known = None
+    peak = args.peak_tflops * 1e12 or known
     try:
         import diffusers
 
         diffusers_version: str | None = diffusers.__version__
     except ImportError:
         diffusers, diffusers_version = None, None
-    if args.no_peers:
-        diffusers = None
-    compile_requested = args.compile
-    report = Report(device, peak)
-    notes: list[str] = []
-    if diffusers is None:
+    notes = []
+    if diffusers is None or args.no_peers:
         why = "--no-peers" if args.no_peers else "diffusers is not importable"
-        note = f"peers skipped ({why}); install them with: pip install -r bench/requirements-peers.txt (a venv)"
-        print(f"NOTE: {note}")
-        notes.append(note)
+        notes.append(f"peers skipped ({why}); to add them: pip install -r bench/requirements-peers.txt (in a venv)")
+        print(f"NOTE: {notes[-1]}")
+    bench = Bench(torch.device(kind), args.compile, peak, None if args.no_peers else diffusers)
     print(
         f"device: {device_label}, torch {torch.__version__}, diffusers {diffusers_version or 'absent'}, "
-        f"{torch.get_num_threads()} threads, {'quick' if quick else 'full'} mode"
+        f"{torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} mode"
     )
-
-    res = report.result
-    res.update(
-        date=dt.date.today().isoformat(),
-        datetime=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        device=device_label,
-        device_kind=kind,
-        threads=torch.get_num_threads(),
-        mode="quick" if quick else "full",
-        versions={"torch": torch.__version__, "diffusers": diffusers_version, "python": platform.python_version()},
-        command=" ".join([Path(sys.executable).name, *sys.argv]),
-        flops_method=FLOPS_METHOD,
-        peak_bf16_flops=peak,
-        mfu_definition="achieved training FLOP/s (FLOPs method above) / the device's dense bf16 peak",
-        memory_method=CUDA_MEMORY_METHOD if kind == "cuda" else CPU_MEMORY_METHOD,
-        train_step="GaussianDiffusion.training_loss (cosine, T = 1000) forward + backward + AdamW step "
-        "(lr 1e-4, weight decay 1e-5); median over timed steps after warm-up",
-        train=[],
-        levers=[],
-        peers=[],
-        sampling=[],
-    )
-    cases = training_cases(quick, dims)
-
-    # 1. training step of every model, levers, and the peers at the baseline and the all-levers setting
-    train_rows, lever_rows, peer_rows = [], [], []
-    for case in cases:
-        batch, steps = case.batch[kind], case.steps[kind]
-        print(f"\n[train] {case.name}: {case.label}, batch {batch}, steps {steps}")
-        params = count_params(case.build())
-        flops = train_flops_per_image(case.build, case)
-        base = guarded(lambda c=case, b=batch, s=steps: measure_train(c.build, c, device, Levers(), b, s), case.name)
-        row = {"model": case.name, "label": case.label, "params": params, "train_flops_per_image": flops, **base}
-        if "images_per_s" in base:
-            row |= report.achieved(flops, base["images_per_s"])
-            print(f"  ours: {params / 1e6:.2f}M params, {base['images_per_s']:.2f} images/s, "
-                  f"peak {base['peak_mem_mib']:.0f} MiB")  # fmt: skip
-        res["train"].append(row)
-        train_rows.append(row)
-        by_label: dict[str, dict[str, Any]] = {Levers().label(): base}
-        compile_ok = compile_requested and (kind == "cuda" or case.name.endswith("demo"))
-        if case.levers:
-            settings, lever_notes = lever_settings(device, case, compile_ok)
-            if compile_requested and not compile_ok:
-                lever_notes.append("torch.compile: on CPU measured at the demo sizes only (compile time)")
-            for levers in settings:
-                label = levers.label()
-                m = guarded(lambda lv=levers, c=case, b=batch, s=steps: measure_train(c.build, c, device, lv, b, s),
-                            f"{case.name} {label}")  # fmt: skip
-                by_label[label] = m
-                lever_row = {"model": case.name, "lever": label, "off_images_per_s": base.get("images_per_s"), **m}
-                if "images_per_s" in m:
-                    lever_row |= report.achieved(flops, m["images_per_s"])
-                    if "images_per_s" in base:
-                        lever_row["speedup"] = m["images_per_s"] / base["images_per_s"]
-                    print(f"  {label}: {m['images_per_s']:.2f} images/s, peak {m['peak_mem_mib']:.0f} MiB")
-                res["levers"].append(lever_row)
-                lever_rows.append(lever_row)
-            if lever_notes:
-                res["levers"].append({"model": case.name, "notes": lever_notes})
-        if diffusers is None:
-            continue
-        peer_build = lambda c=case: build_peer(c, diffusers)  # noqa: E731
-        peer_params = count_params(peer_build())
-        peer_flops = train_flops_per_image(peer_build, case)
-        kind_name = "UNet2DModel" if case.backbone == "unet" else "DiTTransformer2DModel"
-        print(f"  peer diffusers.{kind_name}: {peer_params / 1e6:.2f}M params (ours {params / 1e6:.2f}M)")
-        peer_settings = [Levers()]
-        if case.levers:
-            peer_settings.append(lever_settings(device, case, compile_ok)[0][-1])
-        for levers in peer_settings:
-            label = levers.label()
-            m = guarded(lambda lv=levers, c=case, b=batch, s=steps, f=peer_build: measure_train(f, c, device, lv, b, s),
-                        f"{case.name} peer {label}")  # fmt: skip
-            ours = by_label.get(label, {})
-            peer_row = {
-                "model": case.name,
-                "peer": f"diffusers.{kind_name}",
-                "levers": label,
-                "ours_params": params,
-                "peer_params": peer_params,
-                "param_ratio": peer_params / params,
-                "ours_train_flops_per_image": flops,
-                "peer_train_flops_per_image": peer_flops,
-                "ours_images_per_s": ours.get("images_per_s"),
-                "ours_peak_mem_mib": ours.get("peak_mem_mib"),
-                "peer": f"diffusers.{kind_name}",
-                "note": case.peer_note,
-                **{f"peer_{k}": v for k, v in m.items()},
-            }
-            if "images_per_s" in m and ours.get("images_per_s"):
-                peer_row["ours_over_peer"] = ours["images_per_s"] / m["images_per_s"]
-                peer_row["peer_mfu"] = report.achieved(peer_flops, m["images_per_s"])["mfu"]
-                peer_row["ours_mfu"] = report.achieved(flops, ours["images_per_s"])["mfu"]
-                print(f"  peer {label}: {m['images_per_s']:.2f} images/s, ours/peer {peer_row['ours_over_peer']:.2f}")
-            res["peers"].append(peer_row)
-            peer_rows.append(peer_row)
-
-    # 2. sampling: DDIM-50, CFG w = 3, class-conditional models; one 2B forward vs two B forwards per step
-    demo = next(c for c in cases if c.name == "unet-demo")
-    ref = next(c for c in cases if c.name == ("dit-ref12" if not quick else "dit-demo"))
-    demo_cond = Case(f"{demo.name}-cfg", demo.label + ", 5 classes", demo.spec, demo.image_size, demo.channels, 5,
-                     {"cpu": 4 if quick else 64, "cuda": 256}, demo.steps)  # fmt: skip
-    ref_cond = Case(f"{ref.name}-cfg", ref.label, ref.spec, ref.image_size, ref.channels, ref.num_classes,
-                    {"cpu": 2, "cuda": 32}, ref.steps)  # fmt: skip
-    sample_cases = [(demo_cond, 50)]
-    ref_steps = 50 if kind == "cuda" or quick else args.cpu_sample_steps
-    sample_cases.append((ref_cond, ref_steps))
-    if kind == "cuda" and not quick:
-        a = next(c for c in cases if c.name == "unet-a")
-        sample_cases.append((Case("unet-a-cfg", a.label + ", 100 classes", a.spec, a.image_size, a.channels, 100,
-                                  {"cpu": 1, "cuda": 32}, a.steps), 50))  # fmt: skip
-    sample_rows = []
-    for case, steps in sample_cases:
-        batch = case.batch[kind]
-        print(f"\n[sample] {case.name}: DDIM-{steps} run for DDIM-50, CFG w=3, batch {batch}")
-        torch.manual_seed(0)
-        model = case.build().to(device).eval()
-        variants: list[tuple[str, nn.Module, bool]] = [
-            ("ours, CFG batched (2B)", model, False),
-            ("ours, CFG two forwards (B + B)", TwoForwardCFG(model), False),
-        ]
-        if kind == "cuda":
-            variants.append(("ours, CFG batched (2B), bf16 autocast", model, True))
-        if diffusers is not None and (kind == "cuda" or case is demo_cond or quick):
-            variants.append(("diffusers peer, CFG batched (2B)", build_peer(case, diffusers).to(device).eval(), False))
-        for label, net, bf16 in variants:
-            m = guarded(lambda n=net, c=case, b=batch, s=steps, h=bf16: measure_sampling(n, c, device, b, s, h), label)
-            row = {"model": case.name, "variant": label, "batch": batch, "sampler": "DDIM-50 (η=0)",
-                   "guidance_scale": 3.0, **m}  # fmt: skip
-            if "seconds" in m:
-                row["seconds_ddim50"] = m["seconds"] * 50 / steps
-                row["images_per_s"] = batch / row["seconds_ddim50"]
-                row["extrapolated"] = steps != 50
-                print(f"  {label}: {row['images_per_s']:.3f} images/s" + (f" (from {steps} steps)" if steps != 50 else ""))
-            res["sampling"].append(row)
-            sample_rows.append(row)
-        del model, variants
-        release_memory(device)
-
-    # 3. Inception feature extraction, random weights, 64² → 299²
-    n_img = args.inception_images or (4 if quick else 64 if kind == "cpu" else 1024)
-    ext_batch = min(n_img, 32 if kind == "cpu" else 256)
-    print(f"\n[features] FIDInceptionV3 (random init), {n_img} images 64² → 299², batch {ext_batch}")
-    torch.manual_seed(0)
-    net = inception.FIDInceptionV3().eval()
-    extractor = Extractor("inception", net, lambda x: inception.preprocess(torch.as_tensor(x), "pytorch-fid"))
-    images = np.random.default_rng(0).integers(0, 256, (n_img, 64, 64, 3), dtype=np.uint8)
-    extractor.extract(images[: min(8, n_img)], batch_size=ext_batch, device=device)  # warm-up
-    t0 = time.perf_counter()
-    extractor.extract(images, batch_size=ext_batch, device=device)
-    synchronize(device)
-    t_ext = time.perf_counter() - t0
-    res["features"] = {"network": "core.inception.FIDInceptionV3 (random init)", "images": n_img, "batch": ext_batch,
-                       "input": "uint8 64x64 -> preprocess('pytorch-fid') -> 299x299", "path": "core.features.Extractor",
-                       "seconds": t_ext, "images_per_s": n_img / t_ext}  # fmt: skip
-    print(f"  {n_img / t_ext:.2f} images/s")
-    if notes:
-        res["notes"] = notes
-
-    # tables
-    mfu_col = peak is not None
-    header = ["model", "params", "batch", "images/s", "peak mem (MiB)", "TFLOP/s"] + (["MFU"] if mfu_col else [])
-    rows = []
-    for r in train_rows:
-        row = [r["model"], f"{r['params'] / 1e6:.2f}M", str(r.get("batch", "—")), fmt(r.get("images_per_s"), ".2f"),
-               fmt(r.get("peak_mem_mib"), ".0f"), fmt(r.get("tflops_per_s"), ".3f")]  # fmt: skip
-        rows.append(row + ([fmt(100 * r["mfu"], ".1f", "%") if r.get("mfu") else "—"] if mfu_col else []))
-    print_table("Training step (fp32 baseline)", header, rows)
-    print_table("Levers (training step)", ["model", "levers", "off images/s", "on images/s", "on/off"],
-                [[r["model"], r["lever"], fmt(r.get("off_images_per_s"), ".2f"), fmt(r.get("images_per_s"), ".2f"),
-                  fmt(r.get("speedup"), ".2f", "×")] for r in lever_rows])  # fmt: skip
-    if peer_rows:
-        print_table("Peers (training step)",
-                    ["model", "peer", "levers", "params ours / peer", "ours images/s", "peer images/s", "ours/peer"],
-                    [[r["model"], r["peer"], r["levers"], f"{r['ours_params'] / 1e6:.2f}M / {r['peer_params'] / 1e6:.2f}M",
-                      fmt(r.get("ours_images_per_s"), ".2f"), fmt(r.get("peer_images_per_s"), ".2f"),
-                      fmt(r.get("ours_over_peer"), ".2f", "×")] for r in peer_rows])  # fmt: skip
-    print_table("Sampling (DDIM-50, CFG w = 3)", ["model", "variant", "batch", "images/s"],
-                [[r["model"], r["variant"] + (" (extrapolated)" if r.get("extrapolated") else ""), str(r["batch"]),
-                  fmt(r.get("images_per_s"), ".3f")] for r in sample_rows])  # fmt: skip
-    print(f"\nInception feature extraction (64² → 299²): {res['features']['images_per_s']:.2f} images/s")
+    bench.result = {
+        "date": dt.date.today().isoformat(),
+        "datetime": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device_label,
+        "device_kind": kind,
+        "threads": torch.get_num_threads(),
+        "mode": "quick" if args.quick else "full",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers_version, "python": platform.python_version()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "train_step": "GaussianDiffusion.training_loss (cosine, T = 1000) forward + backward + AdamW step (lr 1e-4, "
+        "weight decay 1e-5, no clipping); images/s from the median step time after warm-up",
+        "flops_method": FLOPS_METHOD,
+        "peak_bf16_flops": peak,
+        "mfu_definition": "achieved training FLOP/s (flops_method) / the device's dense bf16 peak (peak_bf16_flops)",
+        "memory_method": CUDA_MEMORY_METHOD if kind == "cuda" else CPU_MEMORY_METHOD,
+        "notes": notes,
+        "train": [],
+        "levers": [],
+        "lever_notes": {},
+        "peers": [],
+        "sampling": [],
+    }
+    dims = [int(d) for d in args.study_b_dims.split(",") if d] or ([64] if kind == "cpu" else [64, 96, 128])
+    cases = training_cases(args.quick, dims)
+    parts = set(args.parts.split(","))
+    chosen = set(args.models.split(",")) if args.models else {c.name for c in cases}
+    if "train" in parts:
+        for case in cases:
+            if case.name in chosen:
+                bench.train(case)
+    if "sample" in parts:
+        by_name = {c.name: c for c in cases}
+        demo = by_name["unet-demo"]
+        demo_cfg = replace(demo, name="unet-demo-cfg", label=demo.label + ", 5 classes", num_classes=5)
+        demo_steps = 2 if args.quick else 50  # --quick times 2 DDIM steps and scales them to 50
+        bench.sampling(replace(demo_cfg, batch={"cpu": 4 if args.quick else 32, "cuda": 256}), demo_steps)
+        ref = by_name["dit-b2" if args.quick else "dit-ref12"]
+        ref_steps = 2 if args.quick else 50 if kind == "cuda" else args.cpu_sample_steps
+        bench.sampling(replace(ref, name=ref.name + "-cfg", batch={"cpu": 1, "cuda": 32}), ref_steps)
+        if kind == "cuda" and not args.quick:
+            a = by_name["unet-a"]
+            bench.sampling(replace(a, name="unet-a-cfg", label=a.label + ", 100 classes", num_classes=100), 50)
+    if "features" in parts:
+        bench.features(args.inception_images or (4 if args.quick else 64 if kind == "cpu" else 1024))
+    print_tables(bench.result, peak is not None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out.write_text(json.dumps(bench.result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

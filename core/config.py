@@ -83,11 +83,6 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     for study_name, study in config["studies"].items():
         where = ["studies", study_name]
         expand_sweeps(config, study_name)
-        if extractor_kind(config, study_name) == "inception" and not config["metrics"].get("inception_weights"):
-            raise ConfigError(
-                f"config key {_key([*where, 'evaluation', 'extractor'])}: 'inception' needs "
-                "metrics.inception_weights, the path of pt_inception-2015-12-05-6726825d.pth"
-            )
         if study["dataset"] not in config["datasets"]:
             raise ConfigError(
                 f"config key {_key([*where, 'dataset'])}: dataset '{study['dataset']}' is not defined under 'datasets'"
@@ -144,15 +139,27 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key {_key([*ewhere, 'guidance_scale'])}: guidance needs a class-conditional model, "
                     f"but model '{exp['model']}' has net.class_conditional false"
                 )
+    for name in config["default_studies"]:  # other studies are checked when a target needs their metrics
+        check_inception(config, name)
+    return config
+
+
+def check_inception(config: dict[str, Any], study: str) -> None:
+    """A study evaluated with Inception needs ``metrics.inception_weights`` to name an existing file."""
+    if extractor_kind(config, study) != "inception":
+        return
     weights = config["metrics"].get("inception_weights")
-    used = any(extractor_kind(config, s) == "inception" for s in config["studies"])
-    if used and not Path(weights).is_file():
+    if not weights:
+        raise ConfigError(
+            f"config key studies.{study}.evaluation.extractor: 'inception' needs metrics.inception_weights, the path "
+            "of pt_inception-2015-12-05-6726825d.pth (e.g. --config metrics='{inception_weights: /path/to/it}')"
+        )
+    if not Path(weights).is_file():
         raise ConfigError(
             f"config key metrics.inception_weights: {weights} does not exist. Put the FID Inception weights "
             "pt_inception-2015-12-05-6726825d.pth there (SHA-256 6726825d…, 95,628,359 bytes; the file "
             "pytorch-fid and torch-fidelity download), or set the key to null to use the dataset classifier"
         )
-    return config
 
 
 def _sweep_sampler(base: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
@@ -209,6 +216,10 @@ def expand_sweeps(config: dict[str, Any], study: str) -> None:
 def _sampling_settings(exp: dict[str, Any]) -> dict[str, Any]:
     """What makes an experiment's samples: all but its bookkeeping keys, with the default guidance."""
     out = {k: v for k, v in exp.items() if k not in ("sweep", "published", "checkpoints")}
+    defaults = {"spacing": "leading", **({"eta": 0.0} if out["sampler"]["name"] == "ddim" else {})}
+    if out["sampler"]["name"] == "ddpm":
+        defaults["variance"] = "fixed_small"
+    out["sampler"] = {**defaults, **out["sampler"]}  # core.sampling.SamplerSpec's defaults
     out.setdefault("guidance_scale", 1.0)
     out["guidance_scale"] = float(out["guidance_scale"])
     return out
@@ -336,6 +347,7 @@ def extractor_tag(config: dict[str, Any], study: str) -> str:
 
 def extractor_spec(config: dict[str, Any], study: str) -> dict[str, Any]:
     """What ``core.features.load_extractor`` needs for the study's extractor."""
+    check_inception(config, study)
     if extractor_kind(config, study) == "inception":
         m = config["metrics"]
         return {

@@ -5,14 +5,46 @@ rule report:
         train_logs=lambda w: study_train_logs(w.study),
         autoencoders=lambda w: study_autoencoder_reports(w.study),
     output:
-        table=f"{R}/{{study}}/report/table.md",
-        csv=f"{R}/{{study}}/report/table.csv",
-        fid_is=f"{R}/{{study}}/report/fid_is.png",
-        loss=f"{R}/{{study}}/report/loss.png",
-        grids=f"{R}/{{study}}/report/grids.png",
-        trajectory=f"{R}/{{study}}/report/trajectory.png",
-        curves=f"{R}/{{study}}/report/curves.png",
-        sweeps=f"{R}/{{study}}/report/sweeps.png",
+        table=report(
+            f"{R}/{{study}}/report/table.md",
+            caption="captions/table.rst",
+            category="{study}",
+        ),
+        csv=report(
+            f"{R}/{{study}}/report/table.csv",
+            caption="captions/table_csv.rst",
+            category="{study}",
+        ),
+        fid_is=report(
+            f"{R}/{{study}}/report/fid_is.png",
+            caption="captions/fid_is.rst",
+            category="{study}",
+        ),
+        loss=report(
+            f"{R}/{{study}}/report/loss.png",
+            caption="captions/loss.rst",
+            category="{study}",
+        ),
+        grids=report(
+            f"{R}/{{study}}/report/grids.png",
+            caption="captions/grids.rst",
+            category="{study}",
+        ),
+        trajectory=report(
+            f"{R}/{{study}}/report/trajectory.png",
+            caption="captions/trajectory.rst",
+            category="{study}",
+        ),
+        curves=report(
+            f"{R}/{{study}}/report/curves.png",
+            caption="captions/curves.rst",
+            category="{study}",
+        ),
+        sweeps=report(
+            f"{R}/{{study}}/report/sweeps.png",
+            caption="captions/sweeps.rst",
+            category="{study}",
+        ),
     log:
         f"{R}/logs/report/{{study}}.log",
     benchmark:

@@ -127,3 +127,33 @@ def test_early_stopping_models_are_sampled_at_their_best_checkpoint():
     c["studies"]["demo-a"]["experiments"]["DDIM-CFG"]["checkpoints"] = "best"
     with pytest.raises(cfg.ConfigError, match=r"DDIM-CFG\.checkpoints: 'best' needs train\.early_stopping"):
         cfg.validate(c)
+
+
+def test_sweeps_expand_into_experiments_once_without_repeating_the_base():
+    c = fresh()
+    c["studies"]["demo-a"]["sweeps"] = {
+        "nfe": [{"base": "DDPM-CFG", "samplers": {"ddpm": [10, 50], "ddim": [50], "dpmpp2m": [20]}}],
+        "guidance": [{"base": "DDIM-CFG", "scales": [1, 1.5, 3]}],
+    }
+    v = cfg.validate(c)
+    # DDPM-50 at w=3 is DDPM-CFG itself, and w=3 is DDIM-CFG's own scale: neither is sampled twice
+    assert cfg.sweep_experiments(v, "demo-a") == [
+        "DDPM-CFG.nfe-ddpm-10",
+        "DDPM-CFG.nfe-ddim-50",
+        "DDPM-CFG.nfe-dpmpp2m-20",
+        "DDIM-CFG.w1",
+        "DDIM-CFG.w1.5",
+    ]
+    ddim = cfg.experiment_spec(v, "demo-a", "DDPM-CFG.nfe-ddim-50")
+    assert ddim["sampler"] == {"name": "ddim", "steps": 50, "eta": 0.0} and ddim["guidance_scale"] == 3.0
+    assert ddim["model"] == "unet-cfg" and ddim["sweep"] == {"kind": "nfe", "base": "DDPM-CFG"}
+    assert cfg.experiment_spec(v, "demo-a", "DDIM-CFG.w1.5")["guidance_scale"] == 1.5
+    assert len(cfg.sweep_experiments(cfg.validate(v), "demo-a")) == 5  # validating again adds nothing
+    c = fresh()
+    c["studies"]["demo-a"]["sweeps"] = {"guidance": [{"base": "nope", "scales": [1]}]}
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.sweeps\.guidance\.0\.base: 'nope'"):
+        cfg.validate(c)
+    c = fresh()
+    c["studies"]["demo-a"]["sweeps"] = {"guidance": [{"base": "DDIM", "scales": [2]}]}  # unconditional model
+    with pytest.raises(cfg.ConfigError, match=r"DDIM\.w2\.guidance_scale: guidance needs a class-conditional"):
+        cfg.validate(c)

@@ -57,9 +57,9 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
         assert f.attrs["checkpoint_step"] == 10 and f["samples/images"].shape == (32, 8, 8, 3)
         assert list(f["samples/labels"][:6]) == [0, 1, 2, 3, 4, 0]
         assert f["trajectory/images"].shape[:2] == (2, 5)
-    # the real images' statistics are computed once and reused by all five evaluations and the autoencoder's
+    # the real images' statistics are computed once and reused by all evaluations and the autoencoder's
     assert len(list((tiny_run / "benchmarks" / "reference_stats").rglob("*.tsv"))) == 1
-    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5
+    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5 + 3  # 3 sweep points
     assert m["reference"]["path"].endswith("val-classifier-n0.npz")
     for rule in ("train", "sample", "evaluate", "report"):
         assert any((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
@@ -95,6 +95,32 @@ def test_early_stopping_model_is_sampled_at_its_best_validation_checkpoint(tiny_
         assert f.attrs["checkpoint_step"] == int(best_step)
     m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG" / "best.json").read_text())
     assert m["samples"]["checkpoint_step"] == int(best_step)
+
+
+def test_sweep_points_are_sampled_and_reported(tiny_run):
+    table = (tiny_run / "tiny" / "report" / "table.md").read_text()
+    assert sorted(p.name for p in (tiny_run / "tiny" / "metrics").iterdir() if "." in p.name) == [
+        "DDIM-VAE-CFG.w1",
+        "DDIM.nfe-ddim-5",
+        "DDIM.nfe-dpmpp2m-5",
+    ]
+    with h5py.File(tiny_run / "tiny" / "samples" / "DDIM.nfe-dpmpp2m-5" / "step0000020.h5", "r") as f:
+        assert f.attrs["sampler"] == "dpmpp2m" and f.attrs["steps"] == 5 and f.attrs["guidance_scale"] == 1.0
+    nfe = table.split("## Sweep: quality against sampler steps")[1].split("## ")[0]
+    assert "| DDIM | DDIM-10 (η=0) | 10 |" in nfe and "| DDIM.nfe-dpmpp2m-5 | DPM-Solver++(2M)-5 | 5 |" in nfe
+    guidance = table.split("## Sweep: guidance scale")[1].split("## ")[0]
+    assert guidance.index("| DDIM-VAE-CFG.w1 | 1 |") < guidance.index("| DDIM-VAE-CFG | 2 |")
+    assert "## Cost" in table and "| DDIM.nfe-ddim-5 |" in table.split("## Cost")[1]
+
+
+def test_html_report_is_self_contained_with_captions(tiny_run, tmp_path):
+    html = tmp_path / "report.html"
+    snakemake(f"{tiny_run}/tiny/report/table.md", "--report", str(html), "--config", f"results_dir={tiny_run}")
+    text = html.read_text()
+    assert len(text) > 100_000  # the figures are embedded, not linked
+    for name in ("table.md", "table.csv", "fid_is.png", "grids.png", "sweeps.png"):
+        assert name in text, name
+    assert "FD against network" in text  # a caption (rules/captions/sweeps.rst)
 
 
 def test_rerun_has_nothing_to_do(tiny_run):
@@ -169,6 +195,7 @@ def _config_with_folder_dataset(tmp_path, source: str, path: str) -> tuple:
     study["dataset"] = "raw"
     study["models"] = {"unet-cfg": study["models"]["unet-cfg"]}
     study["experiments"] = {"DDIM": study["experiments"]["DDIM"]}
+    study.pop("sweeps")
     config["studies"]["raw-study"] = study
     path_ = tmp_path / "config.yaml"
     path_.write_text(yaml.safe_dump(config))

@@ -1,0 +1,104 @@
+"""The full-study presets (full-a: ImageNet-100, full-b: SYSU-Shapes) plan the reference's job matrix: a dry run
+over stand-in folder trees (empty files: planning lists folders only, it decodes nothing)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from core import config as cfg
+from tests.conftest import ROOT
+
+BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def stand_in_data(tmp_path):
+    """Folder trees in the two raw layouts, a placeholder for the Inception weights, and a config overlay."""
+    for split in ("train", "validation"):
+        for c in ("n01440764", "n01443537"):
+            (tmp_path / "imagenet100" / split / c).mkdir(parents=True)
+            (tmp_path / "imagenet100" / split / c / "x.JPEG").touch()
+    for c in ("airplane", "car"):
+        (tmp_path / "sysu" / c / "images").mkdir(parents=True)
+        (tmp_path / "sysu" / c / "annotations").mkdir()
+        (tmp_path / "sysu" / c / "images" / "x.jpg").touch()
+    (tmp_path / "inception.pth").touch()
+    overlay = {
+        "results_dir": str(tmp_path / "results"),
+        "default_studies": ["full-a", "full-b"],
+        "datasets": {
+            "imagenet100": {"path": str(tmp_path / "imagenet100")},
+            "sysu-shapes": {"path": str(tmp_path / "sysu")},
+        },
+        "metrics": {"inception_weights": str(tmp_path / "inception.pth")},
+    }
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    return tmp_path / "overlay.yaml"
+
+
+def dry_run(*args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc, proc.stdout + proc.stderr
+
+
+def job_counts(text):
+    stats = text.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
+    overlay = stand_in_data(tmp_path)
+    proc, out = dry_run("--configfile", "config.yaml", str(overlay))
+    assert proc.returncode == 0, out[-3000:]
+    c = cfg.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    sweeps_a, sweeps_b = len(cfg.sweep_experiments(c, "full-a")), len(cfg.sweep_experiments(c, "full-b"))
+    # A: 8 rows, each sampled at its best-validation checkpoint; sweeps: DDPM-CFG over 15 sampler settings and
+    # 5 guidance scales, DiT-VAE-CFG-12 over 5 scales. B: 5 runs × 25 checkpoints (every 4k of 100k steps); 8 sweeps.
+    assert (sweeps_a, sweeps_b) == (15 + 5 + 5, 8)
+    samples = 8 + sweeps_a + 5 * 25 + sweeps_b
+    assert job_counts(out) == {
+        "make_dataset": 2,
+        "reference_stats": 2,  # ImageNet-100 val and SYSU train statistics, each computed once
+        "train": 8 + 5,
+        "train_autoencoder": 1,
+        "encode_latents": 1,
+        "evaluate_autoencoder": 1,
+        "sample": samples,
+        "evaluate": samples,
+        "report": 2,
+        "all": 1,
+    }
+    assert "/full-a/samples/DDIM/best.h5" in out and "/full-b/samples/baseline/step0100000.h5" in out
+    assert "/full-a/samples/DDPM-CFG.nfe-dpmpp2m-20/best.h5" in out
+
+
+def test_full_study_without_its_data_names_folder_layout_and_key(tmp_path):
+    overlay = stand_in_data(tmp_path)
+    spec = yaml.safe_load(overlay.read_text())
+    spec["datasets"]["sysu-shapes"]["path"] = str(tmp_path / "nowhere")
+    overlay.write_text(yaml.safe_dump(spec))
+    proc, out = dry_run("--configfile", "config.yaml", str(overlay))
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'nowhere'} does not exist" in out and "datasets.sysu-shapes.path" in out
+    assert "<category>/" in out and "images/*.jpg" in out
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("study", ["full-a", "full-b"])
+def test_full_study_needs_inception_weights_when_targeted(tmp_path, study):
+    overlay = stand_in_data(tmp_path)
+    spec = yaml.safe_load(overlay.read_text())
+    spec["metrics"]["inception_weights"] = None
+    spec["default_studies"] = ["tiny"]
+    overlay.write_text(yaml.safe_dump(spec))
+    proc, out = dry_run(f"{tmp_path}/results/{study}/report/table.md", "--configfile", "config.yaml", str(overlay))
+    assert proc.returncode != 0
+    assert f"studies.{study}.evaluation.extractor: 'inception' needs metrics.inception_weights" in out
