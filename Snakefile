@@ -27,6 +27,7 @@ include: "rules/report.smk"
 localrules:
     all,
     report,
+    collect_checkpoints,
 
 
 rule all:

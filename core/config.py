@@ -102,16 +102,17 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"{_key([*where, 'models'])}"
                 )
             model = model_spec(config, study_name, exp["model"])
-            early = "early_stopping" in model["train"]
-            if early != (exp.get("checkpoints", "final") == "best"):
+            early, which = "early_stopping" in model["train"], exp.get("checkpoints", "final")
+            if early and which == "final":
                 raise ConfigError(
-                    f"config key {_key([*ewhere, 'checkpoints'])}: "
-                    + (
-                        f"model '{exp['model']}' stops early (train.early_stopping), so which steps it saves is "
-                        "known only after training: sample its best-validation state with checkpoints: best"
-                        if early
-                        else f"'best' needs train.early_stopping in model '{exp['model']}'"
-                    )
+                    f"config key {_key([*ewhere, 'checkpoints'])}: model '{exp['model']}' stops early "
+                    "(train.early_stopping), so its last step is known only after training: sample its "
+                    "best-validation state with checkpoints: best (or every saved one with checkpoints: all)"
+                )
+            if which == "best" and not early:
+                raise ConfigError(
+                    f"config key {_key([*ewhere, 'checkpoints'])}: 'best' needs train.early_stopping in model "
+                    f"'{exp['model']}'"
                 )
             ev = study["evaluation"]
             # image-folder datasets have no counts before ingestion: core.evaluate checks those at run time
@@ -196,9 +197,12 @@ def expand_sweeps(config: dict[str, Any], study: str) -> None:
                         points[f"{base_name}.nfe-{sampler}-{steps}"] = {
                             "sampler": _sweep_sampler(base["sampler"], sampler, steps)
                         }
-            else:
+            elif kind == "guidance":
                 for w in entry["scales"]:
                     points[f"{base_name}.w{w:g}"] = {"guidance_scale": float(w)}
+            else:
+                change = {k: entry[k] for k in ("num_samples", "batch_size", "sampler") if k in entry}
+                points[f"{base_name}.ckpts"] = {**change, "checkpoints": "all"}
             for name, change in points.items():
                 point = {
                     **copy.deepcopy(s["experiments"][base_name]),
@@ -206,10 +210,10 @@ def expand_sweeps(config: dict[str, Any], study: str) -> None:
                     "sweep": {"kind": kind, "base": base_name},
                 }
                 point.pop("published", None)
-                if base.get("checkpoints") == "all":
+                if kind != "checkpoints" and base.get("checkpoints") == "all":
                     point["checkpoints"] = "final"
                 merged = deep_merge(s.get("defaults", {}).get("experiment", {}), point)
-                if _sampling_settings(merged) != _sampling_settings(base):
+                if kind == "checkpoints" or _sampling_settings(merged) != _sampling_settings(base):
                     s["experiments"].setdefault(name, point)
 
 
@@ -320,6 +324,13 @@ def checkpoint_steps(train: dict[str, Any]) -> list[int]:
     """Steps at which a run keeps checkpoints: every ``checkpoint_every`` and the last."""
     every, total = int(train["checkpoint_every"]), int(train["steps"])
     return sorted({*range(every, total + 1, every), total})
+
+
+def steps_known_after_training(config: dict[str, Any], study: str, experiment: str) -> bool:
+    """Whether the experiment samples every checkpoint of an early-stopping model: which exist is known only
+    once training has ended (the workflow re-plans then; ``eval_steps`` lists the steps it may save)."""
+    exp = experiment_spec(config, study, experiment)
+    return exp["checkpoints"] == "all" and "early_stopping" in model_spec(config, study, exp["model"])["train"]
 
 
 def eval_steps(config: dict[str, Any], study: str, experiment: str) -> list[int | str]:

@@ -260,6 +260,19 @@ def sweep_tables(study: dict[str, Any], per_exp: dict[str, list[dict]]) -> str:
             )
     if out.getvalue():
         out.write("\nSweep points are sampled from the same checkpoint as their base row (its last evaluated one).\n")
+    for name, exp in exps.items():
+        if exp.get("sweep", {}).get("kind") != "checkpoints" or name not in per_exp:
+            continue
+        runs, base = per_exp[name], exp["sweep"]["base"]
+        out.write(
+            f"\n## Quality over training: {base} (model {exp['model']}, {sampler_label(exp['sampler'])}, "
+            f"{runs[0]['n_generated']} images, every kept checkpoint)\n\n"
+        )
+        out.write(f"| step | {runs[0]['label']['fid']} ↓ | {runs[0]['label']['is']} ↑ |\n|---|---|---|\n")
+        for m in runs:
+            out.write(
+                f"| {m['samples']['checkpoint_step']} | {m['fid']:.2f} | {m['is_mean']:.2f} ± {m['is_std']:.2f} |\n"
+            )
     return out.getvalue()
 
 
@@ -550,7 +563,12 @@ def report(
     plot_losses(out / "loss.png", train_logs)
     plot_grids(out / "grids.png", rows, samples)
     plot_trajectories(out / "trajectory.png", rows, samples)
-    plot_curves(out / "curves.png", {e: runs for e, runs in per_exp.items() if "sweep" not in study["experiments"][e]})
+    over_training = {
+        e: runs
+        for e, runs in per_exp.items()
+        if study["experiments"][e].get("sweep", {}).get("kind", "checkpoints") == "checkpoints"
+    }
+    plot_curves(out / "curves.png", over_training)
     print((out / "table.md").read_text(), flush=True)
 
 
@@ -561,9 +579,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--train-logs", nargs="+", required=True)
     p.add_argument("--autoencoders", nargs="*", default=[], help="evaluate_autoencoder JSON files")
+    p.add_argument("--indexes", nargs="*", default=[], help="core.collect indexes of further metrics and samples")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
-    report(json.loads(args.study), args.metrics, args.samples, args.train_logs, args.out_dir, args.autoencoders)
+    metrics, samples = list(args.metrics), list(args.samples)
+    for index in args.indexes:
+        entry = read_json(index)
+        metrics += entry["metrics"]
+        samples += entry["samples"]
+    report(json.loads(args.study), metrics, samples, args.train_logs, args.out_dir, args.autoencoders)
 
 
 if __name__ == "__main__":

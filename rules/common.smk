@@ -5,6 +5,7 @@ results layout, so that rules, stages and tests agree.
 """
 
 import json
+from pathlib import Path
 
 from core import config as cfg
 from core.distributed import launcher
@@ -98,10 +99,30 @@ def study_autoencoder_reports(study):
     ]
 
 
+def experiment_steps(study, experiment):
+    """The checkpoints an experiment samples. For every checkpoint of an early-stopping model these are the ones
+    it saved before stopping: asking for them waits for the (checkpoint) train rule, then lists its ckpt folder.
+    """
+    if not cfg.steps_known_after_training(config, study, experiment):
+        return cfg.eval_steps(config, study, experiment)
+    model = experiment_model(study, experiment)
+    ckpt = Path(checkpoints.train.get(study=study, model=model).output.ckpt)
+    return sorted(int(p.stem.removeprefix("step")) for p in ckpt.glob("step*.pt"))
+
+
+def static_experiments(study):
+    return [
+        e
+        for e in study_experiments(study)
+        if not cfg.steps_known_after_training(config, study, e)
+    ]
+
+
 def study_metrics(study):
+    """Metrics files known at planning time (the others: study_checkpoint_indexes)."""
     return [
         cfg.metrics_path(config, study, e, s)
-        for e in study_experiments(study)
+        for e in static_experiments(study)
         for s in cfg.eval_steps(config, study, e)
     ]
 
@@ -109,8 +130,17 @@ def study_metrics(study):
 def study_samples(study):
     return [
         cfg.sample_path(config, study, e, s)
-        for e in study_experiments(study)
+        for e in static_experiments(study)
         for s in cfg.eval_steps(config, study, e)
+    ]
+
+
+def study_checkpoint_indexes(study):
+    """One index per experiment whose checkpoints are known only after training (rule collect_checkpoints)."""
+    return [
+        f"{R}/{study}/metrics/{e}/checkpoints.json"
+        for e in study_experiments(study)
+        if cfg.steps_known_after_training(config, study, e)
     ]
 
 

@@ -4,6 +4,7 @@ rule report:
         samples=lambda w: study_samples(w.study),
         train_logs=lambda w: study_train_logs(w.study),
         autoencoders=lambda w: study_autoencoder_reports(w.study),
+        indexes=lambda w: study_checkpoint_indexes(w.study),
     output:
         table=report(
             f"{R}/{{study}}/report/table.md",
@@ -85,5 +86,33 @@ rule report:
         ],
     shell:
         "python -m core.report --study {params.study:q} --metrics {input.metrics} --samples {input.samples}"
-        " --train-logs {input.train_logs} --autoencoders {params.autoencoders} --out-dir {params.out_dir}"
+        " --train-logs {input.train_logs} --autoencoders {params.autoencoders} --indexes {input.indexes}"
+        " --out-dir {params.out_dir}"
         " > {log} 2>&1"
+
+
+rule collect_checkpoints:
+    input:
+        metrics=lambda w: [
+            cfg.metrics_path(config, w.study, w.experiment, s)
+            for s in experiment_steps(w.study, w.experiment)
+        ],
+        samples=lambda w: [
+            cfg.sample_path(config, w.study, w.experiment, s)
+            for s in experiment_steps(w.study, w.experiment)
+        ],
+    output:
+        f"{R}/{{study}}/metrics/{{experiment}}/checkpoints.json",
+    log:
+        f"{R}/logs/collect_checkpoints/{{study}}/{{experiment}}.log",
+    benchmark:
+        f"{R}/benchmarks/collect_checkpoints/{{study}}/{{experiment}}.tsv"
+    conda:
+        "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m core.collect --metrics {input.metrics} --samples {input.samples} --out {output} > {log} 2>&1"

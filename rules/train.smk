@@ -1,4 +1,6 @@
-rule train:
+# A checkpoint rule: experiments that sample every checkpoint of an early-stopping model learn which steps
+# exist once the model is trained (rules/common.smk: experiment_steps).
+checkpoint train:
     input:
         data=lambda w: cfg.train_data_path(config, w.study, w.model),
     output:

@@ -61,9 +61,14 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
     c = cfg.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
     sweeps_a, sweeps_b = len(cfg.sweep_experiments(c, "full-a")), len(cfg.sweep_experiments(c, "full-b"))
     # A: 8 rows, each sampled at its best-validation checkpoint; sweeps: DDPM-CFG over 15 sampler settings and
-    # 5 guidance scales, DiT-VAE-CFG-12 over 5 scales. B: 5 runs × 25 checkpoints (every 4k of 100k steps); 8 sweeps.
-    assert (sweeps_a, sweeps_b) == (15 + 5 + 5, 8)
-    samples = 8 + sweeps_a + 5 * 25 + sweeps_b
+    # 5 guidance scales, DiT-VAE-CFG-12 over 5 scales, every row over training.
+    # B: 5 runs × 25 checkpoints (every 4k of 100k steps); 8 sweep points.
+    assert (sweeps_a, sweeps_b) == (15 + 5 + 5 + 8, 8)
+    # the eight curves over training (`<row>.ckpts`) sample the checkpoints an early-stopping model kept, known
+    # once it has trained: each is one collect_checkpoints job now; its samples are planned after training
+    curves = len(cfg.sweep_experiments(c, "full-a", "checkpoints"))
+    assert curves == 8
+    samples = 8 + sweeps_a - curves + 5 * 25 + sweeps_b
     assert job_counts(out) == {
         "make_dataset": 2,
         "reference_stats": 2,  # ImageNet-100 val and SYSU train statistics, each computed once
@@ -73,6 +78,7 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
         "evaluate_autoencoder": 1,
         "sample": samples,
         "evaluate": samples,
+        "collect_checkpoints": curves,
         "report": 2,
         "all": 1,
     }

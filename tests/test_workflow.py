@@ -59,7 +59,9 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
         assert f["trajectory/images"].shape[:2] == (2, 5)
     # the real images' statistics are computed once and reused by all evaluations and the autoencoder's
     assert len(list((tiny_run / "benchmarks" / "reference_stats").rglob("*.tsv"))) == 1
-    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5 + 3  # 3 sweep points
+    kept = len(list((tiny_run / "tiny" / "models" / "unet-vae-cfg" / "ckpt").glob("step*.pt")))
+    # 5 rows' checkpoints, 3 sweep points, and DDIM-VAE-CFG over the steps its early-stopping model kept
+    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5 + 3 + kept
     assert m["reference"]["path"].endswith("val-classifier-n0.npz")
     for rule in ("train", "sample", "evaluate", "report"):
         assert any((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
@@ -100,6 +102,7 @@ def test_early_stopping_model_is_sampled_at_its_best_validation_checkpoint(tiny_
 def test_sweep_points_are_sampled_and_reported(tiny_run):
     table = (tiny_run / "tiny" / "report" / "table.md").read_text()
     assert sorted(p.name for p in (tiny_run / "tiny" / "metrics").iterdir() if "." in p.name) == [
+        "DDIM-VAE-CFG.ckpts",
         "DDIM-VAE-CFG.w1",
         "DDIM.nfe-ddim-5",
         "DDIM.nfe-dpmpp2m-5",
@@ -111,6 +114,21 @@ def test_sweep_points_are_sampled_and_reported(tiny_run):
     guidance = table.split("## Sweep: guidance scale")[1].split("## ")[0]
     assert guidance.index("| DDIM-VAE-CFG.w1 | 1 |") < guidance.index("| DDIM-VAE-CFG | 2 |")
     assert "## Cost" in table and "| DDIM.nfe-ddim-5 |" in table.split("## Cost")[1]
+
+
+def test_curve_over_training_samples_every_checkpoint_an_early_stopping_model_kept(tiny_run):
+    kept = sorted(p.stem for p in (tiny_run / "tiny" / "models" / "unet-vae-cfg" / "ckpt").glob("step*.pt"))
+    assert kept  # the first checkpoint (step 10) is always kept
+    metrics = tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG.ckpts"
+    assert sorted(p.stem for p in metrics.glob("step*.json")) == kept
+    index = json.loads((metrics / "checkpoints.json").read_text())
+    assert index["steps"] == [int(k.removeprefix("step")) for k in kept]
+    table = (tiny_run / "tiny" / "report" / "table.md").read_text()
+    section = table.split("## Quality over training: DDIM-VAE-CFG")[1].split("## ")[0]
+    assert "DDIM-5 (η=0)" in section
+    assert [
+        line.split(" | ")[0].strip("| ") for line in section.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:] == [str(int(k.removeprefix("step"))) for k in kept]
 
 
 def test_html_report_is_self_contained_with_captions(tiny_run, tmp_path):
