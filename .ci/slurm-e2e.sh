@@ -93,7 +93,7 @@ done
 # every non-local job was submitted with sbatch, ran and completed
 mapfile -t jobids < <(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$TMP/run1.log")
 n_jobs=${#jobids[@]}
-n_remote=$(grep -c '^rule ' "$TMP/run1.log" || true)
+n_remote=$(grep -cE '^(rule|checkpoint) ' "$TMP/run1.log" || true) # train is a checkpoint rule
 n_local=$(grep -c '^localrule ' "$TMP/run1.log" || true)
 [ "$n_jobs" -gt 0 ] || fail "no SLURM job ids in $TMP/run1.log"
 [ "$n_jobs" = "$n_remote" ] || fail "$n_remote non-local jobs but $n_jobs SLURM submissions"
@@ -114,7 +114,7 @@ t_run2=$(cat "$TMP/run2.seconds")
 [ "$rc" != 0 ] || fail "snakemake exited 0 although the train job must fail (log: $TMP/run2.log)"
 bad_id=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$TMP/run2.log" | head -n1)
 [ -n "$bad_id" ] || fail "run 2 failed before submitting anything (expected a failure at run time)"
-grep -q "Error in rule train" "$TMP/run2.log" || fail "run 2 log does not name the failed rule train"
+grep -Eq "Error in (rule|checkpoint) train" "$TMP/run2.log" || fail "run 2 log does not name the failed rule train"
 state=$(scontrol show job "$bad_id" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
 [ "$state" = FAILED ] || fail "SLURM job $bad_id is '${state:-unknown}', not FAILED"
 log "run 2 ok: snakemake exited $rc after ${t_run2}s; SLURM job $bad_id FAILED"
