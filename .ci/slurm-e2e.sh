@@ -98,7 +98,8 @@ n_local=$(grep -c '^localrule ' "$TMP/run1.log" || true)
 [ "$n_jobs" -gt 0 ] || fail "no SLURM job ids in $TMP/run1.log"
 [ "$n_jobs" = "$n_remote" ] || fail "$n_remote non-local jobs but $n_jobs SLURM submissions"
 for id in "${jobids[@]}"; do
-    tail -n +"$((ctld_lines + 1))" "$CI_DIR/slurmctld.log" | grep -q "_slurm_rpc_submit_batch_job: JobId=$id " ||
+    # grep reads all of tail's output (no -q): with pipefail, an early exit would fail tail with SIGPIPE
+    tail -n +"$((ctld_lines + 1))" "$CI_DIR/slurmctld.log" | grep "_slurm_rpc_submit_batch_job: JobId=$id " >/dev/null ||
         fail "slurmctld log has no submission of job $id"
     state=$(scontrol show job "$id" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
     [ "$state" = COMPLETED ] || fail "SLURM job $id is '${state:-unknown}', not COMPLETED"

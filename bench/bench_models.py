@@ -113,8 +113,8 @@ def dit_spec(hidden: int, depth: int, heads: int, patch: int) -> dict:
 def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
     """The measured configurations (the reference's sizes, or tiny stand-ins of the same layouts with --quick).
 
-    On the CPU the big models run a few steps at a small batch, with only the bf16 lever (DiT-B/2) or none, to
-    keep the whole run near ten minutes on two cores; every lever is measured at the demo sizes. On the CPU all
+    On the CPU the big models run a few steps at a small batch, with only the bf16 lever or none, to keep the
+    whole run near ten minutes on two cores; every lever is measured at the demo sizes. On the CPU all
     settings of a model (ours, levers, peer) are timed in interleaved rounds, so a shared machine's noise hits
     them alike.
     """
@@ -126,7 +126,7 @@ def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
             ("dit-b2", "DiT-B/2 layout (tiny)", dit_spec(64, 2, 4, 2), 8, 4, 10),
         ]
         return [Case(*layout, batch=tiny, steps=steps) for layout in layouts]
-    big = {"cpu": (1, 1, 2), "cuda": (5, 20, 1)}
+    big = {"cpu": (1, 1, 3), "cuda": (5, 20, 1)}
     small = {"cpu": (2, 3, 4), "cuda": (10, 50, 1)}
     gpu_only = {"cpu": (), "cuda": LEVERS}
     study_a = Case(
@@ -136,7 +136,7 @@ def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
         image_size=128,
         channels=3,
         num_classes=0,
-        batch={"cpu": 1, "cuda": 32},
+        batch={"cpu": 2, "cuda": 32},
         steps=big,
         levers=gpu_only,
         peer_note="heads: ours 4 at every attention (64-d at 32², 128-d at 16² and middle), diffusers 64-d heads "
@@ -150,9 +150,9 @@ def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
             image_size=64,
             channels=3,
             num_classes=0,
-            batch={"cpu": 2, "cuda": 64},
+            batch={"cpu": 4, "cuda": 64},
             steps=big,
-            levers=gpu_only,
+            levers={"cpu": ("bf16",), "cuda": LEVERS},
         )
         for d in study_b_dims
     ]
@@ -173,7 +173,7 @@ def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
         image_size=32,
         channels=4,
         num_classes=1000,
-        batch={"cpu": 2, "cuda": 128},
+        batch={"cpu": 4, "cuda": 128},
         steps=big,
         levers={"cpu": ("bf16",), "cuda": LEVERS},
     )
@@ -184,10 +184,9 @@ def training_cases(quick: bool, study_b_dims: list[int]) -> list[Case]:
         image_size=32,
         channels=3,
         num_classes=100,
-        batch={"cpu": 2, "cuda": 32},
-        steps=big,
+        batch={"cpu": 4, "cuda": 32},
+        steps={"cpu": (1, 1, 2), "cuda": (5, 20, 1)},
         levers=gpu_only,
-        peer_on=("cuda",),
     )
     demo_dit = Case(
         name="dit-demo",
@@ -309,6 +308,59 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+QUIET_SHARE = 0.1  # a step counts as quiet when other processes used under 10 % of the machine's CPU time
+
+
+class CpuMonitor:
+    """How busy *other* processes keep the machine: from /proc/stat (all CPUs) minus /proc/self/stat (this
+    process), as a share of the machine's CPU time; None where /proc is absent. One jiffy is 10 ms, so the share
+    of intervals under ~0.2 s is coarse."""
+
+    def __init__(self) -> None:
+        self.ok = os.path.exists("/proc/stat") and os.path.exists("/proc/self/stat")
+        self.tick = os.sysconf("SC_CLK_TCK") if self.ok else 100
+        self.cpus = os.cpu_count() or 1
+
+    def snapshot(self) -> tuple[float, int, int]:
+        """(wall seconds, busy jiffies of all CPUs, jiffies of this process)."""
+        if not self.ok:
+            return time.perf_counter(), 0, 0
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        return time.perf_counter(), busy, int(own[11]) + int(own[12])  # utime + stime
+
+    def others_share(self, start: tuple[float, int, int], end: tuple[float, int, int]) -> float | None:
+        if not self.ok or end[0] <= start[0]:
+            return None
+        others = (end[1] - start[1]) - (end[2] - start[2])
+        return max(0.0, others / ((end[0] - start[0]) * self.tick * self.cpus))
+
+    def wait_quiet(self, max_seconds: float) -> float:
+        """Wait (up to ``max_seconds``) until other processes leave the machine quiet for 1 s; seconds waited."""
+        t0 = time.perf_counter()
+        while self.ok and time.perf_counter() - t0 < max_seconds:
+            start = self.snapshot()
+            time.sleep(1.0)
+            share = self.others_share(start, self.snapshot())
+            if share is not None and share < QUIET_SHARE:
+                break
+        return time.perf_counter() - t0
+
+
+MONITOR = CpuMonitor()
+
+
+def quiet_median(times: list[float], shares: list[float | None]) -> tuple[float, int, bool]:
+    """Median of the quiet steps when at least half are quiet, else of all; (median, quiet count, contended)."""
+    quiet = [t for t, share in zip(times, shares, strict=True) if share is None or share < QUIET_SHARE]
+    if quiet and 2 * len(quiet) >= len(times):
+        return statistics.median(quiet), len(quiet), False
+    return statistics.median(times), len(quiet), True
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -424,15 +476,15 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
 
-    def timed_steps(self, n: int) -> list[float]:
-        """Seconds of each of ``n`` steps."""
-        times = []
+    def timed_steps(self, n: int) -> tuple[list[float], float | None]:
+        """Seconds of each of ``n`` steps, and the share of CPU time other processes took meanwhile."""
+        times, start = [], MONITOR.snapshot()
         for _ in range(n):
             t0 = time.perf_counter()
             self.step()
             synchronize(self.device)
             times.append(time.perf_counter() - t0)
-        return times
+        return times, MONITOR.others_share(start, MONITOR.snapshot())
 
 
 class TwoForwardCFG(nn.Module):
@@ -450,20 +502,22 @@ class TwoForwardCFG(nn.Module):
 
 
 def measure_sampling(
-    model: nn.Module, case: Case, device: torch.device, batch: int, steps: int, bf16: bool = False
+    model: nn.Module, case: Case, device: torch.device, batch: int, steps: int, bf16: bool = False, warmup: bool = True
 ) -> dict[str, Any]:
-    """Seconds of one ``core.sampling.sample`` run (DDIM, CFG w = 3) after a 2-step warm-up run."""
+    """Seconds of one ``core.sampling.sample`` run (DDIM, CFG w = 3), after a 2-step warm-up run if asked."""
     diffusion = GaussianDiffusion.from_spec(DIFFUSION_SPEC)
     gen = torch.Generator(device=device).manual_seed(0)
     x_T = torch.randn(batch, case.channels, case.image_size, case.image_size, device=device, generator=gen)
     y = torch.randint(0, case.num_classes, (batch,), device=device, generator=gen)
     with tf32_mode(False), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        sample(model, diffusion, x_T, SamplerSpec("ddim", steps=2), y=y, guidance_scale=3.0)
+        if warmup:
+            sample(model, diffusion, x_T, SamplerSpec("ddim", steps=2), y=y, guidance_scale=3.0)
         synchronize(device)
-        t0 = time.perf_counter()
+        start = MONITOR.snapshot()
         sample(model, diffusion, x_T, SamplerSpec("ddim", steps=steps), y=y, guidance_scale=3.0)
         synchronize(device)
-    return {"seconds": time.perf_counter() - t0, "steps_run": steps}
+        end = MONITOR.snapshot()
+    return {"seconds": end[0] - start[0], "share": MONITOR.others_share(start, end)}
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -525,6 +579,8 @@ class Bench:
     compile: bool
     peak_flops: float | None
     diffusers: Any
+    wait_quiet: float = 0.0  # seconds to wait, at most, for a quiet machine before each timed block
+    waited_s: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -582,20 +638,31 @@ class Bench:
         steps: tuple[int, int, int],
     ) -> dict[tuple[str, str], dict[str, Any]]:
         """Time every run (who, levers). With one round each run is built, timed and freed in turn; with more,
-        all are built first and timed in turns of ``per_round`` steps, so a busy machine slows them alike."""
+        all are built first and then timed in turns of ``per_round`` steps, so a busy machine slows them alike
+        (while all of them are held in memory)."""
         warmup, per_round, rounds = steps
         results: dict[tuple[str, str], dict[str, Any]] = {}
         trainers: dict[tuple[str, str], Trainer] = {}
+        # one untimed step first, so one-time costs (kernel and primitive caches, allocator pools) are not
+        # charged to the memory of whichever run is built first
+        guarded(lambda: {"primed": Trainer(case.build, case, self.device, Levers(), batch, 1)}, "priming step")
+        release_memory(self.device)
 
         def record(key: tuple[str, str], fn: Callable[[], dict[str, Any]], what: str) -> None:
             m = guarded(fn, what)
-            agg = results.setdefault(key, {"levers": key[1], "batch": batch, "step_s": []})
+            agg = results.setdefault(key, {"levers": key[1], "batch": batch, "step_s": [], "others_cpu_share": []})
             if "error" in m:
                 agg["error"] = m["error"]
                 trainers.pop(key, None)
             agg["step_s"] += m.get("step_s", [])
+            agg["others_cpu_share"] += [m.get("share")] * len(m.get("step_s", []))
             if "peak_mem_mib" in m:
                 agg["peak_mem_mib"] = m["peak_mem_mib"]
+
+        def timed(key: tuple[str, str]) -> dict[str, Any]:
+            self.waited_s += MONITOR.wait_quiet(self.wait_quiet)
+            times, share = trainers[key].timed_steps(per_round)
+            return {"step_s": times, "share": share}
 
         def build(who: str, levers: Levers) -> dict[str, Any]:
             trainer = trainers[(who, levers.label())] = Trainer(builders[who], case, self.device, levers, batch, warmup)
@@ -607,7 +674,7 @@ class Bench:
                 if r == 0:
                     record(key, lambda w=who, lv=levers: build(w, lv), f"{who}, {key[1]}: build")
                 if key in trainers:
-                    record(key, lambda k=key: {"step_s": trainers[k].timed_steps(per_round)}, f"{who}, {key[1]}")
+                    record(key, lambda k=key: timed(k), f"{who}, {key[1]}")
                 if rounds == 1:
                     trainers.pop(key, None)
                     release_memory(self.device)
@@ -615,10 +682,12 @@ class Bench:
         release_memory(self.device)
         for (who, label), agg in results.items():
             if agg["step_s"]:
-                agg |= {"rounds": rounds, "median_step_s": statistics.median(agg["step_s"])}
-                agg["images_per_s"] = batch / agg["median_step_s"]
+                median, quiet, contended = quiet_median(agg["step_s"], agg["others_cpu_share"])
+                agg |= {"rounds": rounds, "median_step_s": median, "quiet_steps": quiet, "contended": contended}
+                agg["images_per_s"] = batch / median
                 mem = agg.get("peak_mem_mib", float("nan"))
-                print(f"  {who}, {label}: {agg['images_per_s']:.3f} images/s, peak memory {mem:.0f} MiB")
+                flag = f" (contended: {quiet} of {len(agg['step_s'])} steps quiet)" if contended else ""
+                print(f"  {who}, {label}: {agg['images_per_s']:.3f} images/s, peak memory {mem:.0f} MiB{flag}")
         return results
 
     def peer_row(
@@ -645,6 +714,7 @@ class Bench:
             "peer_train_flops_per_image": peer_flops,
             "ours_images_per_s": ours.get("images_per_s"),
             "ours_peak_mem_mib": ours.get("peak_mem_mib"),
+            "ours_contended": ours.get("contended"),
             "ours_mfu": self.achieved(flops, ours.get("images_per_s"))["mfu"],
             "peer_mfu": self.achieved(peer_flops, peer.get("images_per_s"))["mfu"],
             "note": case.peer_note or DIT_PEER_NOTE * (case.backbone == "dit"),
@@ -660,11 +730,12 @@ class Bench:
             print(f"  ours/peer ({levers.label()}): {row['ours_over_peer']:.2f}×")
         return row
 
-    def sampling(self, case: Case, steps: int) -> None:
-        """DDIM-50 with CFG (w = 3): one batched 2B forward per step vs two B forwards, and the peer if present."""
+    def sampling(self, case: Case, steps: int, rounds: int) -> None:
+        """DDIM-50 with CFG (w = 3): one batched 2B forward per step vs two B forwards, and the peer if present;
+        the variants take turns for ``rounds`` rounds (median run time). ``steps`` < 50 are timed and scaled."""
         batch = case.batch[self.kind]
-        run_note = "" if steps == 50 else f" (DDIM-{steps} timed, scaled to 50 steps)"
-        print(f"\n[sample] {case.name}: DDIM-50, CFG w = 3, batch {batch}{run_note}")
+        run_note = "" if steps == 50 else f", DDIM-{steps} timed and scaled to 50 steps"
+        print(f"\n[sample] {case.name}: DDIM-50, CFG w = 3, batch {batch}, {rounds} rounds{run_note}")
         torch.manual_seed(0)
         model = case.build().to(self.device).eval()
         variants: list[tuple[str, nn.Module, bool]] = [
@@ -676,40 +747,67 @@ class Bench:
         if self.diffusers is not None and self.kind in case.peer_on:
             peer = build_peer(case, self.diffusers).to(self.device).eval()
             variants.append(("diffusers peer, CFG batched (2B)", peer, False))
-        for label, net, bf16 in variants:
-            m = guarded(lambda n=net, h=bf16: measure_sampling(n, case, self.device, batch, steps, h), label)
-            row = {"model": case.name, "label": case.label, "variant": label, "batch": batch} | m
+        seconds: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+        shares: dict[str, list[float | None]] = {label: [] for label, _, _ in variants}
+        errors: dict[str, str] = {}
+        for r in range(rounds):
+            for label, net, bf16 in variants:
+                self.waited_s += MONITOR.wait_quiet(self.wait_quiet)
+                run = functools.partial(measure_sampling, net, case, self.device, batch, steps, bf16, r == 0)
+                m = guarded(run, label)
+                if "error" in m:
+                    errors[label] = m["error"]
+                else:
+                    seconds[label].append(m["seconds"])
+                    shares[label].append(m["share"])
+        for label, _, _ in variants:
+            row = {"model": case.name, "label": case.label, "variant": label, "batch": batch, "steps_timed": steps}
             row |= {"sampler": "DDIM-50 (η = 0, leading)", "guidance_scale": 3.0, "extrapolated": steps != 50}
-            if "seconds" in m:
-                row["seconds_ddim50"] = m["seconds"] * 50 / steps
+            row |= {"run_seconds": seconds[label], "others_cpu_share": shares[label]}
+            row |= {"error": errors[label]} if label in errors else {}
+            if seconds[label]:
+                median, quiet, contended = quiet_median(seconds[label], shares[label])
+                row |= {"seconds_ddim50": median * 50 / steps, "quiet_runs": quiet, "contended": contended}
                 row["images_per_s"] = batch / row["seconds_ddim50"]
-                print(f"  {label}: {row['images_per_s']:.4f} images/s")
+                flag = f" (contended: {quiet} of {len(seconds[label])} runs quiet)" if contended else ""
+                print(f"  {label}: {row['images_per_s']:.4f} images/s{flag}")
             self.result["sampling"].append(row)
         release_memory(self.device)
 
-    def features(self, images: int) -> None:
-        """FIDInceptionV3 (random weights) through ``core.features.Extractor`` on 64² uint8 images."""
+    def features(self, images: int, rounds: int) -> None:
+        """FIDInceptionV3 (random weights) through ``core.features.Extractor`` on 64² uint8 images; the median of
+        ``rounds`` timed passes after a one-batch warm-up."""
         batch = min(images, 32 if self.kind == "cpu" else 256)
-        print(f"\n[features] FIDInceptionV3 (random init), {images} images 64² → 299², batch {batch}")
+        print(f"\n[features] FIDInceptionV3 (random init), {images} images 64² → 299², batch {batch}, {rounds} rounds")
         torch.manual_seed(0)
         net = inception.FIDInceptionV3().eval()
         extractor = Extractor("inception", net, lambda x: inception.preprocess(torch.as_tensor(x), "pytorch-fid"))
         pixels = np.random.default_rng(0).integers(0, 256, (images, 64, 64, 3), dtype=np.uint8)
-        extractor.extract(pixels[: min(8, images)], batch_size=batch, device=self.device)  # warm-up
-        t0 = time.perf_counter()
-        extractor.extract(pixels, batch_size=batch, device=self.device)
-        synchronize(self.device)
-        seconds = time.perf_counter() - t0
+        extractor.extract(pixels[:batch], batch_size=batch, device=self.device)  # warm-up
+        seconds, shares = [], []
+        for _ in range(rounds):
+            self.waited_s += MONITOR.wait_quiet(self.wait_quiet)
+            start = MONITOR.snapshot()
+            extractor.extract(pixels, batch_size=batch, device=self.device)
+            synchronize(self.device)
+            end = MONITOR.snapshot()
+            seconds.append(end[0] - start[0])
+            shares.append(MONITOR.others_share(start, end))
+        median, quiet, contended = quiet_median(seconds, shares)
         self.result["features"] = {
+            "quiet_runs": quiet,
             "network": "core.inception.FIDInceptionV3 (random init)",
             "path": "core.features.Extractor (preprocess on the CPU, network on the device)",
             "input": "uint8 64x64 -> preprocess('pytorch-fid') -> 299x299",
             "images": images,
             "batch": batch,
-            "seconds": seconds,
-            "images_per_s": images / seconds,
+            "run_seconds": seconds,
+            "others_cpu_share": shares,
+            "contended": contended,
+            "images_per_s": images / median,
         }
-        print(f"  {images / seconds:.2f} images/s")
+        runs = ", ".join(f"{t:.1f} s" for t in seconds)
+        print(f"  {self.result['features']['images_per_s']:.2f} images/s (runs: {runs})")
 
 
 def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
@@ -722,42 +820,42 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def rate(row: dict[str, Any], key: str = "images_per_s", contended: str = "contended", spec: str = ".3f") -> str:
+    """A throughput cell, marked † when most of its timed blocks were contended."""
+    return fmt(row.get(key), spec) + ("†" if row.get(contended) else "")
+
+
 def print_tables(result: dict[str, Any], show_mfu: bool) -> None:
-    """The summary tables, in Markdown."""
+    """The summary tables, in Markdown (†: most timed blocks contended by other processes)."""
     header = ["model", "params", "batch", "images/s", "peak mem (MiB)", "TFLOP/s"] + (["MFU"] if show_mfu else [])
     rows = []
     for r in result["train"]:
         mfu = [fmt(r["mfu"] and 100 * r["mfu"], ".1f", "%")] if show_mfu else []
-        ips, mem, rate = (
-            fmt(r.get("images_per_s"), ".3f"),
-            fmt(r.get("peak_mem_mib"), ".0f"),
-            fmt(r["tflops_per_s"], ".3f"),
-        )
-        rows.append([r["model"], f"{r['params'] / 1e6:.2f}M", str(r.get("batch", "—")), ips, mem, rate, *mfu])
+        mem, tflops = fmt(r.get("peak_mem_mib"), ".0f"), fmt(r["tflops_per_s"], ".3f")
+        rows.append([r["model"], f"{r['params'] / 1e6:.2f}M", str(r.get("batch", "—")), rate(r), mem, tflops, *mfu])
     print_table("Training step, fp32 baseline", header, rows)
     rows = []
     for r in result["levers"]:
-        off, on = fmt(r["off_images_per_s"], ".3f"), fmt(r.get("images_per_s"), ".3f")
-        rows.append([r["model"], r["lever"], off, on, fmt(r.get("speedup"), ".2f", "×")])
+        rows.append([r["model"], r["lever"], fmt(r["off_images_per_s"], ".3f"), rate(r), fmt(r.get("speedup"), ".2f")])
     print_table("Levers, training step", ["model", "levers on", "off images/s", "on images/s", "on/off"], rows)
     if result["peers"]:
         rows = []
         for r in result["peers"]:
             params = f"{r['ours_params'] / 1e6:.2f}M / {r['peer_params'] / 1e6:.2f}M"
-            ours, peer = fmt(r["ours_images_per_s"], ".3f"), fmt(r.get("peer_images_per_s"), ".3f")
-            rows.append(
-                [r["model"], r["peer"], r["levers"], params, ours, peer, fmt(r.get("ours_over_peer"), ".2f", "×")]
-            )
+            ours, peer = rate(r, "ours_images_per_s", "ours_contended"), rate(r, "peer_images_per_s", "peer_contended")
+            rows.append([r["model"], r["peer"], r["levers"], params, ours, peer, fmt(r.get("ours_over_peer"), ".2f")])
         header = ["model", "peer", "levers", "params ours / peer", "ours images/s", "peer images/s", "ours/peer"]
         print_table("Peers, training step", header, rows)
     rows = []
     for r in result["sampling"]:
-        ips = fmt(r.get("images_per_s"), ".4f") + ("*" if r["extrapolated"] else "")
-        rows.append([r["model"], r["variant"], str(r["batch"]), ips])
-    title = "Sampling, DDIM-50 with CFG w = 3 (* scaled from fewer timed steps)"
+        rows.append(
+            [r["model"], r["variant"], str(r["batch"]), rate(r, spec=".4f") + ("*" if r["extrapolated"] else "")]
+        )
+    title = "Sampling, DDIM-50 with CFG w = 3 (* scaled from fewer timed DDIM steps)"
     print_table(title, ["model", "variant", "batch", "images/s"], rows)
     if "features" in result:
-        print(f"\nInception feature extraction (64² → 299²): {result['features']['images_per_s']:.2f} images/s")
+        print(f"\nInception feature extraction (64² → 299²): {rate(result['features'], spec='.2f')} images/s")
+    print(f"\n†: most timed blocks contended by other processes; waited {result['waited_for_quiet_s']:.0f} s for quiet")
 
 
 def parse_args() -> argparse.Namespace:
@@ -769,10 +867,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-peers", action="store_true", help="skip the diffusers peers even if importable")
     p.add_argument("--models", default="", help="training rows to run, e.g. unet-demo,dit-demo (default: all)")
     p.add_argument("--parts", default="train,sample,features", help="which parts to run (comma-separated)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=-1.0,
+        help="before each timed block wait up to this many seconds for other processes to leave the CPU quiet "
+        "(default: 20 on CPU, 0 on GPU)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--study-b-dims", default="", help="Study B widths, e.g. 64,96,128 (default: 64 on CPU, all on GPU)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="peak for MFU, TFLOP/s (default: known GPUs' bf16)")
-    p.add_argument("--cpu-sample-steps", type=int, default=5, help="CPU: DDIM steps timed for the reference-size model")
+    p.add_argument(
+        "--cpu-sample-steps", type=int, default=10, help="CPU: DDIM steps timed for the reference-size model"
+    )
     p.add_argument("--inception-images", type=int, default=0, help="images to extract (default: 64 on CPU, 1024 GPU)")
     return p.parse_args()
 
@@ -800,7 +907,8 @@ def main() -> None:
         why = "--no-peers" if args.no_peers else "diffusers is not importable"
         notes.append(f"peers skipped ({why}); to add them: pip install -r bench/requirements-peers.txt (in a venv)")
         print(f"NOTE: {notes[-1]}")
-    bench = Bench(torch.device(kind), args.compile, peak, None if args.no_peers else diffusers)
+    wait_quiet = args.wait_quiet if args.wait_quiet >= 0 else (20.0 if kind == "cpu" else 0.0)
+    bench = Bench(torch.device(kind), args.compile, peak, None if args.no_peers else diffusers, wait_quiet)
     print(
         f"device: {device_label}, torch {torch.__version__}, diffusers {diffusers_version or 'absent'}, "
         f"{torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} mode"
@@ -820,6 +928,11 @@ def main() -> None:
         "peak_bf16_flops": peak,
         "mfu_definition": "achieved training FLOP/s (flops_method) / the device's dense bf16 peak (peak_bf16_flops)",
         "memory_method": CUDA_MEMORY_METHOD if kind == "cuda" else CPU_MEMORY_METHOD,
+        "contention_method": "per timed block (steps, sampler run, extraction pass): the share of the machine's CPU "
+        f"time used by other processes (/proc/stat minus /proc/self/stat); below {QUIET_SHARE:.0%} the block is "
+        "quiet; a figure is the median of the quiet blocks when at least half are quiet, else of all ('contended'); "
+        "before each block the run waits up to wait_quiet_s for a quiet second",
+        "wait_quiet_s": wait_quiet,
         "notes": notes,
         "train": [],
         "levers": [],
@@ -840,15 +953,20 @@ def main() -> None:
         demo = by_name["unet-demo"]
         demo_cfg = replace(demo, name="unet-demo-cfg", label=demo.label + ", 5 classes", num_classes=5)
         demo_steps = 2 if args.quick else 50  # --quick times 2 DDIM steps and scales them to 50
-        bench.sampling(replace(demo_cfg, batch={"cpu": 4 if args.quick else 32, "cuda": 256}), demo_steps)
+        rounds = 1 if args.quick else 3
+        bench.sampling(replace(demo_cfg, batch={"cpu": 4 if args.quick else 32, "cuda": 256}), demo_steps, rounds)
         ref = by_name["dit-b2" if args.quick else "dit-ref12"]
         ref_steps = 2 if args.quick else 50 if kind == "cuda" else args.cpu_sample_steps
-        bench.sampling(replace(ref, name=ref.name + "-cfg", batch={"cpu": 1, "cuda": 32}), ref_steps)
+        ref_cfg = replace(ref, name=ref.name + "-cfg", batch={"cpu": 2, "cuda": 32})
+        bench.sampling(ref_cfg, ref_steps, 1 if args.quick else 2 if kind == "cpu" else 3)
         if kind == "cuda" and not args.quick:
             a = by_name["unet-a"]
-            bench.sampling(replace(a, name="unet-a-cfg", label=a.label + ", 100 classes", num_classes=100), 50)
+            bench.sampling(replace(a, name="unet-a-cfg", label=a.label + ", 100 classes", num_classes=100), 50, 3)
     if "features" in parts:
-        bench.features(args.inception_images or (4 if args.quick else 64 if kind == "cpu" else 1024))
+        bench.features(
+            args.inception_images or (4 if args.quick else 64 if kind == "cpu" else 1024), 1 if args.quick else 2
+        )
+    bench.result["waited_for_quiet_s"] = bench.waited_s
     print_tables(bench.result, peak is not None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
