@@ -56,6 +56,22 @@ def test_two_gloo_processes_follow_the_one_process_run(tiny_spec, tiny_dataset, 
     assert any(not torch.equal(mid["model"][k], v) for k, v in b["model"].items())
 
 
+def test_two_gloo_processes_stop_early_together_at_the_one_process_step(tiny_spec, tiny_dataset, tmp_path):
+    spec = {**tiny_spec, "net": {**tiny_spec["net"], "dropout": 0.0}}
+    spec["train"] = {
+        **spec["train"],
+        "batch_size": 8,
+        "early_stopping": {"every": 2, "patience": 1, "num_images": 16, "min_delta": 10.0},  # stops at step 4
+    }
+    _train(spec, str(tiny_dataset), str(tmp_path / "one"), 1)
+    _train(spec, str(tiny_dataset), str(tmp_path / "two"), 2)  # a rank that ran on would hang its collectives
+    for run in ("one", "two"):
+        with open(tmp_path / run / "val_log.csv", newline="") as fh:
+            assert [int(r["step"]) for r in csv.DictReader(fh)] == [2, 4]
+        assert len(_losses(tmp_path / run)) == 4
+        assert torch.load(tmp_path / run / "ckpt" / "best.pt", weights_only=False)["step"] == 2
+
+
 def test_shard_and_launcher():
     assert [Context(r, 2).shard(8) for r in range(2)] == [slice(0, 4), slice(4, 8)]
     with pytest.raises(ValueError, match=r"train.batch_size = 9 .* not divisible by the 2"):
