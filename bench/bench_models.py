@@ -68,7 +68,7 @@ CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated during the measurement min
 DIT_PEER_NOTE = (
     "diffusers' DiT embeds the timestep and label in every block (each AdaLayerNormZero has its own timestep MLP "
     "and label table); ours embeds them once: the extra peer parameters are depth - 1 copies of that embedder "
-    "(extra_params_in_embedder_copies), the matmul FLOPs agree within 0.1%"
+    "(extra_params_in_embedder_copies); the counted FLOPs differ only by those embedders' work"
 )
 LEVERS = ("bf16", "tf32", "channels_last", "adamw", "compile")
 DIFFUSION_SPEC = {"schedule": "cosine", "timesteps": 1000}
@@ -527,7 +527,7 @@ def guarded(fn: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
     """Run one measurement; an out-of-memory or unsupported-op error becomes a recorded row, not a crash."""
     try:
         return fn()
-    except (RuntimeError, NotImplementedError) as err:  # torch.OutOfMemoryError is a RuntimeError
+    except RuntimeError as err:  # includes torch.OutOfMemoryError and NotImplementedError
         msg = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
         print(f"  {what}: failed ({msg})")
         return {"error": msg}
@@ -538,6 +538,8 @@ def lever_settings(kind: str, case: Case, compile_ok: bool) -> tuple[list[Levers
     wanted, on, notes = case.levers[kind], [], []
     if not wanted:
         return [], [f"levers not measured on {kind} at this size (time budget); see the demo sizes"]
+    if set(wanted) != set(LEVERS):
+        notes.append(f"only {', '.join(wanted)} measured on {kind} at this size (time budget); see the demo sizes")
     if "bf16" in wanted:
         on.append(Levers(bf16=True))
     if "tf32" in wanted:
@@ -580,12 +582,17 @@ class Bench:
     peak_flops: float | None
     diffusers: Any
     wait_quiet: float = 0.0  # seconds to wait, at most, for a quiet machine before each timed block
+    wait_total: float = 300.0  # ... and over the whole run
     waited_s: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
         return self.device.type
+
+    def quiet(self) -> None:
+        """Wait for a quiet machine before a timed block, within the per-block and whole-run limits."""
+        self.waited_s += MONITOR.wait_quiet(min(self.wait_quiet, self.wait_total - self.waited_s))
 
     def achieved(self, flops_per_image: float | None, images_per_s: float | None) -> dict[str, float | None]:
         """Achieved TFLOP/s and, when the device's peak is known, the model FLOPs utilisation."""
@@ -637,9 +644,9 @@ class Bench:
         batch: int,
         steps: tuple[int, int, int],
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        """Time every run (who, levers). With one round each run is built, timed and freed in turn; with more,
-        all are built first and then timed in turns of ``per_round`` steps, so a busy machine slows them alike
-        (while all of them are held in memory)."""
+        """Time every run (who, levers). With one round each run is built, timed and freed in turn. With more, all
+        are built first (all held in memory), go through one untimed settling round, and are then timed in
+        turns of ``per_round`` steps, so a busy machine slows them alike."""
         warmup, per_round, rounds = steps
         results: dict[tuple[str, str], dict[str, Any]] = {}
         trainers: dict[tuple[str, str], Trainer] = {}
@@ -660,7 +667,7 @@ class Bench:
                 agg["peak_mem_mib"] = m["peak_mem_mib"]
 
         def timed(key: tuple[str, str]) -> dict[str, Any]:
-            self.waited_s += MONITOR.wait_quiet(self.wait_quiet)
+            self.quiet()
             times, share = trainers[key].timed_steps(per_round)
             return {"step_s": times, "share": share}
 
@@ -668,10 +675,14 @@ class Bench:
             trainer = trainers[(who, levers.label())] = Trainer(builders[who], case, self.device, levers, batch, warmup)
             return {"peak_mem_mib": trainer.peak_mem_mib}
 
-        for r in range(rounds):
+        for who, levers in runs if rounds > 1 else []:  # build all, then one untimed settling round
+            record((who, levers.label()), lambda w=who, lv=levers: build(w, lv), f"{who}, {levers.label()}: build")
+        for key in list(trainers):
+            guarded(lambda k=key: {"settle": trainers[k].timed_steps(per_round)}, f"{key[0]}, {key[1]}: settle")
+        for _ in range(rounds):
             for who, levers in runs:
                 key = (who, levers.label())
-                if r == 0:
+                if rounds == 1:
                     record(key, lambda w=who, lv=levers: build(w, lv), f"{who}, {key[1]}: build")
                 if key in trainers:
                     record(key, lambda k=key: timed(k), f"{who}, {key[1]}")
@@ -752,7 +763,7 @@ class Bench:
         errors: dict[str, str] = {}
         for r in range(rounds):
             for label, net, bf16 in variants:
-                self.waited_s += MONITOR.wait_quiet(self.wait_quiet)
+                self.quiet()
                 run = functools.partial(measure_sampling, net, case, self.device, batch, steps, bf16, r == 0)
                 m = guarded(run, label)
                 if "error" in m:
@@ -786,7 +797,7 @@ class Bench:
         extractor.extract(pixels[:batch], batch_size=batch, device=self.device)  # warm-up
         seconds, shares = [], []
         for _ in range(rounds):
-            self.waited_s += MONITOR.wait_quiet(self.wait_quiet)
+            self.quiet()
             start = MONITOR.snapshot()
             extractor.extract(pixels, batch_size=batch, device=self.device)
             synchronize(self.device)
@@ -872,7 +883,7 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=-1.0,
         help="before each timed block wait up to this many seconds for other processes to leave the CPU quiet "
-        "(default: 20 on CPU, 0 on GPU)",
+        "(default: 20 on CPU, 0 on GPU and with --quick; 300 s at most over the run)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--study-b-dims", default="", help="Study B widths, e.g. 64,96,128 (default: 64 on CPU, all on GPU)")
@@ -889,6 +900,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if kind == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available to this torch build")
     if kind == "cuda":
         device_label = torch.cuda.get_device_name()
         known = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_label), None)
@@ -907,7 +920,7 @@ def main() -> None:
         why = "--no-peers" if args.no_peers else "diffusers is not importable"
         notes.append(f"peers skipped ({why}); to add them: pip install -r bench/requirements-peers.txt (in a venv)")
         print(f"NOTE: {notes[-1]}")
-    wait_quiet = args.wait_quiet if args.wait_quiet >= 0 else (20.0 if kind == "cpu" else 0.0)
+    wait_quiet = args.wait_quiet if args.wait_quiet >= 0 else (20.0 if kind == "cpu" and not args.quick else 0.0)
     bench = Bench(torch.device(kind), args.compile, peak, None if args.no_peers else diffusers, wait_quiet)
     print(
         f"device: {device_label}, torch {torch.__version__}, diffusers {diffusers_version or 'absent'}, "
