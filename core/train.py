@@ -252,24 +252,8 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             print(f"[train] resuming from {latest} at step {step}", flush=True)
 
     # only the main rank writes files; the others log to /dev/null
-    log_path = state_dir / "train_log.csv" if ctx.is_main else Path(os.devnull)
-    rows: list[dict[str, str]] = []
-    if ctx.is_main and step > 0 and log_path.exists():
-        with open(log_path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    if ctx.is_main:
-        with open(log_path, "w", newline="") as fh:
-            csv.DictWriter(fh, LOG_FIELDS).writeheader()
-            csv.DictWriter(fh, LOG_FIELDS).writerows(rows)
-    val_path = state_dir / "val_log.csv" if ctx.is_main and early else Path(os.devnull)
-    if ctx.is_main and early:
-        val_rows: list[dict[str, str]] = []
-        if step > 0 and val_path.exists():
-            with open(val_path, newline="") as fh:
-                val_rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-        with open(val_path, "w", newline="") as fh:
-            csv.DictWriter(fh, VAL_FIELDS).writeheader()
-            csv.DictWriter(fh, VAL_FIELDS).writerows(val_rows)
+    log_path = restart_log(state_dir / "train_log.csv", LOG_FIELDS, step) if ctx.is_main else Path(os.devnull)
+    val_path = restart_log(state_dir / "val_log.csv", VAL_FIELDS, step) if ctx.is_main and early else Path(os.devnull)
 
     def save(path: Path) -> None:
         if not ctx.is_main:
@@ -432,6 +416,20 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
         print(f"[train] done in {time.time() - t_start:.1f}s", flush=True)
     distributed.barrier(ctx)
     distributed.shutdown(ctx)
+
+
+def restart_log(path: Path, fields: list[str], step: int) -> Path:
+    """Rewrite a CSV log keeping only its rows up to ``step`` (those of the state being resumed); a fresh run
+    (step 0) starts it empty. Returns ``path``."""
+    rows: list[dict[str, str]] = []
+    if step > 0 and path.exists():
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -110,6 +110,14 @@ def experiment_steps(study, experiment):
     return sorted(int(p.stem.removeprefix("step")) for p in ckpt.glob("step*.pt"))
 
 
+def curve_files(wildcards, path):
+    """``path`` (cfg.metrics_path or cfg.sample_path) of every checkpoint an experiment samples (rule
+    collect_checkpoints; named inputs, not unpack(), so that the dry run can format the rule's command before
+    training has told which checkpoints exist)."""
+    steps = experiment_steps(wildcards.study, wildcards.experiment)
+    return [path(config, wildcards.study, wildcards.experiment, s) for s in steps]
+
+
 def static_experiments(study):
     return [
         e

@@ -93,14 +93,8 @@ rule report:
 
 rule collect_checkpoints:
     input:
-        metrics=lambda w: [
-            cfg.metrics_path(config, w.study, w.experiment, s)
-            for s in experiment_steps(w.study, w.experiment)
-        ],
-        samples=lambda w: [
-            cfg.sample_path(config, w.study, w.experiment, s)
-            for s in experiment_steps(w.study, w.experiment)
-        ],
+        metrics=lambda w: curve_files(w, cfg.metrics_path),
+        samples=lambda w: curve_files(w, cfg.sample_path),
     output:
         f"{R}/{{study}}/metrics/{{experiment}}/checkpoints.json",
     log:

@@ -157,3 +157,14 @@ def test_sweeps_expand_into_experiments_once_without_repeating_the_base():
     c["studies"]["demo-a"]["sweeps"] = {"guidance": [{"base": "DDIM", "scales": [2]}]}  # unconditional model
     with pytest.raises(cfg.ConfigError, match=r"DDIM\.w2\.guidance_scale: guidance needs a class-conditional"):
         cfg.validate(c)
+
+
+def test_sweep_deduplication_knows_the_samplers_defaults():
+    """config cannot import core.sampling (torch) at planning time, so it restates SamplerSpec's defaults."""
+    from core.sampling import SamplerSpec
+
+    spec = SamplerSpec()
+    for name in ("ddpm", "ddim"):
+        filled = cfg._sampling_settings({"sampler": {"name": name, "steps": 10}})["sampler"]
+        assert filled["spacing"] == spec.spacing
+        assert filled.get("eta", spec.eta) == spec.eta and filled.get("variance", spec.variance) == spec.variance

@@ -221,3 +221,8 @@ def test_speed_levers_train_the_same_model(tiny_spec, tiny_dataset, tmp_path, le
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     if "precision" in lever:  # bf16 autocast really ran: the losses differ from fp32's after the first update
         assert fast != base
+    if "channels_last" in lever:  # the lever was applied: 4-D weights are stored channels-last
+        conv = state["model"]["conv_in.weight"]
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    if "fused_adamw" in lever:
+        assert state["optimizer"]["param_groups"][0]["fused"] is True
