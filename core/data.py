@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,8 +168,10 @@ class ImageBatches:
 
     Splits that fit in ``max_memory_bytes`` are read once into memory and batches are drawn from a
     permutation per epoch. Larger splits are streamed: chunks are visited in a shuffled order, ``buffer_chunks``
-    at a time, and rows are shuffled within that buffer. The position in the stream is part of
-    ``state_dict`` so that a resumed run sees the same batches as an uninterrupted one.
+    at a time, and rows are shuffled within that buffer. Each buffer is read once, chunk by chunk, into memory
+    and its batches are indexed from there (reading scattered rows straight from the file would read a whole
+    chunk per row; bench/RESULTS.md, *Input pipeline*). The position in the stream and the generator's state are
+    ``state_dict``, so that a resumed run sees the same batches as an uninterrupted one.
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class ImageBatches:
             self.labels = self.labels_ds[:]
         self.chunk = self.images_ds.chunks[0] if self.images_ds.chunks else 1024
         self.buffer_rows = buffer_chunks * self.chunk
+        self.buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # streaming: loaded shuffle buffers
         self.order: torch.Tensor = torch.empty(0, dtype=torch.long)
         self.pos = 0
         self.epoch = 0
@@ -211,8 +216,19 @@ class ImageBatches:
                 blk[torch.randperm(len(blk), generator=self.generator)] for blk in all_rows.split(self.buffer_rows)
             ]
             self.order = torch.cat(parts)
+        self.buffers = {}
         self.pos = 0
         self.epoch += 1
+
+    def _read_buffer(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, images and labels of the chunks that hold shuffle buffer ``k`` of this epoch's order, read
+        whole and in file order (row ids ascending)."""
+        rows = self.order[k * self.buffer_rows : (k + 1) * self.buffer_rows].numpy()
+        spans = [(c * self.chunk, min((c + 1) * self.chunk, self.num_images)) for c in np.unique(rows // self.chunk)]
+        ids = np.concatenate([np.arange(a, b) for a, b in spans])
+        images = np.concatenate([self.images_ds[a:b] for a, b in spans])
+        labels = np.concatenate([self.labels_ds[a:b] for a, b in spans])
+        return ids, images, labels
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """The next batch of rows (uint8 NHWC images or float32 moments) and int64 labels.
@@ -221,25 +237,89 @@ class ImageBatches:
         if self.pos + self.batch_size > len(self.order):
             self._new_epoch()
         idx = self.order[self.pos : self.pos + self.batch_size].numpy()
+        which = np.arange(self.pos, self.pos + self.batch_size) // self.buffer_rows
         self.pos += self.batch_size
         if self.in_memory:
             return self.images[idx], self.labels[idx]
-        sorted_idx = np.sort(idx)
-        # h5py needs increasing indices; read the chunk-local rows then restore the batch order
-        imgs = self.images_ds[sorted_idx]
-        labs = self.labels_ds[sorted_idx]
-        inverse = np.argsort(np.argsort(idx))
-        return imgs[inverse], labs[inverse]
+        needed = np.unique(which).tolist()  # one buffer, or two where the batch straddles them
+        self.buffers = {k: self.buffers.get(k) or self._read_buffer(k) for k in needed}
+        images = np.empty((len(idx), *self.images_ds.shape[1:]), self.images_ds.dtype)
+        labels = np.empty(len(idx), self.labels_ds.dtype)
+        for k in needed:
+            sel = which == k
+            ids, buf_images, buf_labels = self.buffers[k]
+            local = np.searchsorted(ids, idx[sel])
+            images[sel], labels[sel] = buf_images[local], buf_labels[local]
+        return images, labels
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while True:
             yield self.next()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.clone(), "pos": self.pos, "epoch": self.epoch}
+        # ``order`` is replaced, never modified in place, so the state can share it
+        return {"order": self.order, "pos": self.pos, "epoch": self.epoch, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order, self.pos, self.epoch = state["order"].clone(), int(state["pos"]), int(state["epoch"])
+        if "generator" in state:  # checkpoints before 2026-12 kept it beside the loader (rng.data)
+            self.generator.set_state(state["generator"])
+        self.buffers = {}
 
     def close(self) -> None:
         self.file.close()
+
+
+class Prefetcher:
+    """The batches of an ``ImageBatches``, read ``depth`` ahead on a background thread so that HDF5 reads and
+    indexing overlap the training step (the thread runs while the main thread waits in PyTorch, which releases
+    the GIL). Same batches in the same order as the loader; ``state_dict`` is the loader's state after the last
+    batch handed out, so a checkpoint resumes where the training loop was, not where the thread was."""
+
+    def __init__(self, loader: ImageBatches, depth: int = 2) -> None:
+        self.loader = loader
+        self.queue: queue.Queue[tuple[Any, Any]] = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.state = loader.state_dict()
+
+    def _put(self, item: tuple[Any, Any]) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _fill(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                batch = self.loader.next()
+                self._put((batch, self.loader.state_dict()))
+        except BaseException as err:  # handed to the main thread, which raises it
+            self._put((None, err))
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
+            self.thread.start()
+        batch, state = self.queue.get()
+        if batch is None:
+            raise RuntimeError(f"reading training batches from {self.loader.path} failed: {state}") from state
+        self.state = state
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.thread is not None:
+            raise RuntimeError("Prefetcher.load_state_dict must come before the first batch")
+        self.loader.load_state_dict(state)
+        self.state = self.loader.state_dict()
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:  # it notices within 0.1 s once its current read is done
+            self.thread.join()
+        self.loader.close()

@@ -321,7 +321,7 @@ def training_cost(log: str, gpus: int) -> dict[str, Any]:
     with open(log, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
-        return {"steps": 0, "images_per_s": math.nan, "peak_mem_mb": 0.0, "device_hours": 0.0}
+        return {"steps": 0, "images_per_s": math.nan, "peak_mem_mb": 0.0, "device_hours": 0.0, "input_wait": math.nan}
     elapsed, last = 0.0, 0.0
     for r in rows:
         e = float(r["elapsed_s"])
@@ -329,11 +329,14 @@ def training_cost(log: str, gpus: int) -> dict[str, Any]:
             elapsed += last
         last = e
     elapsed += last
+    waits = [r.get("input_wait_s") for r in rows]
+    waited = sum(float(w) for w in waits) if all(waits) else math.nan  # logs before 2026-12 lack the column
     return {
         "steps": int(rows[-1]["step"]),
         "images_per_s": float(np.median([float(r["images_per_s"]) for r in rows])),
         "peak_mem_mb": max(float(r["peak_mem_mb"]) for r in rows),
         "device_hours": elapsed * gpus / 3600,
+        "input_wait": waited / elapsed if elapsed > 0 else math.nan,
     }
 
 
@@ -345,7 +348,7 @@ def cost_table(study: dict[str, Any], per_exp: dict[str, list[dict]], train_logs
     out.write("\n## Cost\n\n")
     out.write(
         "| experiment | model | training steps | training images/s (median) | peak GPU memory | training device-hours "
-        "| sampling device-hours (all its checkpoints) |\n|---|---|---|---|---|---|---|\n"
+        "| waiting for input | sampling device-hours (all its checkpoints) |\n|---|---|---|---|---|---|---|---|\n"
     )
     for name, exp in study["experiments"].items():
         if name not in per_exp or exp["model"] not in logs:
@@ -356,13 +359,16 @@ def cost_table(study: dict[str, Any], per_exp: dict[str, list[dict]], train_logs
             with h5py.File(f, "r") as h:
                 seconds += float(h.attrs.get("sampling_device_seconds", 0.0))
         mem = f"{c['peak_mem_mb'] / 1024:.1f} GiB" if c["peak_mem_mb"] > 0 else "– (CPU run)"
+        wait = "–" if math.isnan(c["input_wait"]) else f"{100 * c['input_wait']:.1f}%"
         out.write(
             f"| {name} | {exp['model']} | {c['steps']} | {c['images_per_s']:.1f} | {mem} | {c['device_hours']:.3f} | "
-            f"{seconds / 3600:.4f} |\n"
+            f"{wait} | {seconds / 3600:.4f} |\n"
         )
     out.write(
         "\nFrom the training logs (`train_log.csv`: images/s per logging window, peak `torch.cuda` memory) and the "
-        "sample files (`sampling_device_seconds`). Device-hours = wall time × GPUs (× 1 process on a CPU run); a "
+        "sample files (`sampling_device_seconds`). Device-hours = wall time × GPUs (× 1 process on a CPU run). Waiting "
+        "for input: the share of training time the device spent waiting for its next batch (`input_wait_s`: GPU idle "
+        "time from CUDA events on a GPU; the time to get the batch on a CPU run). A "
         "model shared by several rows is trained once and its cost is listed on each.\n"
     )
     return out.getvalue()

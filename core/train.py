@@ -11,7 +11,8 @@ records the autoencoder (path, SHA-256, scale factor) that decodes the samples.
 Writes, under ``--out-dir``:
 - ``state/latest.pt`` every ``checkpoint_every`` steps and ``state/step<N>.pt`` at each multiple and at the
   end: full training state (model, EMA, optimizer, LR schedule, step, RNG states), written atomically;
-- ``state/train_log.csv``: one row per step (loss, LR, grad norm, img/s, peak memory);
+- ``state/train_log.csv``: one row per step (loss, LR, grad norm, img/s, peak memory, input wait: see
+  ``InputWait``);
 - with ``train.early_stopping``: ``state/val_log.csv`` (validation ε-loss every ``every`` steps) and
   ``state/best.pt``, the state at the lowest validation loss so far; training stops once ``patience``
   evaluations in a row have not improved on it (or at ``steps``);
@@ -50,7 +51,7 @@ from core.diffusion import GaussianDiffusion
 from core.models import EMA, build_model, load_checkpoint, save_checkpoint
 from core.provenance import code_version, spec_hash
 
-LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s", "peak_mem_mb"]
+LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s", "peak_mem_mb", "input_wait_s"]
 VAL_FIELDS = ["step", "val_loss", "best_step", "best_val_loss"]
 EXIT_PREEMPTED = 75
 
@@ -88,6 +89,40 @@ def speed_levers(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
         "fused_adamw": bool(cfg.get("fused_adamw", False)),
         "compile": bool(cfg.get("compile", False)),
     }
+
+
+class InputWait:
+    """How long each step's device waited for its input: on CUDA, the GPU's idle time from the start of the
+    step (or the end of the previous step's work, if later) to the batch being on the GPU in model range, from
+    two CUDA events read after the step's own synchronisation (no extra sync); on a CPU, which runs the step
+    itself, the wall time of getting the batch (reading it or waiting for the prefetch thread, and converting
+    it). Checkpointing and validation between steps are not counted. This is the time that keeping the device
+    fed (``train.prefetch``) can save."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.t0 = 0.0
+        self.seconds = 0.0
+        self.events: list[Any] = []
+
+    def before_batch(self) -> None:
+        if self.cuda:
+            self.events = [torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)]
+            self.events[0].record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def batch_ready(self) -> None:
+        if self.cuda:
+            self.events[1].record()
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+    def step_done(self) -> float:
+        """The wait before this step; call it after the step's result has been synchronised."""
+        if self.cuda:
+            self.seconds = self.events[0].elapsed_time(self.events[1]) / 1000
+        return self.seconds
 
 
 class Validation:
@@ -203,7 +238,11 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
     noise_gen = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 2)
-    loader = data.ImageBatches(data_path, "train", int(cfg["batch_size"]), data_gen, key=rows_key)
+    loader: data.ImageBatches | data.Prefetcher = data.ImageBatches(
+        data_path, "train", int(cfg["batch_size"]), data_gen, key=rows_key
+    )
+    if cfg.get("prefetch", True):
+        loader = data.Prefetcher(loader)
     early = cfg.get("early_stopping")
     validation = None
     if early:
@@ -241,9 +280,9 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             model.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            loader.load_state_dict(ckpt["loader"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             data_gen.set_state(ckpt["rng"]["data"])
+            loader.load_state_dict(ckpt["loader"])  # the generator too (not the prefetch thread's)
             noise_gen.set_state(ckpt["rng"]["noise"].to(noise_gen.get_state().device))
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
@@ -260,7 +299,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             return
         rng = {
             "torch": torch.get_rng_state(),
-            "data": data_gen.get_state(),
+            "data": loader.state_dict()["generator"],
             "noise": noise_gen.get_state(),
             "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
         }
@@ -292,11 +331,13 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     model.train()
     t_start = t_window = time.time()
     window_images = 0
+    waiting = InputWait(device)
     with open(log_path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, LOG_FIELDS)
         while step < total_steps:
             # Every rank draws the whole global batch's randomness (so the update equals one process's) and
             # keeps its share ``share`` of the rows.
+            waiting.before_batch()
             rows, labels = loader.next()
             n_global = len(rows)
             rows, labels = rows[share], labels[share]
@@ -304,8 +345,8 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                 mean, logvar = torch.as_tensor(rows).to(device, non_blocking=True).chunk(2, dim=1)
                 eps = torch.randn((n_global, *mean.shape[1:]), generator=noise_gen, device=device)[share]
                 x0 = (mean + torch.exp(0.5 * logvar) * eps) * latent_info["scale_factor"]
-            else:
-                x0 = data.to_model_range(rows).to(device, non_blocking=True)
+            else:  # uint8 to the device (a quarter of the bytes), converted there
+                x0 = data.to_model_range(torch.as_tensor(rows).to(device, non_blocking=True))
             if hflip:
                 flip = (torch.rand(n_global, generator=noise_gen, device=device) < 0.5)[share]
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
@@ -314,6 +355,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                 y = torch.as_tensor(labels, device=device)
                 drop = (torch.rand(n_global, generator=noise_gen, device=device) < label_dropout)[share]
                 y = torch.where(drop, torch.full_like(y, num_classes), y)
+            waiting.batch_ready()
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -337,6 +379,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             optimizer.step()
             step += 1
             ema.update(model, step)
+            input_wait = waiting.step_done()
             window_images += n_global
             now = time.time()
             peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
@@ -349,6 +392,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                     "images_per_s": f"{window_images / max(now - t_window, 1e-9):.2f}",
                     "elapsed_s": f"{now - t_start:.2f}",
                     "peak_mem_mb": f"{peak:.1f}",
+                    "input_wait_s": f"{input_wait:.6f}",
                 }
             )
             if ctx.is_main and (step % log_every == 0 or step == total_steps):

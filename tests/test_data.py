@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -82,6 +83,76 @@ def test_batches_cover_each_epoch_and_resume(tiny_dataset, in_memory):
     again = [loader.next()[1] for _ in range(6)]
     assert all(np.array_equal(a, b) for a, b in zip(expected, again, strict=True))
     loader.close()
+
+
+@pytest.fixture(scope="module")
+def chunked_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """53 distinct 4×4 images in chunks of 5 rows (the last chunk short), so that streaming has many chunks."""
+    path = tmp_path_factory.mktemp("chunked") / "chunked.h5"
+    images = np.random.default_rng(1).integers(0, 256, (53, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(53, dtype=np.int64)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/images", data=images, chunks=(5, 4, 4, 3))
+        f.create_dataset("train/labels", data=labels)
+        data.write_root_attrs(f, "dataset", 4, [], {})
+    return path, images, labels
+
+
+@pytest.mark.parametrize("batch", [4, 7])
+def test_streamed_batches_are_the_rows_of_the_visiting_order(chunked_file, batch):
+    """The buffered read (whole chunks per shuffle buffer) returns exactly the rows the order names, also for
+    batches that straddle two buffers (buffers of 2 chunks = 10 rows) and for the short last chunk."""
+    path, images, labels = chunked_file
+    loader = data.ImageBatches(path, "train", batch, torch.Generator().manual_seed(3), 0, buffer_chunks=2)
+    assert not loader.in_memory and loader.chunk == 5
+    seen = []
+    for _ in range(3 * (53 // batch)):  # three epochs
+        pos = 0 if loader.pos + batch > len(loader.order) else loader.pos
+        imgs, labs = loader.next()
+        idx = loader.order[pos : pos + batch].numpy()
+        assert np.array_equal(labs, labels[idx]) and np.array_equal(imgs, images[idx])
+        seen.extend(labs.tolist())
+        assert len(loader.buffers) <= 2
+    assert set(seen) == set(range(53))
+    loader.close()
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_prefetcher_gives_the_loaders_batches_and_resumes_where_the_loop_was(chunked_file, in_memory):
+    path, _, _ = chunked_file
+    limit = (1 << 40) if in_memory else 0
+
+    def loader() -> data.ImageBatches:
+        return data.ImageBatches(path, "train", 8, torch.Generator().manual_seed(5), limit, buffer_chunks=2)
+
+    plain = loader()
+    expected = [plain.next()[1] for _ in range(20)]  # 20 batches of 8 over 53 rows: three epochs
+    plain.close()
+    ahead = data.Prefetcher(loader(), depth=3)
+    got = [ahead.next()[1] for _ in range(9)]
+    state = ahead.state_dict()  # after 9 batches, while the thread has read further
+    ahead.close()
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected[:9], strict=True))
+    resumed = data.Prefetcher(loader())
+    resumed.load_state_dict(state)
+    rest = [resumed.next()[1] for _ in range(11)]
+    assert all(np.array_equal(a, b) for a, b in zip(rest, expected[9:], strict=True))
+    with pytest.raises(RuntimeError, match="before the first batch"):
+        resumed.load_state_dict(state)
+    resumed.close()
+    assert not resumed.thread.is_alive()
+
+
+def test_prefetcher_raises_the_readers_error(chunked_file):
+    path, _, _ = chunked_file
+    loader = data.ImageBatches(path, "train", 8, torch.Generator().manual_seed(5), 0, buffer_chunks=2)
+    ahead = data.Prefetcher(loader)
+    ahead.next()
+    loader.images_ds.id.close()  # the file's dataset goes away under the reading thread
+    with pytest.raises(RuntimeError, match=r"reading training batches from .*chunked\.h5 failed"):
+        for _ in range(10):
+            ahead.next()
+    ahead.close()
 
 
 def test_make_dataset_writes_atomically(tmp_path):

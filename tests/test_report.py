@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import h5py
 import numpy as np
@@ -114,10 +115,10 @@ def test_sweeps_published_numbers_and_cost(tmp_path):
     runs = [fake_run(tmp_path, 4, fid, 3.0, experiment=e) for e, fid in fids.items()]
     log = tmp_path / "models" / "m" / "train_log.csv"
     log.parent.mkdir(parents=True)
-    # a resumed run: elapsed restarts at 0 after step 2; 20 s + 15 s = 35 s on 2 GPUs
+    # a resumed run: elapsed restarts at 0 after step 2; 20 s + 15 s = 35 s on 2 GPUs, 3.5 s of it waiting for input
     log.write_text(
-        "step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb\n"
-        "1,1,1,1,100,10,2048\n2,1,1,1,300,20,2048\n3,1,1,1,200,5,4096\n4,1,1,1,250,15,1024\n"
+        "step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb,input_wait_s\n"
+        "1,1,1,1,100,10,2048,1\n2,1,1,1,300,20,2048,2\n3,1,1,1,200,5,4096,0.25\n4,1,1,1,250,15,1024,0.25\n"
     )
     report.report(study, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
     table = (tmp_path / "out" / "table.md").read_text()
@@ -131,6 +132,9 @@ def test_sweeps_published_numbers_and_cost(tmp_path):
     assert "| A | DDIM-25 (η=0) | 50 | 10.00 |" in table  # the base is a point of its own sweep
     g = table.split("## Sweep: guidance scale")[1]
     assert g.index("| A.w1 | 1 |") < g.index("| A | 2 |") < g.index("| A.w4 | 4 |")
-    # cost: median images/s of the log, peak memory 4 GiB, 35 s × 2 GPUs, sampling 36 s
-    assert "| A | m | 4 | 225.0 | 4.0 GiB | 0.019 | 0.0100 |" in table
+    # cost: median images/s of the log, peak memory 4 GiB, 35 s × 2 GPUs, 10% waiting for input, sampling 36 s
+    assert "| A | m | 4 | 225.0 | 4.0 GiB | 0.019 | 10.0% | 0.0100 |" in table
+    old = tmp_path / "old_log.csv"  # a log from before the input-wait column: no share is made up
+    old.write_text("step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb\n1,1,1,1,100,10,0\n")
+    assert math.isnan(report.training_cost(str(old), 1)["input_wait"])
     assert (tmp_path / "out" / "sweeps.png").read_bytes()[:4] == b"\x89PNG"

@@ -226,3 +226,13 @@ def test_speed_levers_train_the_same_model(tiny_spec, tiny_dataset, tmp_path, le
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     if "fused_adamw" in lever:
         assert state["optimizer"]["param_groups"][0]["fused"] is True
+
+
+def test_prefetch_trains_on_the_same_batches_and_logs_the_input_wait(tiny_spec, tiny_dataset, tmp_path):
+    """The prefetch thread changes when batches are read, never which: the losses are bit-identical."""
+    inline = {**tiny_spec, "train": {**tiny_spec["train"], "prefetch": False}}
+    ahead = {**tiny_spec, "train": {**tiny_spec["train"], "prefetch": True}}
+    assert train_losses(ahead, tiny_dataset, tmp_path / "ahead") == train_losses(inline, tiny_dataset, tmp_path / "in")
+    with open(tmp_path / "ahead" / "train_log.csv", newline="") as fh:
+        waits = [float(r["input_wait_s"]) for r in csv.DictReader(fh)]
+    assert len(waits) == 12 and all(0 <= w < 5 for w in waits)

@@ -1,0 +1,227 @@
+"""Benchmark: the training input pipeline (``core.data.ImageBatches`` and ``core.data.Prefetcher``).
+
+    python bench/bench_loader.py [--images 4096] [--size 128] [--batch 64]
+                                 [--train-images 65536] [--steps 10] [--rounds 5] [--device auto]
+                                 [--out bench/results-loader-cpu.json]
+
+Two parts, on HDF5 files in the project's layout written to a temporary folder (so they sit in the page cache:
+this measures reading and decoding the HDF5 chunks, not the disk):
+
+1. **Reading.** Milliseconds per batch of random rows at ``--size``: the split held in memory; streamed with
+   a shuffle buffer read chunk by chunk (``ImageBatches`` now); streamed reading the batch's scattered rows
+   straight from the file (``ImageBatches`` before 2026-12-01, re-created here as ``RowReads``).
+2. **Training.** A real training step (on a CPU the demo's UNet: base 32, mult 1-2-2, 1 res block, attention
+   at 4², 1 torch thread as a demo job has, at 16²: 48 chunks of 1 MiB; on a GPU Study B's dim-64 UNet at 64²),
+   ε-loss and AdamW, fed by each of those loaders with the prefetch thread off and on. Per step: the input wait
+   as ``train_log.csv`` logs it (``core.train.InputWait``: on a CPU the time from asking for the batch to
+   holding it in model range, on a GPU the GPU's idle time over that span, from CUDA events), and the mean wall
+   time per step.
+
+Prints a table and writes JSON with the machine, versions and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core import data
+from core.diffusion import GaussianDiffusion
+from core.models import build_model
+from core.provenance import code_version, write_json
+from core.train import InputWait
+
+
+class RowReads(data.ImageBatches):
+    """The streaming read before 2026-12-01: each batch's rows read straight from the file (sorted, as h5py
+    needs), which makes HDF5 read a whole chunk for every row."""
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.in_memory:
+            return super().next()
+        if self.pos + self.batch_size > len(self.order):
+            self._new_epoch()
+        idx = self.order[self.pos : self.pos + self.batch_size].numpy()
+        self.pos += self.batch_size
+        sorted_idx = np.sort(idx)
+        inverse = np.argsort(np.argsort(idx))
+        return self.images_ds[sorted_idx][inverse], self.labels_ds[sorted_idx][inverse]
+
+
+LOADERS = {  # name: (class, max_memory_bytes)
+    "in memory": (data.ImageBatches, 1 << 40),
+    "streamed, buffer read by chunks": (data.ImageBatches, 0),
+    "streamed, scattered rows (before)": (RowReads, 0),
+}
+
+
+def write_dataset(path: Path, n: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        images, labels = data.create_split(f, "train", n, size)
+        for i in range(0, n, 256):
+            images[i : i + 256] = rng.integers(0, 256, (min(256, n - i), size, size, 3), dtype=np.uint8)
+        labels[:] = np.arange(n) % 10
+        data.write_root_attrs(f, "dataset", size, [f"c{k}" for k in range(10)], {"bench": True})
+
+
+def reading(path: Path, batch: int, batches: int) -> dict[str, Any]:
+    out = {}
+    for name, (cls, limit) in LOADERS.items():
+        loader = cls(path, "train", batch, torch.Generator().manual_seed(0), limit)
+        loader.next()  # the first read of the in-memory split and the first epoch's order
+        times = []
+        for _ in range(batches):
+            t0 = time.perf_counter()
+            loader.next()
+            times.append(time.perf_counter() - t0)
+        loader.close()
+        ms = 1000 * float(np.median(times))
+        out[name] = {"ms_per_batch_median": ms, "ms_per_batch_mean": 1000 * float(np.mean(times))}
+        out[name]["images_per_s"] = batch / (float(np.mean(times)) or 1e-9)
+    return out
+
+
+SPECS = {  # the trained network: the demo's UNet on a CPU, Study B's dim-64 UNet on a GPU
+    "cpu": {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [4]},
+    "cuda": {"base_channels": 64, "channel_mult": [1, 2, 4, 8], "num_res_blocks": 2, "attention_resolutions": [8]},
+}
+
+
+def training(path: Path, size: int, batch: int, steps: int, rounds: int, device: torch.device) -> dict[str, Any]:
+    """The loop of ``core.train`` reduced to its input and step: ``InputWait`` as the training log measures it,
+    one synchronisation per step (the loss), uint8 batches converted on the device. Every setting is built and
+    warmed up first, then timed for ``steps`` steps in each of ``rounds`` interleaved rounds, so that load from
+    other processes hits all settings alike; images/s is the median over rounds."""
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    spec = {"backbone": "unet", "net": SPECS[device.type]}
+    diffusion = GaussianDiffusion.from_spec({"schedule": "cosine", "timesteps": 1000})
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(setting: dict[str, Any], n: int) -> tuple[list[float], float]:
+        waits = []
+        sync()
+        t_start = time.perf_counter()
+        for _ in range(n):
+            setting["wait"].before_batch()
+            rows, _ = setting["loader"].next()
+            x0 = data.to_model_range(torch.as_tensor(rows).to(device, non_blocking=True))
+            setting["wait"].batch_ready()
+            loss = diffusion.training_loss(setting["model"], x0, None)
+            float(loss.detach())  # the loop's per-step synchronisation (its non-finite check)
+            setting["opt"].zero_grad(set_to_none=True)
+            loss.backward()
+            setting["opt"].step()
+            waits.append(setting["wait"].step_done())
+        sync()
+        return waits, time.perf_counter() - t_start
+
+    settings = {}
+    for name, (cls, limit) in LOADERS.items():
+        for prefetch in (False, True):
+            torch.manual_seed(0)
+            model = build_model(spec, size).to(device)
+            loader: Any = cls(path, "train", batch, torch.Generator().manual_seed(0), limit)
+            setting = {
+                "model": model,
+                "opt": torch.optim.AdamW(model.parameters(), lr=1e-4),
+                "loader": data.Prefetcher(loader) if prefetch else loader,
+                "wait": InputWait(device),
+            }
+            run(setting, 3)  # first reads, allocator and kernel warm-up
+            settings[f"{name}, prefetch {'on' if prefetch else 'off'}"] = setting | {"waits": [], "walls": []}
+    for _ in range(rounds):
+        for setting in settings.values():
+            waits, wall = run(setting, steps)
+            setting["waits"] += waits
+            setting["walls"].append(wall)
+    out = {}
+    for key, setting in settings.items():
+        setting["loader"].close()
+        waits, walls = setting["waits"], setting["walls"]
+        out[key] = {
+            "input_wait_ms_median": 1000 * float(np.median(waits)),
+            "input_wait_ms_mean": 1000 * float(np.mean(waits)),
+            "step_ms_mean": 1000 * float(np.median(walls)) / steps,
+            "input_share": float(np.sum(waits) / np.sum(walls)),
+            "images_per_s": batch * steps / float(np.median(walls)),
+            "images_per_s_rounds": [batch * steps / w for w in walls],
+        }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=4096, help="images in the reading part's file")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batches", type=int, default=40, help="timed batches per loader in the reading part")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (the training part)")
+    p.add_argument("--train-images", type=int, default=65536)
+    p.add_argument("--train-size", type=int, default=0, help="default: 16 on a CPU, 64 on a GPU")
+    p.add_argument("--train-batch", type=int, default=0, help="default: 32 on a CPU, 64 on a GPU")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per setting and round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of the training part")
+    p.add_argument("--out", default="bench/results-loader-cpu.json")
+    args = p.parse_args()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    args.train_size = args.train_size or (64 if device.type == "cuda" else 16)
+    args.train_batch = args.train_batch or (64 if device.type == "cuda" else 32)
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_1min_at_start": os.getloadavg()[0],
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "h5py": h5py.__version__},
+        "code_version": code_version(),
+        "settings": vars(args),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        read_file, train_file = Path(tmp) / "read.h5", Path(tmp) / "train.h5"
+        write_dataset(read_file, args.images, args.size)
+        write_dataset(train_file, args.train_images, args.train_size)
+        with h5py.File(read_file) as f:
+            results["chunk_rows"] = {"reading": f["train/images"].chunks[0]}
+        with h5py.File(train_file) as f:
+            results["chunk_rows"]["training"] = f["train/images"].chunks[0]
+        results["reading"] = reading(read_file, args.batch, args.batches)
+        results["training"] = training(train_file, args.train_size, args.train_batch, args.steps, args.rounds, device)
+    results["machine"]["load_1min_at_end"] = os.getloadavg()[0]
+    rows = results["chunk_rows"]
+    print(f"\nReading, batch {args.batch} at {args.size}² ({args.images} images; chunks of {rows['reading']} rows):")
+    print(f"{'loader':<40} {'ms/batch (median)':>18} {'images/s':>10}")
+    for name, r in results["reading"].items():
+        print(f"{name:<40} {r['ms_per_batch_median']:>18.2f} {r['images_per_s']:>10.0f}")
+    print(f"\nTraining on {device}, UNet {SPECS[device.type]} at {args.train_size}², batch {args.train_batch}:")
+    print(f"{'loader':<54} {'input wait ms':>14} {'step ms':>9} {'input share':>12} {'images/s':>9}")
+    for name, r in results["training"].items():
+        print(
+            f"{name:<54} {r['input_wait_ms_median']:>14.2f} {r['step_ms_mean']:>9.1f} "
+            f"{100 * r['input_share']:>11.1f}% {r['images_per_s']:>9.1f}"
+        )
+    write_json(args.out, results)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The benchmark scripts run (tiny settings) and write the JSON that bench/RESULTS.md quotes; the loader
+benchmark's stand-in for the former streaming read returns the same batches as today's buffered read."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import torch
+
+from core import data
+from tests.conftest import ROOT
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_buffered_streaming_returns_the_former_row_reads_batches(tmp_path):
+    """Same generator, same order: the buffered read (whole chunks per shuffle buffer) and the former read of
+    scattered rows give identical batches, so the benchmark compares two ways of reading the same data."""
+    path = tmp_path / "d.h5"
+    images = np.random.default_rng(0).integers(0, 256, (97, 4, 4, 3), dtype=np.uint8)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/images", data=images, chunks=(6, 4, 4, 3))
+        f.create_dataset("train/labels", data=np.arange(97, dtype=np.int64))
+        data.write_root_attrs(f, "dataset", 4, [], {})
+    bench = load_script("bench_loader")
+    new = data.ImageBatches(path, "train", 9, torch.Generator().manual_seed(2), 0, buffer_chunks=3)
+    old = bench.RowReads(path, "train", 9, torch.Generator().manual_seed(2), 0, buffer_chunks=3)
+    for _ in range(40):  # about four epochs
+        (a, la), (b, lb) = new.next(), old.next()
+        assert np.array_equal(a, b) and np.array_equal(la, lb) and np.array_equal(a, images[la])
+    new.close()
+    old.close()
+
+
+def test_bench_loader_writes_its_table(tmp_path):
+    out = tmp_path / "loader.json"
+    args = ["--images", "128", "--size", "16", "--batch", "8", "--batches", "2", "--train-images", "256"]
+    args += ["--train-size", "8", "--train-batch", "4", "--steps", "1", "--rounds", "1", "--device", "cpu"]
+    subprocess.run([sys.executable, "bench/bench_loader.py", *args, "--out", str(out)], cwd=ROOT, check=True)
+    result = json.loads(out.read_text())
+    assert set(result["reading"]) == set(load_script("bench_loader").LOADERS)
+    assert len(result["training"]) == 6 and result["versions"]["torch"] == torch.__version__
+    for row in result["training"].values():
+        assert 0 <= row["input_share"] < 1 and row["images_per_s"] > 0
+
+
+def test_bench_models_quick_writes_ours_and_the_levers(tmp_path):
+    out = tmp_path / "models.json"
+    cmd = [sys.executable, "bench/bench_models.py", "--quick", "--wait-quiet", "0", "--parts", "train"]
+    subprocess.run([*cmd, "--models", "unet-demo,dit-b2", "--out", str(out)], cwd=ROOT, check=True)
+    result = json.loads(out.read_text())
+    assert {r["model"] for r in result["train"]} == {"unet-demo", "dit-b2"}
+    assert all(r["images_per_s"] > 0 and r["train_flops_per_image"] > 0 for r in result["train"])
+    assert {r["lever"] for r in result["levers"]} >= {"bf16"}
