@@ -182,6 +182,8 @@ def main() -> None:
     p.add_argument("--out", default="bench/results-loader-cpu.json")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available to this torch build")
     args.train_size = args.train_size or (64 if device.type == "cuda" else 16)
     args.train_batch = args.train_batch or (64 if device.type == "cuda" else 32)
     results: dict[str, Any] = {

@@ -953,6 +953,16 @@ def main() -> None:
         "peers": [],
         "sampling": [],
     }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Written after every row, so that a run stopped by a time limit keeps what it measured."""
+        bench.result["waited_for_quiet_s"] = bench.waited_s
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(bench.result, indent=2) + "\n")
+        tmp.replace(out)
+
     dims = [int(d) for d in args.study_b_dims.split(",") if d] or ([64] if kind == "cpu" else [64, 96, 128])
     cases = training_cases(args.quick, dims)
     parts = set(args.parts.split(","))
@@ -961,6 +971,7 @@ def main() -> None:
         for case in cases:
             if case.name in chosen:
                 bench.train(case)
+                save()
     if "sample" in parts:
         by_name = {c.name: c for c in cases}
         demo = by_name["unet-demo"]
@@ -968,10 +979,12 @@ def main() -> None:
         demo_steps = 2 if args.quick else 50  # --quick times 2 DDIM steps and scales them to 50
         rounds = 1 if args.quick else 3
         bench.sampling(replace(demo_cfg, batch={"cpu": 4 if args.quick else 32, "cuda": 256}), demo_steps, rounds)
+        save()
         ref = by_name["dit-b2" if args.quick else "dit-ref12"]
         ref_steps = 2 if args.quick else 50 if kind == "cuda" else args.cpu_sample_steps
         ref_cfg = replace(ref, name=ref.name + "-cfg", batch={"cpu": 2, "cuda": 32})
         bench.sampling(ref_cfg, ref_steps, 1 if args.quick else 2 if kind == "cpu" else 3)
+        save()
         if kind == "cuda" and not args.quick:
             a = by_name["unet-a"]
             bench.sampling(replace(a, name="unet-a-cfg", label=a.label + ", 100 classes", num_classes=100), 50, 3)
@@ -979,11 +992,8 @@ def main() -> None:
         bench.features(
             args.inception_images or (4 if args.quick else 64 if kind == "cpu" else 1024), 1 if args.quick else 2
         )
-    bench.result["waited_for_quiet_s"] = bench.waited_s
+    save()
     print_tables(bench.result, peak is not None)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(bench.result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -12,7 +12,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -38,6 +37,8 @@ def _key(path: Any) -> str:
 
 
 def _check(instance: Any, schema: dict[str, Any], where: list[str]) -> None:
+    import jsonschema  # here, so that the stages that only read a spec run where jsonschema is absent (a GPU node)
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
