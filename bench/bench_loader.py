@@ -17,6 +17,9 @@ this measures reading and decoding the HDF5 chunks, not the disk):
    holding it in model range, on a GPU the GPU's idle time over that span, from CUDA events), and the mean wall
    time per step.
 
+3. **Latent input** (the lever "precomputed latents"): a batch of scaled latents from the latent cache against
+   encoding the batch's 128² images with Study A's KL-f4 encoder at every step.
+
 Prints a table and writes JSON with the machine, versions and date.
 """
 
@@ -43,6 +46,7 @@ from core.diffusion import GaussianDiffusion
 from core.models import build_model
 from core.provenance import code_version, write_json
 from core.train import InputWait
+from core.vae import AutoencoderKL
 
 
 class RowReads(data.ImageBatches):
@@ -167,6 +171,61 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
     return out
 
 
+def latent_input(path: Path, batch: int, reps: int, device: torch.device) -> dict[str, Any]:
+    """The lever "precomputed latents": one batch of scaled latents from the cache (read, to the device,
+    z ~ q(z|x)) against encoding the images at every step (Study A's KL-f4 encoder at 128², no gradient)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn: Any) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(reps):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3).to(device).eval()
+    x = torch.rand(batch, 3, 128, 128, device=device) * 2 - 1
+    with torch.no_grad():
+        encode_s = timed(lambda: vae.encode(x).sample())
+    loader = data.ImageBatches(path, "train", batch, torch.Generator().manual_seed(0), key="moments")
+
+    def from_cache() -> None:
+        rows, _ = loader.next()
+        mean, logvar = torch.as_tensor(rows).to(device).chunk(2, dim=1)
+        _ = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * 0.5
+
+    cache_s = timed(from_cache)
+    loader.close()
+    return {
+        "batch": batch,
+        "encoder_parameters": sum(p.numel() for p in vae.encoder.parameters()),
+        "encode_ms_per_batch": 1000 * encode_s,
+        "cache_ms_per_batch": 1000 * cache_s,
+        "encode_images_per_s": batch / encode_s,
+        "cache_images_per_s": batch / cache_s,
+    }
+
+
+def write_latent_cache(path: Path, n: int) -> None:
+    """``n`` rows of 32×32×3 posteriors (mean, log-variance) in the latent cache layout."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        moments = np.concatenate([rng.normal(size=(n, 3, 32, 32)), rng.normal(-4, 0.5, (n, 3, 32, 32))], 1)
+        rows = data.CHUNK_BYTES // (6 * 32 * 32 * 4)
+        f.create_dataset("train/moments", data=moments.astype(np.float32), chunks=(rows, 6, 32, 32))
+        f.create_dataset("train/labels", data=np.arange(n) % 10)
+        data.write_root_attrs(f, "latents", 128, [f"c{k}" for k in range(10)], {"bench": True})
+        f.attrs["layout"] = data.LATENT_LAYOUT
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=4096, help="images in the reading part's file")
@@ -179,6 +238,8 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=0, help="default: 32 on a CPU, 64 on a GPU")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per setting and round")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of the training part")
+    p.add_argument("--latent-batch", type=int, default=0, help="latent part's batch (default: 4 on a CPU, 64 on a GPU)")
+    p.add_argument("--latent-reps", type=int, default=3, help="timed batches of the latent part")
     p.add_argument("--out", default="bench/results-loader-cpu.json")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -207,6 +268,10 @@ def main() -> None:
         with h5py.File(train_file) as f:
             results["chunk_rows"]["training"] = f["train/images"].chunks[0]
         results["reading"] = reading(read_file, args.batch, args.batches)
+        latent_file = Path(tmp) / "latents.h5"
+        write_latent_cache(latent_file, 2048)
+        latent_batch = args.latent_batch or (64 if device.type == "cuda" else 4)
+        results["latent_input"] = latent_input(latent_file, latent_batch, args.latent_reps, device)
         results["training"] = training(train_file, args.train_size, args.train_batch, args.steps, args.rounds, device)
     results["machine"]["load_1min_at_end"] = os.getloadavg()[0]
     rows = results["chunk_rows"]
@@ -221,6 +286,13 @@ def main() -> None:
             f"{name:<54} {r['input_wait_ms_median']:>14.2f} {r['step_ms_mean']:>9.1f} "
             f"{100 * r['input_share']:>11.1f}% {r['images_per_s']:>9.1f}"
         )
+    lat = results["latent_input"]
+    print(
+        f"\nLatent input, batch {lat['batch']} on {device}: encoding 128² images with the KL-f4 encoder "
+        f"({lat['encoder_parameters'] / 1e6:.1f}M) {lat['encode_ms_per_batch']:.1f} ms "
+        f"({lat['encode_images_per_s']:.1f} images/s); from the latent cache {lat['cache_ms_per_batch']:.2f} ms "
+        f"({lat['cache_images_per_s']:.0f} images/s)"
+    )
     write_json(args.out, results)
     print(f"\nwrote {args.out}")
 

@@ -44,12 +44,15 @@ def test_bench_loader_writes_its_table(tmp_path):
     out = tmp_path / "loader.json"
     args = ["--images", "128", "--size", "16", "--batch", "8", "--batches", "2", "--train-images", "256"]
     args += ["--train-size", "8", "--train-batch", "4", "--steps", "1", "--rounds", "1", "--device", "cpu"]
+    args += ["--latent-batch", "1", "--latent-reps", "1"]
     subprocess.run([sys.executable, "bench/bench_loader.py", *args, "--out", str(out)], cwd=ROOT, check=True)
     result = json.loads(out.read_text())
     assert set(result["reading"]) == set(load_script("bench_loader").LOADERS)
     assert len(result["training"]) == 6 and result["versions"]["torch"] == torch.__version__
     for row in result["training"].values():
         assert 0 <= row["input_share"] < 1 and row["images_per_s"] > 0
+    latent = result["latent_input"]
+    assert latent["encoder_parameters"] > 20e6 and latent["encode_ms_per_batch"] > latent["cache_ms_per_batch"] > 0
 
 
 def test_bench_models_quick_writes_ours_and_the_levers(tmp_path):
