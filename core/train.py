@@ -505,7 +505,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument(
+        "--compile-cache",
+        default="",
+        help="folder for torch.compile's Inductor cache (train.compile), kept across jobs and restarts; "
+        "TORCHINDUCTOR_CACHE_DIR wins where it is set",
+    )
     args = p.parse_args(argv)
+    if args.compile_cache:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(args.compile_cache).resolve()))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     train(json.loads(args.spec), args.data, args.out_dir, args.device)

@@ -25,6 +25,7 @@ checkpoint train:
         spec=lambda w: as_json(cfg.model_spec(config, w.study, w.model)),
         out_dir=lambda w: cfg.model_dir(config, w.study, w.model),
         launch=lambda w: launcher(**cfg.train_resources(config, w.study, w.model)),
+        compile_cache=f"{R}/cache/inductor",
     shell:
         "{params.launch} -m core.train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir}"
-        " --threads {threads} >> {log} 2>&1"
+        " --threads {threads} --compile-cache {params.compile_cache} >> {log} 2>&1"

@@ -1,4 +1,5 @@
 import csv
+import os
 import shutil
 import signal
 import subprocess
@@ -236,3 +237,19 @@ def test_prefetch_trains_on_the_same_batches_and_logs_the_input_wait(tiny_spec, 
     with open(tmp_path / "ahead" / "train_log.csv", newline="") as fh:
         waits = [float(r["input_wait_s"]) for r in csv.DictReader(fh)]
     assert len(waits) == 12 and all(0 <= w < 5 for w in waits)
+
+
+def test_compile_trains_the_same_model_and_keeps_its_cache(tiny_spec, tiny_dataset, tmp_path):
+    """``train.compile`` through the stage's command line, as the rule runs it: the compiled network follows
+    the eager losses, and Inductor's cache lands in ``--compile-cache`` for the next job to reuse."""
+    short = {**tiny_spec, "train": {**tiny_spec["train"], "steps": 4}}
+    eager = train_losses(short, tiny_dataset, tmp_path / "eager")
+    spec = {**short, "train": {**short["train"], "compile": True}}
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    cmd = [sys.executable, "-m", "core.train", "--spec", as_json(spec), "--data", str(tiny_dataset)]
+    cmd += ["--out-dir", str(tmp_path / "compiled"), "--device", "cpu", "--threads", "1"]
+    subprocess.run([*cmd, "--compile-cache", str(tmp_path / "cache")], cwd=ROOT, env=env, check=True)
+    with open(tmp_path / "compiled" / "train_log.csv", newline="") as fh:
+        compiled = [float(r["loss"]) for r in csv.DictReader(fh)]
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert sum(len(files) for _, _, files in os.walk(tmp_path / "cache")) > 0
