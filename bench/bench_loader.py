@@ -13,7 +13,7 @@ this measures reading and decoding the HDF5 chunks, not the disk):
 2. **Training.** A real training step (on a CPU the demo's UNet: base 32, mult 1-2-2, 1 res block, attention
    at 4², 1 torch thread as a demo job has, at 16²: 48 chunks of 1 MiB; on a GPU Study B's dim-64 UNet at 64²),
    ε-loss and AdamW, fed by each of those loaders with the prefetch thread off and on. Per step: the input wait
-   as ``train_log.csv`` logs it (``core.train.InputWait``: on a CPU the time from asking for the batch to
+   as ``train_log.csv`` logs it (``core.data.InputWait``: on a CPU the time from asking for the batch to
    holding it in model range, on a GPU the GPU's idle time over that span, from CUDA events), and the mean wall
    time per step.
 
@@ -45,7 +45,6 @@ from core import data
 from core.diffusion import GaussianDiffusion
 from core.models import build_model
 from core.provenance import code_version, write_json
-from core.train import InputWait
 from core.vae import AutoencoderKL
 
 
@@ -147,7 +146,7 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
                 "model": model,
                 "opt": torch.optim.AdamW(model.parameters(), lr=1e-4),
                 "loader": data.Prefetcher(loader) if prefetch else loader,
-                "wait": InputWait(device),
+                "wait": data.InputWait(device),
             }
             run(setting, 3)  # first reads, allocator and kernel warm-up
             settings[f"{name}, prefetch {'on' if prefetch else 'off'}"] = setting | {"waits": [], "walls": []}

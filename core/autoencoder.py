@@ -11,7 +11,8 @@ Either way the latent scale factor is then computed from the data, not hard-code
 samples z ~ q(z|x) of the first ``scale_images`` training images, so that the scaled latents the diffusion
 model sees have unit variance (the reference used 0.1845 for its VAE; Stable Diffusion's 0.18215 is the same
 idea). ``<out>`` holds the weights and a ``meta`` dict (net, image size, latent shape, scale factor, source,
-code version, data provenance); ``--log`` is the per-step training log (CSV; only a header for an import).
+code version, data provenance); ``--log`` is the per-step training log (CSV: loss, L1, KL, elapsed time,
+``input_wait_s`` as in ``core.train``; only a header for an import).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from core.models import build_autoencoder, save_checkpoint
 from core.provenance import atomic_path, code_version, file_sha256, spec_hash
 from core.vae import latent_scale_factor, vae_loss
 
-LOG_FIELDS = ["step", "loss", "rec_l1", "kl", "elapsed_s"]
+LOG_FIELDS = ["step", "loss", "rec_l1", "kl", "elapsed_s", "input_wait_s"]
 
 
 def import_weights(vae: torch.nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +75,8 @@ def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, lo
     kl_weight = float(cfg.get("kl_weight", 1e-6))
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
     noise = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 2)
-    loader = data.ImageBatches(data_path, "train", batch, gen)
+    loader = data.Prefetcher(data.ImageBatches(data_path, "train", batch, gen))
+    waiting = data.InputWait(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
     vae.train()
     t0 = time.time()
@@ -82,16 +84,26 @@ def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, lo
         writer = csv.DictWriter(fh, LOG_FIELDS)
         writer.writeheader()
         for step in range(1, steps + 1):
+            waiting.before_batch()
             images, _ = loader.next()
-            x = data.to_model_range(images).to(device)
+            x = data.to_model_range(torch.as_tensor(images).to(device, non_blocking=True))
+            waiting.batch_ready()
             loss, parts = vae_loss(vae, x, kl_weight, noise)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite autoencoder loss at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            row = {"step": step, "loss": f"{loss.item():.6g}", "rec_l1": f"{parts['rec']:.6g}"}
-            writer.writerow({**row, "kl": f"{parts['kl']:.6g}", "elapsed_s": f"{time.time() - t0:.2f}"})
+            writer.writerow(
+                {
+                    "step": step,
+                    "loss": f"{loss.item():.6g}",
+                    "rec_l1": f"{parts['rec']:.6g}",
+                    "kl": f"{parts['kl']:.6g}",
+                    "elapsed_s": f"{time.time() - t0:.2f}",
+                    "input_wait_s": f"{waiting.step_done():.6f}",
+                }
+            )
             if step % 100 == 0 or step == steps:
                 print(f"[autoencoder] step {step}/{steps} L1 {parts['rec']:.4f} KL {parts['kl']:.1f}", flush=True)
     loader.close()

@@ -12,7 +12,7 @@ Writes, under ``--out-dir``:
 - ``state/latest.pt`` every ``checkpoint_every`` steps and ``state/step<N>.pt`` at each multiple and at the
   end: full training state (model, EMA, optimizer, LR schedule, step, RNG states), written atomically;
 - ``state/train_log.csv``: one row per step (loss, LR, grad norm, img/s, peak memory, input wait: see
-  ``InputWait``);
+  ``core.data.InputWait``);
 - with ``train.early_stopping``: ``state/val_log.csv`` (validation ε-loss every ``every`` steps) and
   ``state/best.pt``, the state at the lowest validation loss so far; training stops once ``patience``
   evaluations in a row have not improved on it (or at ``steps``);
@@ -89,40 +89,6 @@ def speed_levers(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
         "fused_adamw": bool(cfg.get("fused_adamw", False)),
         "compile": bool(cfg.get("compile", False)),
     }
-
-
-class InputWait:
-    """How long each step's device waited for its input: on CUDA, the GPU's idle time from the start of the
-    step (or the end of the previous step's work, if later) to the batch being on the GPU in model range, from
-    two CUDA events read after the step's own synchronisation (no extra sync); on a CPU, which runs the step
-    itself, the wall time of getting the batch (reading it or waiting for the prefetch thread, and converting
-    it). Checkpointing and validation between steps are not counted. This is the time that keeping the device
-    fed (``train.prefetch``) can save."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.t0 = 0.0
-        self.seconds = 0.0
-        self.events: list[Any] = []
-
-    def before_batch(self) -> None:
-        if self.cuda:
-            self.events = [torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)]
-            self.events[0].record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def batch_ready(self) -> None:
-        if self.cuda:
-            self.events[1].record()
-        else:
-            self.seconds = time.perf_counter() - self.t0
-
-    def step_done(self) -> float:
-        """The wait before this step; call it after the step's result has been synchronised."""
-        if self.cuda:
-            self.seconds = self.events[0].elapsed_time(self.events[1]) / 1000
-        return self.seconds
 
 
 class Validation:
@@ -331,7 +297,7 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
     model.train()
     t_start = t_window = time.time()
     window_images = 0
-    waiting = InputWait(device)
+    waiting = data.InputWait(device)
     with open(log_path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, LOG_FIELDS)
         while step < total_steps:

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from core import data
 from core import train as train_stage
 from core.diffusion import GaussianDiffusion
 from core.models import build_model, load_checkpoint
@@ -27,7 +28,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_input_wait_is_the_wait_for_the_batch_alone(device):
     """50 ms spent getting the batch count; 100 ms of the step's own work after it does not."""
     dev = torch.device(device)
-    waiting = train_stage.InputWait(dev)
+    waiting = data.InputWait(dev)
     x = torch.randn(512, 512, device=dev)
     for _ in range(2):
         waiting.before_batch()

@@ -58,7 +58,8 @@ def test_scale_factor_gives_unit_variance_latents(autoencoder, tiny_dataset):
     assert float((z * meta["scale_factor"]).std()) == pytest.approx(1.0, rel=0.05)
     assert meta["scale_factor"] != pytest.approx(0.18215)  # not SD's hard-coded constant
     log = (path.parent / "vae.pt.csv").read_text().splitlines()
-    assert log[0] == "step,loss,rec_l1,kl,elapsed_s" and len(log) == 1 + AE_SPEC["train"]["steps"]
+    assert log[0] == "step,loss,rec_l1,kl,elapsed_s,input_wait_s" and len(log) == 1 + AE_SPEC["train"]["steps"]
+    assert all(float(line.split(",")[-1]) >= 0 for line in log[1:])
 
 
 def test_latent_cache_round_trip(autoencoder, latents, tiny_dataset):
