@@ -61,7 +61,9 @@ class Extractor:
                 lo, hi = min(n, ctx.rank * per), min(n, (ctx.rank + 1) * per)
             feats, logits = [], []
             for i in range(lo, hi, batch_size):
-                f, lg = self.model(self.prepare(np.asarray(images[i : min(i + batch_size, hi)])).to(device))
+                # uint8 to the device, resized and normalised there (a 299² float batch is 23× the bytes)
+                batch = torch.as_tensor(np.asarray(images[i : min(i + batch_size, hi)])).to(device)
+                f, lg = self.model(self.prepare(batch))
                 feats.append(f.double().cpu().numpy())
                 logits.append(lg.double().cpu().numpy())
         finally:

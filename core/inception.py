@@ -193,7 +193,7 @@ def _tf1_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
         src = torch.arange(size, dtype=torch.float64) * (n_in / size)
         lo = src.floor().long().clamp(max=n_in - 1)
         hi = (lo + 1).clamp(max=n_in - 1)
-        return lo, hi, (src - lo.double()).float().to(x.device)
+        return lo.to(x.device), hi.to(x.device), (src - lo.double()).float().to(x.device)
 
     h_lo, h_hi, h_w = weights(x.shape[2])
     w_lo, w_hi, w_w = weights(x.shape[3])

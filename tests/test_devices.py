@@ -3,7 +3,8 @@ this file on a GPU machine); the rest run on every device there is, the CPU incl
 
 They check what CPU runs cannot: the sampler on CUDA gives the CPU's images from the same x_T; training with
 every speed lever on CUDA (bf16, TF32, channels-last, fused AdamW, torch.compile) runs, keeps fp32 weights and
-follows the fp32 losses; ``InputWait`` counts the GPU's idle time and only that."""
+follows the fp32 losses; ``InputWait`` counts the GPU's idle time and only that; Inception features computed
+on the GPU (resized there) equal the CPU's."""
 
 from __future__ import annotations
 
@@ -100,3 +101,19 @@ def test_resume_on_cuda_equals_the_uninterrupted_run(tiny_spec, tiny_dataset, tm
     a = [float(r["loss"]) for r in log_rows(tmp_path / "full")]
     b = [float(r["loss"]) for r in log_rows(part)]
     assert len(a) == len(b) == 12 and b == pytest.approx(a, rel=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["pytorch-fid", "tf"])
+def test_inception_features_on_cuda_equal_the_cpus(mode):
+    """Batches go to the GPU as uint8 and are resized there; with TF32 off the features match the CPU's."""
+    from core import inception
+    from core.features import Extractor
+
+    torch.manual_seed(0)
+    model = inception.FIDInceptionV3()
+    images = torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8).numpy()
+    extractor = Extractor("inception", model, lambda x: inception.preprocess(torch.as_tensor(x), mode))
+    f_cpu, l_cpu = extractor.extract(images, batch_size=4, device="cpu")
+    f_gpu, l_gpu = extractor.extract(images, batch_size=4, device="cuda")
+    assert f_gpu == pytest.approx(f_cpu, rel=1e-3, abs=1e-4) and l_gpu == pytest.approx(l_cpu, rel=1e-3, abs=1e-4)
