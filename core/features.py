@@ -61,7 +61,7 @@ class Extractor:
                 lo, hi = min(n, ctx.rank * per), min(n, (ctx.rank + 1) * per)
             feats, logits = [], []
             for i in range(lo, hi, batch_size):
-                # uint8 to the device, resized and normalised there (a 299² float batch is 23× the bytes)
+                # uint8 to the device, resized and normalised there (299² float32 is 22× the bytes of 128² uint8)
                 batch = torch.as_tensor(np.asarray(images[i : min(i + batch_size, hi)])).to(device)
                 f, lg = self.model(self.prepare(batch))
                 feats.append(f.double().cpu().numpy())
