@@ -58,8 +58,10 @@ class EMA:
         if step % self.update_every:
             return
         d = self.current_decay()
-        for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            p_ema.lerp_(p.detach(), 1.0 - d)
+        ema_params, params = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if len(ema_params) != len(params):
+            raise ValueError(f"EMA holds {len(ema_params)} parameters, the model {len(params)}")
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)  # one fused kernel per dtype/device group, not one per tensor
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
         self.num_updates += 1

@@ -148,6 +148,24 @@ def test_ema_closed_form_and_warmup():
     assert warm.current_decay() == 0.999
 
 
+def test_ema_update_is_the_per_tensor_rule_on_every_parameter(tiny_spec):
+    """θ_ema ← lerp(θ_ema, θ, 1 − d) for each of the UNet's tensors (the update is one fused call); buffers copied."""
+    from core.models import EMA, build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec, 8, num_classes=5)
+    ema = EMA(model, decay=0.8, warmup_power=0)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model, step)
+        expected = [torch.lerp(e, p.detach(), 0.2) for e, p in zip(expected, model.parameters(), strict=True)]
+    got = list(ema.model.parameters())
+    assert len(got) == len(expected) > 20 and all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
 def early_spec(tiny_spec, **early):
     train = {**tiny_spec["train"], "early_stopping": {"every": 2, "patience": 2, "num_images": 16, **early}}
     return {**tiny_spec, "train": train}
