@@ -52,13 +52,7 @@ class RowReads(data.ImageBatches):
     """The streaming read before 2026-12-01: each batch's rows read straight from the file (sorted, as h5py
     needs), which makes HDF5 read a whole chunk for every row."""
 
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.in_memory:
-            return super().next()
-        if self.pos + self.batch_size > len(self.order):
-            self._new_epoch()
-        idx = self.order[self.pos : self.pos + self.batch_size].numpy()
-        self.pos += self.batch_size
+    def _read_streamed(self, idx: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sorted_idx = np.sort(idx)
         inverse = np.argsort(np.argsort(idx))
         return self.images_ds[sorted_idx][inverse], self.labels_ds[sorted_idx][inverse]
@@ -69,6 +63,11 @@ LOADERS = {  # name: (class, max_memory_bytes)
     "streamed, buffer read by chunks": (data.ImageBatches, 0),
     "streamed, scattered rows (before)": (RowReads, 0),
 }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def write_dataset(path: Path, n: int, size: int) -> None:
@@ -114,18 +113,14 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
     spec = {"backbone": "unet", "net": SPECS[device.type]}
     diffusion = GaussianDiffusion.from_spec({"schedule": "cosine", "timesteps": 1000})
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def run(setting: dict[str, Any], n: int) -> tuple[list[float], float]:
         waits = []
-        sync()
+        synchronize(device)
         t_start = time.perf_counter()
         for _ in range(n):
             setting["wait"].before_batch()
             rows, _ = setting["loader"].next()
-            x0 = data.to_model_range(torch.as_tensor(rows).to(device, non_blocking=True))
+            x0 = data.to_model_range(rows, device)
             setting["wait"].batch_ready()
             loss = diffusion.training_loss(setting["model"], x0, None)
             float(loss.detach())  # the loop's per-step synchronisation (its non-finite check)
@@ -133,7 +128,7 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
             loss.backward()
             setting["opt"].step()
             waits.append(setting["wait"].step_done())
-        sync()
+        synchronize(device)
         return waits, time.perf_counter() - t_start
 
     settings = {}
@@ -174,18 +169,14 @@ def latent_input(path: Path, batch: int, reps: int, device: torch.device) -> dic
     """The lever "precomputed latents": one batch of scaled latents from the cache (read, to the device,
     z ~ q(z|x)) against encoding the images at every step (Study A's KL-f4 encoder at 128², no gradient)."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def timed(fn: Any) -> float:
         fn()  # warm-up
         times = []
         for _ in range(reps):
-            sync()
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            sync()
+            synchronize(device)
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 

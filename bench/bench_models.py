@@ -23,7 +23,6 @@ import ctypes
 import datetime as dt
 import functools
 import gc
-import json
 import os
 import platform
 import resource
@@ -50,6 +49,7 @@ from core import inception
 from core.diffusion import GaussianDiffusion
 from core.features import Extractor
 from core.models import build_model
+from core.provenance import write_json
 from core.sampling import SamplerSpec, sample
 
 # Dense bf16 tensor-core peaks (FLOP/s, 2 per multiply-add) for the MFU column; --peak-tflops overrides.
@@ -959,9 +959,7 @@ def main() -> None:
     def save() -> None:
         """Written after every row, so that a run stopped by a time limit keeps what it measured."""
         bench.result["waited_for_quiet_s"] = bench.waited_s
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(bench.result, indent=2) + "\n")
-        tmp.replace(out)
+        write_json(out, bench.result)
 
     dims = [int(d) for d in args.study_b_dims.split(",") if d] or ([64] if kind == "cpu" else [64, 96, 128])
     cases = training_cases(args.quick, dims)

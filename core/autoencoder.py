@@ -86,7 +86,7 @@ def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, lo
         for step in range(1, steps + 1):
             waiting.before_batch()
             images, _ = loader.next()
-            x = data.to_model_range(torch.as_tensor(images).to(device, non_blocking=True))
+            x = data.to_model_range(images, device)
             waiting.batch_ready()
             loss, parts = vae_loss(vae, x, kl_weight, noise)
             if not torch.isfinite(loss):
@@ -118,7 +118,7 @@ def scale_factor_from_data(vae: torch.nn.Module, data_path: str, num: int, seed:
         images = f["train/images"][:num]
     gen = torch.Generator(device=device).manual_seed(seed)
     latents = [
-        vae.encode(data.to_model_range(images[i : i + 256]).to(device)).sample(gen).cpu()
+        vae.encode(data.to_model_range(images[i : i + 256], device)).sample(gen).cpu()
         for i in range(0, len(images), 256)
     ]
     return latent_scale_factor(torch.cat(latents))

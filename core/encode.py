@@ -63,7 +63,7 @@ def encode(data_path: str, autoencoder: str, out: str, batch_size: int = 256, de
                 )
                 f[f"{split}/labels"] = src[f"{split}/labels"][:]
                 for i in range(0, n, batch_size):
-                    x = data.to_model_range(src[f"{split}/images"][i : i + batch_size]).to(device)
+                    x = data.to_model_range(src[f"{split}/images"][i : i + batch_size], device)
                     posterior = vae.encode(x)
                     moments[i : i + len(x)] = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
                 f[split].attrs["count"] = n

@@ -47,7 +47,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def reconstruct(vae: torch.nn.Module, images: np.ndarray, device: str, batch_size: int = 256) -> np.ndarray:
     """uint8 NHWC → decode(posterior mean) → uint8 NHWC."""
     out = [
-        data.to_uint8(vae.decode(vae.encode(data.to_model_range(images[i : i + batch_size]).to(device)).mode()))
+        data.to_uint8(vae.decode(vae.encode(data.to_model_range(images[i : i + batch_size], device)).mode()))
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out)

@@ -350,10 +350,14 @@ def cost_table(study: dict[str, Any], per_exp: dict[str, list[dict]], train_logs
         "| experiment | model | training steps | training images/s (median) | peak GPU memory | training device-hours "
         "| waiting for input | sampling device-hours (all its checkpoints) |\n|---|---|---|---|---|---|---|---|\n"
     )
+    costs: dict[str, dict[str, Any]] = {}  # a model shared by several rows: its log read once
     for name, exp in study["experiments"].items():
-        if name not in per_exp or exp["model"] not in logs:
+        model = exp["model"]
+        if name not in per_exp or model not in logs:
             continue
-        c = training_cost(logs[exp["model"]], int(resources.get(exp["model"], {}).get("gpus", 1)) or 1)
+        if model not in costs:
+            costs[model] = training_cost(logs[model], int(resources.get(model, {}).get("gpus", 1)) or 1)
+        c = costs[model]
         seconds = 0.0
         for f in (s for s in samples if f"/{name}/" in s):
             with h5py.File(f, "r") as h:

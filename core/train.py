@@ -247,8 +247,8 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             ema.load_state_dict(ckpt["ema"])
             optimizer.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["rng"]["torch"])
-            data_gen.set_state(ckpt["rng"]["data"])
-            loader.load_state_dict(ckpt["loader"])  # the generator too (not the prefetch thread's)
+            ckpt["loader"].setdefault("generator", ckpt["rng"].get("data"))  # checkpoints before 2026-12-01
+            loader.load_state_dict(ckpt["loader"])  # its generator too (as of the step, not the prefetch thread)
             noise_gen.set_state(ckpt["rng"]["noise"].to(noise_gen.get_state().device))
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
@@ -265,7 +265,6 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
             return
         rng = {
             "torch": torch.get_rng_state(),
-            "data": loader.state_dict()["generator"],
             "noise": noise_gen.get_state(),
             "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
         }
@@ -311,8 +310,8 @@ def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str =
                 mean, logvar = torch.as_tensor(rows).to(device, non_blocking=True).chunk(2, dim=1)
                 eps = torch.randn((n_global, *mean.shape[1:]), generator=noise_gen, device=device)[share]
                 x0 = (mean + torch.exp(0.5 * logvar) * eps) * latent_info["scale_factor"]
-            else:  # uint8 to the device (a quarter of the bytes), converted there
-                x0 = data.to_model_range(torch.as_tensor(rows).to(device, non_blocking=True))
+            else:
+                x0 = data.to_model_range(rows, device)
             if hflip:
                 flip = (torch.rand(n_global, generator=noise_gen, device=device) < 0.5)[share]
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
