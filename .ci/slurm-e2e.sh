@@ -48,7 +48,7 @@ ctld_lines=$(wc -l <"$CI_DIR/slurmctld.log") # only this test's submissions coun
 
 # ---------------------------------------------------------------- 2. (started first, in the background)
 # A failing job must fail the run. A dataset file that is not HDF5: Snakemake takes it as given (it has
-# no record of it), plans `train`, and the job fails inside SLURM when core.train opens the file. It runs
+# no record of it), plans `train`, and the job fails inside SLURM when core.stages.train opens the file. It runs
 # beside run 1 (its own results dir; Snakemake locks only the files a run touches) to save wall time.
 BAD=$TMP/results-bad
 mkdir -p "$BAD/data"

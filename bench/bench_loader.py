@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import data
 from core.diffusion import GaussianDiffusion
 from core.models import build_model
+from core.nets.vae import AutoencoderKL
 from core.provenance import code_version, write_json
-from core.vae import AutoencoderKL
 
 
 class RowReads(data.ImageBatches):
@@ -104,7 +104,7 @@ SPECS = {  # the trained network: the demo's UNet on a CPU, Study B's dim-64 UNe
 
 
 def training(path: Path, size: int, batch: int, steps: int, rounds: int, device: torch.device) -> dict[str, Any]:
-    """The loop of ``core.train`` reduced to its input and step: ``InputWait`` as the training log measures it,
+    """The loop of ``core.stages.train`` reduced to its input and step: ``InputWait`` as the training log measures it,
     one synchronisation per step (the loss), uint8 batches converted on the device. Every setting is built and
     warmed up first, then timed for ``steps`` steps in each of ``rounds`` interleaved rounds, so that load from
     other processes hits all settings alike; images/s is the median over rounds."""

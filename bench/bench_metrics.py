@@ -22,8 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import inception, metrics
+from core import metrics
 from core.features import Extractor
+from core.nets import inception
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:

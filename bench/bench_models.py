@@ -9,7 +9,7 @@ system torch (``bench/requirements-peers.txt``) and run the script with that ven
 the peer rows are skipped with a note. Nothing is downloaded at run time (every network is randomly
 initialised; throughput does not depend on the weights).
 
-A training step is what ``core.train`` does per batch minus logging, EMA and clipping: the diffusion loss
+A training step is what ``core.stages.train`` does per batch minus logging, EMA and clipping: the diffusion loss
 (``GaussianDiffusion.training_loss``, forward), backward, and an AdamW step. Throughput is the median over the
 timed steps after warm-up. FLOPs are counted once per model with ``torch.utils.flop_counter.FlopCounterMode``
 on meta tensors (no compute), so achieved FLOP/s and, on GPUs of known peak, MFU come with every row.
@@ -45,10 +45,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import inception
 from core.diffusion import GaussianDiffusion
 from core.features import Extractor
 from core.models import build_model
+from core.nets import inception
 from core.provenance import write_json
 from core.sampling import SamplerSpec, sample
 
@@ -261,7 +261,7 @@ def build_peer(case: Case, diffusers: Any) -> nn.Module:
     if not classes:
         raise ValueError("diffusers' DiT is class-conditional only (adaLN-Zero on timestep + label)")
     if "config" in net:
-        from core.dit import DIT_CONFIGS
+        from core.nets.dit import DIT_CONFIGS
 
         net = dict(DIT_CONFIGS[net["config"]])
     dit = diffusers.DiTTransformer2DModel(
@@ -807,7 +807,7 @@ class Bench:
         median, quiet, contended = quiet_median(seconds, shares)
         self.result["features"] = {
             "quiet_runs": quiet,
-            "network": "core.inception.FIDInceptionV3 (random init)",
+            "network": "core.nets.inception.FIDInceptionV3 (random init)",
             "path": "core.features.Extractor (preprocess on the CPU, network on the device)",
             "input": "uint8 64x64 -> preprocess('pytorch-fid') -> 299x299",
             "images": images,

@@ -116,7 +116,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
                     f"'{exp['model']}'"
                 )
             ev = study["evaluation"]
-            # image-folder datasets have no counts before ingestion: core.evaluate checks those at run time
+            # image-folder datasets have no counts before ingestion: core.stages.evaluate checks those at run time
             splits = config["datasets"][study["dataset"]].get("splits", {})
             n_real = ev["reference_num"] or splits.get(ev["reference_split"], exp["num_samples"])
             if exp["num_samples"] < ev["is_splits"] or ev["kid_subset_size"] > min(exp["num_samples"], n_real):
@@ -288,7 +288,7 @@ def _merged_model(config: dict[str, Any], study: str, model: str) -> dict[str, A
 
 
 def model_spec(config: dict[str, Any], study: str, model: str) -> dict[str, Any]:
-    """The training spec of a model (what ``core.train`` needs), with its name and study."""
+    """The training spec of a model (what ``core.stages.train`` needs), with its name and study."""
     spec = _merged_model(config, study, model)
     spec.setdefault("space", "pixel")
     spec.pop("resources", None)  # where it runs is not what it is: see train_resources
@@ -307,7 +307,7 @@ def _merged_experiment(config: dict[str, Any], study: str, experiment: str) -> d
 
 
 def experiment_spec(config: dict[str, Any], study: str, experiment: str) -> dict[str, Any]:
-    """The sampling spec of an experiment (what ``core.sample`` needs), with its name."""
+    """The sampling spec of an experiment (what ``core.stages.sample`` needs), with its name."""
     exp = _merged_experiment(config, study, experiment)
     exp.setdefault("guidance_scale", 1.0)
     exp.setdefault("checkpoints", "final")

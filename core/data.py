@@ -10,7 +10,7 @@ Layout (``LAYOUT``)::
 Datasets hold ``train`` and ``val`` splits; a sample file holds one split named ``samples`` and, optionally,
 a ``/trajectory`` group.
 
-The latent cache of a dataset (``LATENT_LAYOUT``, written by ``core.encode``) has the same splits with
+The latent cache of a dataset (``LATENT_LAYOUT``, written by ``core.stages.encode_latents``) has the same splits with
 ``/<split>/moments`` float32 (N, 2·C, h, w), the mean and log-variance of the autoencoder's posterior q(z|x)
 (unscaled), beside the same ``labels``; its root attrs add ``latent_shape``, ``scale_factor`` and the
 autoencoder's path and SHA-256. Chunks of ~1 MiB (e.g. 21 images at 128², 341 at 32²) keep random batches cheap:
@@ -71,7 +71,7 @@ def write_root_attrs(f: h5py.File, kind: str, image_size: int, class_names: list
 
 
 def expected_layout(split: str) -> str:
-    writer = "core.sample" if split == "samples" else "core.make_dataset"
+    writer = "core.stages.sample" if split == "samples" else "core.stages.make_dataset"
     return (
         f"an HDF5 file written by `python -m {writer}` (layout {LAYOUT}) with "
         f"/{split}/images uint8 (N, H, W, 3) and /{split}/labels int64 (N,)"
@@ -107,7 +107,8 @@ def open_latents(path: str | os.PathLike[str], split: str) -> h5py.File:
     """Open a latent cache read-only and check it has ``split`` in the expected layout."""
     path = Path(path)
     expected = (
-        f"an HDF5 file written by `python -m core.encode` (layout {LATENT_LAYOUT}) with /{split}/moments "
+        f"an HDF5 file written by `python -m core.stages.encode_latents` (layout {LATENT_LAYOUT}) with "
+        f"/{split}/moments "
         f"float32 (N, 2·C, h, w) and /{split}/labels int64 (N,)"
     )
     if not path.is_file():

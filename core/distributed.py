@@ -1,6 +1,6 @@
 """Data-parallel training: one process per GPU (or per CPU slot with the gloo backend).
 
-Processes are started by ``torchrun`` (one node: ``torchrun --standalone --nproc-per-node G -m core.train …``;
+Processes are started by ``torchrun`` (one node: ``torchrun --standalone --nproc-per-node G -m core.stages.train …``;
 several nodes under SLURM: ``srun`` starts one ``torchrun`` per node with a c10d rendezvous on the first
 node, see ``launcher``). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them training runs as one
 process.
@@ -87,7 +87,7 @@ def shutdown(ctx: Context) -> None:
 
 
 def launcher(gpus: int, nodes: int = 1, port: int = 29500) -> str:
-    """The command that starts ``-m core.train`` on ``nodes`` × ``gpus`` processes (``python`` for one)."""
+    """The command that starts ``-m core.stages.train`` on ``nodes`` × ``gpus`` processes (``python`` for one)."""
     if nodes <= 1 and gpus <= 1:
         return "python"
     if nodes <= 1:

@@ -1,9 +1,9 @@
 """One feature-extraction path for every metric: an extractor maps uint8 images to (features, logits).
 
 Extractors:
-- ``inception``: the FID Inception-v3 (``core.inception``) with the community's weights, 299² input in the
+- ``inception``: the FID Inception-v3 (``core.nets.inception``) with the community's weights, 299² input in the
   configured preprocessing mode; its numbers are labelled "FID" / "IS".
-- ``classifier``: the dataset's own small CNN (``core.classifier``), native resolution, x/127.5 − 1, for
+- ``classifier``: the dataset's own small CNN (``core.nets.classifier``), native resolution, x/127.5 − 1, for
   when no Inception weights are configured. Its numbers are labelled "FD_clf" / "IS_clf", never "FID".
 
 Every extractor carries a ``label`` dict (name, weights file and SHA-256, preprocessing, feature
@@ -14,6 +14,7 @@ it is split across the processes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,7 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
     """The extractor named by ``spec['kind']`` with its weights at ``spec['weights']`` (verified)."""
     kind = spec["kind"]
     if kind == "classifier":
-        from core.classifier import load_classifier
+        from core.nets.classifier import load_classifier
 
         model, meta = load_classifier(spec["weights"])
         label = {
@@ -94,7 +95,7 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
         }
         return Extractor("classifier", model, data.to_model_range, label)
     if kind == "inception":
-        from core import inception
+        from core.nets import inception
 
         sha = spec.get("sha256") or inception.INCEPTION_SHA256
         mode = spec.get("preprocessing", "pytorch-fid")
@@ -111,3 +112,10 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
         }
         return Extractor("inception", model, lambda x: inception.preprocess(torch.as_tensor(x), mode), label)
     raise ValueError(f"unknown extractor kind {kind!r} (known: classifier, inception)")
+
+
+def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
+        meta = json.loads(str(z["meta"]))
+    return arrays, meta

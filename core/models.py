@@ -22,12 +22,12 @@ def build_model(spec: dict[str, Any], image_size: int, in_channels: int = 3, num
     net = dict(spec.get("net", {}))
     backbone = spec["backbone"]
     if backbone == "unet":
-        from core.unet import UNet
+        from core.nets.unet import UNet
 
         net.pop("class_conditional", None)
         return UNet(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **net)
     if backbone == "dit":
-        from core.dit import build_dit
+        from core.nets.dit import build_dit
 
         net.pop("class_conditional", None)
         zoo = net.pop("config", None)
@@ -95,18 +95,20 @@ def load_denoiser(path: str | os.PathLike[str], use_ema: bool = True, device: st
 
 
 def build_autoencoder(net: dict[str, Any], image_size: int) -> nn.Module:
-    """The KL autoencoder (``core.vae.AutoencoderKL``) with the options of an ``autoencoders`` config entry."""
-    from core.vae import AutoencoderKL
+    """The KL autoencoder (``core.nets.vae.AutoencoderKL``) with the options of an ``autoencoders`` config entry."""
+    from core.nets.vae import AutoencoderKL
 
     return AutoencoderKL(resolution=image_size, **net)
 
 
 def load_autoencoder(path: str | os.PathLike[str], device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The autoencoder of a ``vae.pt`` written by ``core.autoencoder``, in eval mode, and its ``meta``
+    """The autoencoder of a ``vae.pt`` written by ``core.stages.train_autoencoder``, in eval mode, and its ``meta``
     (net, image size, latent shape, ``scale_factor``, provenance)."""
     ckpt = load_checkpoint(path, map_location=device)
     if "scale_factor" not in ckpt.get("meta", {}):
-        raise ValueError(f"{path} is not an autoencoder file written by `python -m core.autoencoder train`")
+        raise ValueError(
+            f"{path} is not an autoencoder file written by `python -m core.stages.train_autoencoder train`"
+        )
     meta = ckpt["meta"]
     vae = build_autoencoder(meta["net"], int(meta["image_size"]))
     vae.load_state_dict(ckpt["model"])

@@ -18,5 +18,5 @@ rule make_dataset:
     params:
         spec=lambda w: as_json(config["datasets"][w.dataset]),
     shell:
-        "python -m core.make_dataset --spec {params.spec:q} --name {wildcards.dataset} --workers {threads}"
+        "python -m core.stages.make_dataset --spec {params.spec:q} --name {wildcards.dataset} --workers {threads}"
         " --out {output} > {log} 2>&1"

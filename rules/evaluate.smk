@@ -25,7 +25,7 @@ rule train_classifier:
             )
         ),
     shell:
-        "python -m core.classifier --data {input.data} --spec {params.spec:q} --out {output.weights}"
+        "python -m core.stages.train_classifier --data {input.data} --spec {params.spec:q} --out {output.weights}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -56,7 +56,7 @@ rule reference_stats:
         extractor=lambda w: as_json(extractor_for_tag(w.dataset, w.extractor)),
         batch_size=config["metrics"]["batch_size"],
     shell:
-        "{params.launch} -m core.reference_stats --data {input.data} --split {wildcards.split} --num-images {wildcards.num}"
+        "{params.launch} -m core.stages.reference_stats --data {input.data} --split {wildcards.split} --num-images {wildcards.num}"
         " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
 
 
@@ -84,5 +84,5 @@ rule evaluate:
         extractor=lambda w: as_json(extractor_spec(w.study)),
         options=lambda w: as_json(evaluation_options(w.study)),
     shell:
-        "{params.launch} -m core.evaluate --samples {input.samples} --reference {input.reference}"
+        "{params.launch} -m core.stages.evaluate --samples {input.samples} --reference {input.reference}"
         " --extractor {params.extractor:q} --options {params.options:q} --out {output} > {log} 2>&1"

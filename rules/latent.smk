@@ -19,7 +19,7 @@ rule train_autoencoder:
     params:
         spec=lambda w: as_json({"name": w.ae, **config["autoencoders"][w.ae]}),
     shell:
-        "python -m core.autoencoder --spec {params.spec:q} --data {input.data} --out {output.vae}"
+        "python -m core.stages.train_autoencoder --spec {params.spec:q} --data {input.data} --out {output.vae}"
         " --log {output.log} --threads {threads} > {log} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule encode_latents:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m core.encode --data {input.data} --autoencoder {input.vae} --out {output}"
+        "python -m core.stages.encode_latents --data {input.data} --autoencoder {input.vae} --out {output}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -73,7 +73,7 @@ rule evaluate_autoencoder:
         extractor=lambda w: as_json(extractor_spec(w.study)),
         batch_size=config["metrics"]["batch_size"],
     shell:
-        "python -m core.evaluate_autoencoder --autoencoder {input.vae} --data {input.data}"
+        "python -m core.stages.evaluate_autoencoder --autoencoder {input.vae} --data {input.data}"
         " --split {params.split} --num-images {params.num} --reference {input.reference}"
         " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output.metrics}"
         " --grid {output.grid} --threads {threads} > {log} 2>&1"

@@ -85,7 +85,7 @@ rule report:
             f for f in input.autoencoders if f.endswith(".json")
         ],
     shell:
-        "python -m core.report --study {params.study:q} --metrics {input.metrics} --samples {input.samples}"
+        "python -m core.stages.report --study {params.study:q} --metrics {input.metrics} --samples {input.samples}"
         " --train-logs {input.train_logs} --autoencoders {params.autoencoders} --indexes {input.indexes}"
         " --out-dir {params.out_dir}"
         " > {log} 2>&1"
@@ -109,4 +109,4 @@ rule collect_checkpoints:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m core.collect --metrics {input.metrics} --samples {input.samples} --out {output} > {log} 2>&1"
+        "python -m core.stages.collect_checkpoints --metrics {input.metrics} --samples {input.samples} --out {output} > {log} 2>&1"

@@ -25,5 +25,5 @@ rule sample:
             else ""
         ),
     shell:
-        "{params.launch} -m core.sample --checkpoint {input.ckpt}/{wildcards.step}.pt --spec {params.spec:q}"
+        "{params.launch} -m core.stages.sample --checkpoint {input.ckpt}/{wildcards.step}.pt --spec {params.spec:q}"
         " {params.autoencoder} --out {output} --threads {threads} >> {log} 2>&1"

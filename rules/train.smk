@@ -27,5 +27,5 @@ checkpoint train:
         launch=lambda w: launcher(**cfg.train_resources(config, w.study, w.model)),
         compile_cache=f"{R}/cache/inductor",
     shell:
-        "{params.launch} -m core.train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir}"
+        "{params.launch} -m core.stages.train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir}"
         " --threads {threads} --compile-cache {params.compile_cache} >> {log} 2>&1"

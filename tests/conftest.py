@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.make_dataset import make_shapes
+from core.stages.make_dataset import make_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from core import config as cfg
-from core import inception
+from core.nets import inception
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())

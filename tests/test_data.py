@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import data, shapes
-from core.make_dataset import make_shapes
+from core.stages.make_dataset import make_shapes
 
 
 def test_shapes_are_deterministic_and_order_free():

@@ -18,10 +18,10 @@ from tests.conftest import ROOT
 
 
 def _train(spec: dict, data: str, out: str, nproc: int) -> None:
-    head = [sys.executable, "-m", "core.train"]
+    head = [sys.executable, "-m", "core.stages.train"]
     if nproc > 1:
         torchrun = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
-        head = [torchrun, "--standalone", "--nproc-per-node", str(nproc), "-m", "core.train"]
+        head = [torchrun, "--standalone", "--nproc-per-node", str(nproc), "-m", "core.stages.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [*head, "--spec", json.dumps(spec), "--data", data, "--out-dir", out, "--device", "cpu", "--threads", "1"],
@@ -99,8 +99,8 @@ def test_sampling_and_feature_extraction_split_across_two_processes(tiny_spec, t
     import h5py
     import numpy as np
 
-    from core.classifier import train_classifier
-    from core.train import train
+    from core.stages.train import run as train
+    from core.stages.train_classifier import run as train_classifier
 
     spec = {**tiny_spec, "train": {**tiny_spec["train"], "steps": 4, "checkpoint_every": 4}}
     train(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
@@ -119,7 +119,9 @@ def test_sampling_and_feature_extraction_split_across_two_processes(tiny_spec, t
     files = {}
     for nproc in (1, 2):
         out = tmp_path / f"s{nproc}.h5"
-        _run_module("core.sample", ["--checkpoint", ckpt, "--spec", json.dumps(sample_spec), "--out", str(out)], nproc)
+        _run_module(
+            "core.stages.sample", ["--checkpoint", ckpt, "--spec", json.dumps(sample_spec), "--out", str(out)], nproc
+        )
         files[nproc] = out
     with h5py.File(files[1], "r") as a, h5py.File(files[2], "r") as b:
         assert b.attrs["complete"] and b.attrs["num_done"] == 10
@@ -137,7 +139,7 @@ def test_sampling_and_feature_extraction_split_across_two_processes(tiny_spec, t
     for nproc in (1, 2):
         out = tmp_path / f"ref{nproc}.npz"
         args = ["--data", str(tiny_dataset), "--split", "val", "--num-images", "0", "--extractor", extractor]
-        _run_module("core.reference_stats", [*args, "--batch-size", "7", "--out", str(out)], nproc)
+        _run_module("core.stages.reference_stats", [*args, "--batch-size", "7", "--out", str(out)], nproc)
         with np.load(out) as z:
             stats[nproc] = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
     assert stats[2]["features"].shape == (32, stats[1]["features"].shape[1])

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from core import data
-from core import train as train_stage
 from core.diffusion import GaussianDiffusion
 from core.models import build_model, load_checkpoint
 from core.sampling import SamplerSpec, sample
+from core.stages import train as train_stage
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -71,11 +71,11 @@ def log_rows(out) -> list[dict[str, str]]:
 def test_training_on_cuda_with_every_lever(tiny_spec, tiny_dataset, tmp_path):
     """fp32 on CUDA, then bf16 + TF32 + channels-last + fused AdamW (+ compile): same noise (one device
     generator), so the lever run follows the fp32 losses; weights and optimizer state stay fp32."""
-    train_stage.train(tiny_spec, str(tiny_dataset), str(tmp_path / "fp32"), "cuda")
+    train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "fp32"), "cuda")
     levers = {"precision": "bf16", "tf32": True, "channels_last": True, "fused_adamw": True, "compile": True}
     fast = {**tiny_spec, "train": {**tiny_spec["train"], **levers}}
     try:
-        train_stage.train(fast, str(tiny_dataset), str(tmp_path / "fast"), "cuda")
+        train_stage.run(fast, str(tiny_dataset), str(tmp_path / "fast"), "cuda")
     finally:  # the lever sets TF32 for the whole process; later tests expect it off
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     base, rows = log_rows(tmp_path / "fp32"), log_rows(tmp_path / "fast")
@@ -92,12 +92,12 @@ def test_training_on_cuda_with_every_lever(tiny_spec, tiny_dataset, tmp_path):
 def test_resume_on_cuda_equals_the_uninterrupted_run(tiny_spec, tiny_dataset, tmp_path):
     """The device generator's state and the prefetched loader's state come back from the checkpoint (to
     1e-4: cuDNN's backward kernels may add in another order)."""
-    train_stage.train(tiny_spec, str(tiny_dataset), str(tmp_path / "full"), "cuda")
+    train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "full"), "cuda")
     part = tmp_path / "part"
-    train_stage.train(tiny_spec, str(tiny_dataset), str(part), "cuda")
+    train_stage.run(tiny_spec, str(tiny_dataset), str(part), "cuda")
     shutil.copyfile(part / "state" / "step0000008.pt", part / "state" / "latest.pt")
     shutil.rmtree(part / "ckpt")
-    train_stage.train(tiny_spec, str(tiny_dataset), str(part), "cuda")
+    train_stage.run(tiny_spec, str(tiny_dataset), str(part), "cuda")
     a = [float(r["loss"]) for r in log_rows(tmp_path / "full")]
     b = [float(r["loss"]) for r in log_rows(part)]
     assert len(a) == len(b) == 12 and b == pytest.approx(a, rel=1e-4)
@@ -107,8 +107,8 @@ def test_resume_on_cuda_equals_the_uninterrupted_run(tiny_spec, tiny_dataset, tm
 @pytest.mark.parametrize("mode", ["pytorch-fid", "tf"])
 def test_inception_features_on_cuda_equal_the_cpus(mode):
     """Batches go to the GPU as uint8 and are resized there; with TF32 off the features match the CPU's."""
-    from core import inception
     from core.features import Extractor
+    from core.nets import inception
 
     torch.manual_seed(0)
     model = inception.FIDInceptionV3()

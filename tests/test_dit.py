@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from core.dit import DIT_CONFIGS, DiT, build_dit, sincos_pos_embed_2d
 from core.models import build_model
+from core.nets.dit import DIT_CONFIGS, DiT, build_dit, sincos_pos_embed_2d
 
 # Params (M) of Table 4 in Peebles & Xie (2023), arXiv:2212.09748, printed to the nearest million: 256² images
 # → 32×32×4 latents, 1000 classes, learned σ (8 output channels).
@@ -165,8 +165,8 @@ def test_a_few_optimisation_steps_reduce_the_denoising_loss():
 def test_dit_trains_and_samples_through_the_same_stages(tiny_dataset, tmp_path):
     import h5py
 
-    from core import sample as sample_stage
-    from core import train as train_stage
+    from core.stages import sample as sample_stage
+    from core.stages import train as train_stage
     from tests.conftest import TINY_MODEL
 
     spec = {
@@ -175,7 +175,7 @@ def test_dit_trains_and_samples_through_the_same_stages(tiny_dataset, tmp_path):
         "net": {"patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 4, "class_conditional": True},
         "train": {**TINY_MODEL["train"], "steps": 4, "checkpoint_every": 4},
     }
-    train_stage.train(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
+    train_stage.run(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
     sampling = {
         "sampler": {"name": "ddim", "steps": 5},
         "guidance_scale": 2.0,

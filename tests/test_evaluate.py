@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from core import data, inception
-from core.evaluate import evaluate
+from core import data
+from core.features import load_reference
+from core.nets import inception
 from core.provenance import file_sha256
-from core.reference_stats import load_reference, reference_stats
+from core.stages.evaluate import run as evaluate
+from core.stages.reference_stats import run as reference_stats
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import inception
+from core.nets import inception
 
 STANDARD_KEYS = {
     "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),

@@ -13,13 +13,13 @@ import torch
 
 from core import config as cfg
 from core import data
-from core.autoencoder import run as run_autoencoder
-from core.encode import encode
-from core.evaluate_autoencoder import psnr
 from core.models import build_autoencoder, load_autoencoder, load_denoiser
 from core.provenance import file_sha256
-from core.sample import run as run_sample
-from core.train import train
+from core.stages.encode_latents import run as encode
+from core.stages.evaluate_autoencoder import psnr
+from core.stages.sample import run as run_sample
+from core.stages.train import run as train
+from core.stages.train_autoencoder import run as run_autoencoder
 from tests.conftest import ROOT
 
 AE_SPEC = {

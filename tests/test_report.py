@@ -7,7 +7,8 @@ import math
 import h5py
 import numpy as np
 
-from core import data, report
+from core import data
+from core.stages import report
 
 STUDY = {
     "name": "s",
@@ -75,7 +76,7 @@ def test_best_checkpoint_row_uses_is_of_the_same_checkpoint(tmp_path):
     runs = [fake_run(tmp_path, 100, 50.0, 2.0), fake_run(tmp_path, 200, 10.0, 3.0), fake_run(tmp_path, 300, 20.0, 9.0)]
     log = tmp_path / "train_log.csv"
     log.write_text("step,loss\n" + "".join(f"{i},{1 / i}\n" for i in range(1, 300)))
-    report.report(STUDY, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
+    report.run(STUDY, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
     table = (tmp_path / "out" / "table.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| run | 8 |"))
     assert "10.00 (200)" in row and "3.00 ± 0.10" in row and "9.00" not in row
@@ -120,7 +121,7 @@ def test_sweeps_published_numbers_and_cost(tmp_path):
         "step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb,input_wait_s\n"
         "1,1,1,1,100,10,2048,1\n2,1,1,1,300,20,2048,2\n3,1,1,1,200,5,4096,0.25\n4,1,1,1,250,15,1024,0.25\n"
     )
-    report.report(study, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
+    report.run(study, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
     table = (tmp_path / "out" / "table.md").read_text()
     main = table.split("## Sweep")[0]
     assert "| A.w4 |" not in main and "| A.nfe-ddim-10 |" not in main  # sweep points stay out of the main table

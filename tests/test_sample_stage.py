@@ -2,8 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from core import sample as sample_stage
-from core import train as train_stage
+from core.stages import sample as sample_stage
+from core.stages import train as train_stage
 
 SPEC = {
     "experiment": "X",
@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory, tiny_dataset):
 
     out = tmp_path_factory.mktemp("model")
     spec = {**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 4}}
-    train_stage.train(spec, str(tiny_dataset), str(out), "cpu")
+    train_stage.run(spec, str(tiny_dataset), str(out), "cpu")
     return out / "ckpt" / "step0000004.pt"
 
 
@@ -89,6 +89,6 @@ def test_guidance_on_unconditional_model_is_refused(tiny_dataset, tmp_path):
         "net": {**TINY_MODEL["net"], "class_conditional": False},
         "train": {**TINY_MODEL["train"], "steps": 1, "checkpoint_every": 1},
     }
-    train_stage.train(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
+    train_stage.run(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
     with pytest.raises(ValueError, match="class-conditional"):
         sample_stage.run(str(tmp_path / "m" / "ckpt" / "step0000001.pt"), SPEC, str(tmp_path / "s.h5"), "cpu")

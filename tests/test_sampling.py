@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from core.diffusion import GaussianDiffusion, make_betas
+from core.nets.unet import UNet
 from core.sampling import SamplerSpec, guided_eps, make_timesteps, sample
-from core.unet import UNet
 
 DIFF = GaussianDiffusion(make_betas("linear", 100))
 

@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from core import train as train_stage
 from core.models import load_checkpoint, load_denoiser
+from core.stages import train as train_stage
 from tests.conftest import ROOT, as_json
 
 
 def run_train(spec, data, out):
-    train_stage.train(spec, str(data), str(out), "cpu")
+    train_stage.run(spec, str(data), str(out), "cpu")
 
 
 def states_equal(a, b):
@@ -91,7 +91,7 @@ def test_killed_run_resumes_to_the_uninterrupted_state(tiny_spec, tiny_dataset, 
         [
             sys.executable,
             "-m",
-            "core.train",
+            "core.stages.train",
             "--spec",
             as_json(spec),
             "--data",
@@ -264,7 +264,7 @@ def test_compile_trains_the_same_model_and_keeps_its_cache(tiny_spec, tiny_datas
     eager = train_losses(short, tiny_dataset, tmp_path / "eager")
     spec = {**short, "train": {**short["train"], "compile": True}}
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
-    cmd = [sys.executable, "-m", "core.train", "--spec", as_json(spec), "--data", str(tiny_dataset)]
+    cmd = [sys.executable, "-m", "core.stages.train", "--spec", as_json(spec), "--data", str(tiny_dataset)]
     cmd += ["--out-dir", str(tmp_path / "compiled"), "--device", "cpu", "--threads", "1"]
     subprocess.run([*cmd, "--compile-cache", str(tmp_path / "cache")], cwd=ROOT, env=env, check=True)
     with open(tmp_path / "compiled" / "train_log.csv", newline="") as fh:

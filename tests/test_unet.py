@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.unet import UNet
+from core.nets.unet import UNet
 
 
 def test_output_shape_and_zero_init():
@@ -71,7 +71,7 @@ def test_reference_configuration_size():
 
 def test_attention_block_is_multi_head_softmax_attention():
     """The block against attention written out: per head, softmax(q kᵀ / √d) v over the H·W positions."""
-    from core.unet import AttentionBlock
+    from core.nets.unet import AttentionBlock
 
     torch.manual_seed(0)
     block = AttentionBlock(16, num_heads=4, groups=4)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from core.vae import AutoencoderKL, DiagonalGaussian, latent_scale_factor, vae_loss
+from core.nets.vae import AutoencoderKL, DiagonalGaussian, latent_scale_factor, vae_loss
 
 # Parameter count of LDM's KL-f8 autoencoder (ch 128, ch_mult 1,2,4,4, 2 blocks, 4 latent channels), i.e. the
 # Stable Diffusion VAE: 83,653,863, the figure reported for the released checkpoint; Peebles & Xie (2023),

@@ -1,6 +1,7 @@
 """Stage: the index of an experiment's per-checkpoint results, for checkpoints known only after training.
 
-    python -m core.collect --metrics m1.json … --samples s1.h5 … --out results/full-a/metrics/X.ckpts/checkpoints.json
+    python -m core.stages.collect_checkpoints --metrics m1.json … --samples s1.h5 … \
+        --out results/full-a/metrics/X.ckpts/checkpoints.json
 
 An experiment that samples every checkpoint of an early-stopping model (``checkpoints: all``) learns which
 steps exist only when training ends; the workflow then plans their sampling and evaluation, and this index is
@@ -15,7 +16,7 @@ from pathlib import Path
 from core.provenance import code_version, now_iso, read_json, write_json
 
 
-def collect(metrics: list[str], samples: list[str], out: str) -> None:
+def run(metrics: list[str], samples: list[str], out: str) -> None:
     steps = sorted(int(read_json(m)["samples"]["checkpoint_step"]) for m in metrics)
     missing = [s for s in samples if not Path(s).is_file()]
     if missing:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", nargs="*", default=[])
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    collect(args.metrics, args.samples, args.out)
+    run(args.metrics, args.samples, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage: a study's report — table (Markdown and CSV) and figures — from its metrics, samples and logs.
 
-    python -m core.report --study '<JSON>' --metrics m1.json … --samples s1.h5 … --train-logs l1.csv … \
+    python -m core.stages.report --study '<JSON>' --metrics m1.json … --samples s1.h5 … --train-logs l1.csv … \
         --out-dir results/demo-a/report
 
 One row per experiment. An experiment evaluated at several checkpoints reports the checkpoint with the
@@ -546,7 +546,7 @@ def plot_curves(path: Path, per_exp: dict[str, list[dict[str, Any]]]) -> None:
     save_figure(fig, path)
 
 
-def report(
+def run(
     study: dict[str, Any],
     metrics: list[str],
     samples: list[str],
@@ -589,7 +589,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--train-logs", nargs="+", required=True)
     p.add_argument("--autoencoders", nargs="*", default=[], help="evaluate_autoencoder JSON files")
-    p.add_argument("--indexes", nargs="*", default=[], help="core.collect indexes of further metrics and samples")
+    p.add_argument(
+        "--indexes",
+        nargs="*",
+        default=[],
+        help="core.stages.collect_checkpoints indexes of further metrics and samples",
+    )
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     metrics, samples = list(args.metrics), list(args.samples)
@@ -597,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
         entry = read_json(index)
         metrics += entry["metrics"]
         samples += entry["samples"]
-    report(json.loads(args.study), metrics, samples, args.train_logs, args.out_dir, args.autoencoders)
+    run(json.loads(args.study), metrics, samples, args.train_logs, args.out_dir, args.autoencoders)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage: features and statistics of real images, computed once and reused by every experiment.
 
-    python -m core.reference_stats --data results/data/shapes32.h5 --split val --num-images 1000 \
+    python -m core.stages.reference_stats --data results/data/shapes32.h5 --split val --num-images 1000 \
         --extractor '<extractor spec JSON>' --out results/refstats/shapes32/val-clf-n1000.npz
 
 The ``.npz`` holds ``features`` (N, D), ``logits``, ``mu`` and ``sigma`` (float64) and ``meta`` (a JSON
@@ -21,9 +21,7 @@ from core.features import load_extractor
 from core.provenance import atomic_path, provenance
 
 
-def reference_stats(
-    data_path: str, split: str, num: int, extractor_spec: dict[str, Any], out: str, batch_size: int = 200
-) -> None:
+def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], out: str, batch_size: int = 200) -> None:
     device = distributed.device_for("auto")
     ctx = distributed.init(device)  # under torchrun the extraction is split; rank 0 writes
     extractor = load_extractor(extractor_spec)
@@ -51,13 +49,6 @@ def reference_stats(
     print(f"[reference_stats] {n} images of {data_path}:{split} -> {out}", flush=True)
 
 
-def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
-        meta = json.loads(str(z["meta"]))
-    return arrays, meta
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -67,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    reference_stats(args.data, args.split, args.num_images, json.loads(args.extractor), args.out, args.batch_size)
+    run(args.data, args.split, args.num_images, json.loads(args.extractor), args.out, args.batch_size)
 
 
 if __name__ == "__main__":

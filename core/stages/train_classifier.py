@@ -1,11 +1,7 @@
-"""Stage and model: a small CNN classifier trained on a dataset's training images, used as an offline
-feature extractor when no Inception weights are configured.
+"""Stage: train the dataset's small CNN classifier (``core.nets.classifier``), the feature extractor of the metrics
+when no Inception weights are configured.
 
-    python -m core.train_classifier --data results/data/shapes32.h5 --spec '<JSON>' --out clf.pt
-
-Its penultimate layer (global-average-pooled, ``feature_dim`` wide) gives the features for a Fréchet
-distance, its softmax the class posteriors for an Inception-Score-style score. Numbers made with it are
-*not* Inception FID/IS and are labelled with the extractor's name and weights hash.
+    python -m core.stages.train_classifier --data results/data/shapes32.h5 --spec '<JSON>' --out clf.pt
 """
 
 from __future__ import annotations
@@ -17,42 +13,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from core import data
+from core.nets.classifier import Classifier
 from core.provenance import atomic_path, file_sha256, provenance, write_json
 
 
-class Classifier(nn.Module):
-    """conv–BN–ReLU stages that halve the resolution, global average pool, linear head."""
-
-    def __init__(self, num_classes: int, width: int = 32, depth: int = 3) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for i in range(depth):
-            c_out = width * 2**i
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
-            c_in = c_out
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = c_in
-        self.head = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] → (penultimate features, logits)."""
-        f = self.features(x).mean(dim=(2, 3))
-        return f, self.head(f)
-
-
-def train_classifier(data_path: str, spec: dict[str, Any], out: str) -> dict[str, Any]:
+def run(data_path: str, spec: dict[str, Any], out: str) -> dict[str, Any]:
     torch.manual_seed(int(spec["seed"]))
     gen = torch.Generator().manual_seed(int(spec["seed"]))
     with data.open_images(data_path, "train") as f:
@@ -100,15 +67,6 @@ def train_classifier(data_path: str, spec: dict[str, Any], out: str) -> dict[str
     return info
 
 
-def load_classifier(path: str) -> tuple[Classifier, dict[str, Any]]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    meta = ckpt["meta"]
-    spec = meta["spec"]
-    model = Classifier(int(meta["num_classes"]), int(spec["width"]), int(spec["depth"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), meta
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -118,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    train_classifier(args.data, json.loads(args.spec), args.out)
+    run(args.data, json.loads(args.spec), args.out)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Stage: train one denoiser on an HDF5 dataset, resumably.
 
-    python -m core.train --spec '<model spec JSON>' --data results/data/shapes32.h5 \
+    python -m core.stages.train --spec '<model spec JSON>' --data results/data/shapes32.h5 \
         --out-dir results/demo-a/models/unet
 
-A latent model (``space: latent``) trains on the latent cache of ``core.encode`` instead of images: each step
-draws z ~ q(z|x) from the cached posterior and multiplies it by the autoencoder's scale factor; horizontal flips
-then flip the latent (an approximation of encoding the flipped image). The checkpoint's ``meta['latent']``
-records the autoencoder (path, SHA-256, scale factor) that decodes the samples.
+A latent model (``space: latent``) trains on the latent cache of ``core.stages.encode_latents`` instead of images:
+each step draws z ~ q(z|x) from the cached posterior and multiplies it by the autoencoder's scale factor;
+horizontal flips then flip the latent (an approximation of encoding the flipped image). The checkpoint's
+``meta['latent']`` records the autoencoder (path, SHA-256, scale factor) that decodes the samples.
 
 Writes, under ``--out-dir``:
 - ``state/latest.pt`` every ``checkpoint_every`` steps and ``state/step<N>.pt`` at each multiple and at the
@@ -147,7 +147,7 @@ class Preemption:
         self.signal = signum
 
 
-def train(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str = "auto") -> None:
+def run(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str = "auto") -> None:
     cfg = spec["train"]
     out = Path(out_dir)
     state_dir = out / "state"
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(args.compile_cache).resolve()))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    train(json.loads(args.spec), args.data, args.out_dir, args.device)
+    run(json.loads(args.spec), args.data, args.out_dir, args.device)
 
 
 if __name__ == "__main__":

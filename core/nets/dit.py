@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.unet import check_conditioning, timestep_embedding
+from core.nets.embeddings import check_conditioning, timestep_embedding
 
 FREQUENCY_EMBEDDING_SIZE = 256  # sinusoidal timestep features fed to the timestep MLP (paper, App. A)
 

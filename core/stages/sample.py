@@ -1,6 +1,6 @@
 """Stage: draw samples from a checkpoint into an HDF5 file (the layout of ``core.data``, split ``samples``).
 
-    python -m core.sample --checkpoint results/demo-a/models/unet/ckpt/step0002000.pt \
+    python -m core.stages.sample --checkpoint results/demo-a/models/unet/ckpt/step0002000.pt \
         --spec '<sampling spec JSON>' --out results/demo-a/samples/DDIM/step0002000.h5
 
 Samples are written batch by batch into ``<out>.partial``; the root attribute ``num_done`` advances only

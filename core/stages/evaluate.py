@@ -1,6 +1,6 @@
 """Stage: metrics of one sample file against cached reference statistics, written as one JSON.
 
-    python -m core.evaluate --samples results/demo-a/samples/DDIM/step0002000.h5 \
+    python -m core.stages.evaluate --samples results/demo-a/samples/DDIM/step0002000.h5 \
         --reference results/refstats/shapes32/val-clf-n1000.npz --extractor '<JSON>' \
         --out results/demo-a/metrics/DDIM/step0002000.json
 
@@ -18,9 +18,8 @@ import json
 from typing import Any
 
 from core import data, distributed, metrics
-from core.features import load_extractor
+from core.features import load_extractor, load_reference
 from core.provenance import provenance, write_json
-from core.reference_stats import load_reference
 
 
 def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
@@ -35,9 +34,7 @@ def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
         )
 
 
-def evaluate(
-    samples: str, reference: str, extractor_spec: dict[str, Any], out: str, options: dict[str, Any]
-) -> dict | None:
+def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, options: dict[str, Any]) -> dict | None:
     """Compute and write the metrics; under torchrun the extraction is split and only rank 0 writes."""
     device = distributed.device_for("auto")
     ctx = distributed.init(device)
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--options", default="{}", help="JSON: is_splits, kid_subsets, kid_subset_size")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    evaluate(args.samples, args.reference, json.loads(args.extractor), args.out, json.loads(args.options))
+    run(args.samples, args.reference, json.loads(args.extractor), args.out, json.loads(args.options))
 
 
 if __name__ == "__main__":

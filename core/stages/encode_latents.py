@@ -1,7 +1,7 @@
 """Stage: encode a dataset once into its latent cache, which every latent experiment then trains from.
 
-    python -m core.encode --data results/data/shapes16.h5 --autoencoder results/autoencoders/shapes16-f2/vae.pt \
-        --out results/latents/shapes16-f2.h5
+    python -m core.stages.encode_latents --data results/data/shapes16.h5 \
+        --autoencoder results/autoencoders/shapes16-f2/vae.pt --out results/latents/shapes16-f2.h5
 
 For every split of the dataset, ``/<split>/moments`` holds the posterior's mean and log-variance
 (float32, N × 2C × h × w, unscaled) and ``/<split>/labels`` the labels (layout ``core.data.LATENT_LAYOUT``).
@@ -26,7 +26,7 @@ from core.provenance import atomic_path, file_sha256, provenance
 
 
 @torch.no_grad()
-def encode(data_path: str, autoencoder: str, out: str, batch_size: int = 256, device_name: str = "auto") -> None:
+def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, device_name: str = "auto") -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     vae, meta = load_autoencoder(autoencoder, device)
     c, h, w = meta["latent_shape"]
@@ -74,7 +74,7 @@ def encode(data_path: str, autoencoder: str, out: str, batch_size: int = 256, de
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
-    p.add_argument("--autoencoder", required=True, help="vae.pt written by core.autoencoder")
+    p.add_argument("--autoencoder", required=True, help="vae.pt written by core.stages.train_autoencoder")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    encode(args.data, args.autoencoder, args.out, args.batch_size, args.device)
+    run(args.data, args.autoencoder, args.out, args.batch_size, args.device)
 
 
 if __name__ == "__main__":

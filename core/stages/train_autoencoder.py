@@ -1,9 +1,9 @@
 """Stage: the KL autoencoder of the latent rows, trained on a dataset or imported from a checkpoint.
 
-    python -m core.autoencoder --spec '<autoencoders entry JSON>' --data results/data/shapes16.h5 \
+    python -m core.stages.train_autoencoder --spec '<autoencoders entry JSON>' --data results/data/shapes16.h5 \
         --out results/autoencoders/shapes16-f2/vae.pt --log results/autoencoders/shapes16-f2/train_log.csv
 
-Training minimises ``core.vae.vae_loss`` (L1 reconstruction + ``kl_weight`` · KL; no perceptual or adversarial
+Training minimises ``core.nets.vae.vae_loss`` (L1 reconstruction + ``kl_weight`` · KL; no perceptual or adversarial
 term) with AdamW on random batches of the ``train`` split. With ``checkpoint`` set, no training happens: the
 user's state dict is verified (SHA-256 when ``checkpoint_sha256`` is given) and loaded strictly.
 
@@ -12,7 +12,7 @@ samples z ~ q(z|x) of the first ``scale_images`` training images, so that the sc
 model sees have unit variance (the reference used 0.1845 for its VAE; Stable Diffusion's 0.18215 is the same
 idea). ``<out>`` holds the weights and a ``meta`` dict (net, image size, latent shape, scale factor, source,
 code version, data provenance); ``--log`` is the per-step training log (CSV: loss, L1, KL, elapsed time,
-``input_wait_s`` as in ``core.train``; only a header for an import).
+``input_wait_s`` as in ``core.stages.train``; only a header for an import).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 
 from core import data
 from core.models import build_autoencoder, save_checkpoint
+from core.nets.vae import latent_scale_factor, vae_loss
 from core.provenance import atomic_path, code_version, file_sha256, spec_hash
-from core.vae import latent_scale_factor, vae_loss
 
 LOG_FIELDS = ["step", "loss", "rec_l1", "kl", "elapsed_s", "input_wait_s"]
 

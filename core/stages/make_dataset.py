@@ -1,6 +1,6 @@
 """Stage: write a dataset into the HDF5 image layout (``core.data``).
 
-    python -m core.make_dataset --spec '<dataset spec JSON>' --out results/data/shapes32.h5
+    python -m core.stages.make_dataset --spec '<dataset spec JSON>' --out results/data/shapes32.h5
 
 The built-in source ``shapes`` is generated procedurally from the spec's seed; the image-folder sources
 (``imagenet100``, ``sysu-shapes``, ``folder``) are decoded and resized by ``core.ingest``.

@@ -1,6 +1,6 @@
 """Stage: how well an autoencoder reconstructs a study's reference images (PSNR, Fréchet distance, a grid).
 
-    python -m core.evaluate_autoencoder --autoencoder results/autoencoders/shapes16-f2/vae.pt \
+    python -m core.stages.evaluate_autoencoder --autoencoder results/autoencoders/shapes16-f2/vae.pt \
         --data results/data/shapes16.h5 --split val --num-images 1000 \
         --reference results/refstats/shapes16/val-classifier-n1000.npz --extractor '<JSON>' \
         --out results/demo-a/autoencoders/shapes16-f2.json --grid results/demo-a/autoencoders/shapes16-f2.png
@@ -26,10 +26,9 @@ from PIL import Image
 
 from core import data, metrics
 from core.distributed import device_for
-from core.features import load_extractor
+from core.features import load_extractor, load_reference
 from core.models import load_autoencoder
 from core.provenance import atomic_path, provenance, write_json
-from core.reference_stats import load_reference
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -64,7 +63,7 @@ def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, cols: int = 
         img.save(tmp, format="PNG")
 
 
-def evaluate_autoencoder(
+def run(
     autoencoder: str,
     data_path: str,
     split: str,
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    evaluate_autoencoder(
+    run(
         args.autoencoder,
         args.data,
         args.split,
