@@ -66,7 +66,8 @@ rows were skipped, classes dropped after decoding or ``auto`` found grey data, i
 file (relabelled, 1 channel) first.
 
 Planning helpers (cheap: folders only, no file listing): ``check_source`` and ``source_summary`` (classes and
-whether the data has a val split).
+whether the data has a val split), ``source_fingerprint`` (changes when files are added, removed or renamed);
+``check_requirements`` checks split sizes against what the configuration needs.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
+import json
 import multiprocessing
 import os
 import stat
@@ -342,6 +345,52 @@ def check_source(layout: str, root: str | os.PathLike[str], config_key: str, on_
     ``layout``. Cheap (lists folders only): runs at planning time. Unreadable class folders: as
     ``source_summary``."""
     source_summary(layout, root, config_key, on_error)
+
+
+def source_fingerprint(layout: str, root: str | os.PathLike[str], config_key: str = "datasets.<name>.path") -> str:
+    """A hex digest of the folder tree of ``root``: the names of its split and class folders, their modification
+    times in ns, and the class folders that cannot be examined (with the reason). Cheap (folders only, as
+    ``check_source``); meant as a Snakemake parameter so that adding, removing or renaming image files (which
+    changes their folder's mtime) re-runs ingestion.
+
+    Limits: an image edited or replaced in place keeps its folder's mtime, and so does a folder whose contents
+    are swapped by a tool that restores folder mtimes (e.g. ``rsync -a`` of a tree whose folders kept theirs);
+    the contents of files are not read. Raises as ``check_source``."""
+    src = _resolve(layout, root, config_key)
+    records: list[Any] = [layout]
+    for folder in src.folders:
+        try:
+            mtime: int | str = os.stat(folder).st_mtime_ns
+        except OSError as err:
+            mtime = _os_reason(folder, err)
+        records.append([os.path.relpath(folder, src.root), mtime])
+    records.append({split: {c: why for c, (_, why) in u.items()} for split, u in src.unreadable.items()})
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def check_requirements(counts: dict[str, Any], requirements: list[dict[str, Any]], dataset: str) -> None:
+    """Raise ValueError (one line per unmet requirement) unless each split is large enough.
+
+    ``counts``: images per split, ``{split: n}`` (or ``ingest``'s ``{split: {"written": n, ...}}``);
+    ``requirements``: ``[{"key": config key, "split": name, "min": n, "why": purpose (optional)}, ...]``.
+    Pure: reads nothing, so it runs wherever the counts are known."""
+    problems = []
+    for req in requirements:
+        missing = [k for k in ("key", "split", "min") if k not in req]
+        if missing:
+            raise ValueError(f"requirement {req!r} lacks {', '.join(missing)}")
+        key, split, need = req["key"], req["split"], int(req["min"])
+        why = f" ({req['why']})" if req.get("why") else ""
+        what = f"config key {key}: needs {need} images of split '{split}' of dataset '{dataset}'{why}, but it has"
+        if split not in counts:
+            have = ", ".join(f"'{s}'" for s in counts) or "none"
+            problems.append(f"{what} no split '{split}' (splits: {have})")
+            continue
+        n = counts[split]["written"] if isinstance(counts[split], dict) else counts[split]
+        if int(n) < need:
+            problems.append(f"{what} {int(n)}")
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def is_image_name(name: str) -> bool:

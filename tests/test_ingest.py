@@ -615,3 +615,68 @@ def test_source_summary(tmp_path):
     assert ingest.source_summary("sysu-shapes", sysu, "k") == {"classes": ["airplane", "car"], "has_val": False}
     with pytest.raises(FileNotFoundError, match=r"nowhere does not exist.*datasets\.x\.path"):
         ingest.source_summary("folder", tmp_path / "nowhere", "datasets.x.path")
+
+
+def test_source_fingerprint_notices_added_removed_and_renamed_files(tmp_path):
+    root = tmp_path / "split"
+    solid(root / "train" / "a" / "1.png", RED)
+    solid(root / "train" / "b" / "1.png", BLUE)
+    solid(root / "val" / "a" / "1.png", RED)
+
+    def settle() -> str:
+        """Give every folder an old mtime (timestamps are coarser than the test's steps), then fingerprint."""
+        for folder in (
+            root,
+            root / "train",
+            root / "train" / "a",
+            root / "train" / "b",
+            root / "val",
+            root / "val" / "a",
+        ):
+            if folder.exists():
+                os.utime(folder, ns=(10**18, 10**18))
+        return ingest.source_fingerprint("folder", root)
+
+    base = settle()
+    assert len(base) == 64 and settle() == base
+    changed = []
+    solid(root / "train" / "a" / "2.png", RED)  # added
+    changed.append(ingest.source_fingerprint("folder", root))
+    settle()
+    (root / "train" / "a" / "2.png").rename(root / "train" / "a" / "3.png")  # renamed
+    changed.append(ingest.source_fingerprint("folder", root))
+    settle()
+    (root / "val" / "a" / "1.png").unlink()  # removed
+    changed.append(ingest.source_fingerprint("folder", root))
+    assert all(c != base for c in changed)
+    fixed = settle()
+    solid(root / "train" / "b" / "1.png", GREEN)  # edited in place: the documented limit
+    assert ingest.source_fingerprint("folder", root) == fixed
+    (root / "train" / "b").rename(root / "train" / "c")  # a renamed class folder
+    assert settle() != fixed
+
+
+def test_check_requirements_names_key_split_and_counts():
+    reqs = [
+        {"key": "studies.x.evaluation.kid_subset_size", "split": "val", "min": 1000, "why": "kid subsets"},
+        {"key": "studies.x.evaluation.reference_num", "split": "train", "min": 100},
+    ]
+    ingest.check_requirements({"train": 100, "val": 1000}, reqs, "mine")
+    with pytest.raises(ValueError) as err:
+        ingest.check_requirements({"train": 100, "val": 300}, reqs, "mine")
+    assert str(err.value) == (
+        "config key studies.x.evaluation.kid_subset_size: needs 1000 images of split 'val' of dataset 'mine' "
+        "(kid subsets), but it has 300"
+    )
+    with pytest.raises(ValueError) as err:
+        ingest.check_requirements({"train": 99}, reqs, "mine")
+    lines = str(err.value).splitlines()
+    assert lines == [
+        "config key studies.x.evaluation.kid_subset_size: needs 1000 images of split 'val' of dataset 'mine' "
+        "(kid subsets), but it has no split 'val' (splits: 'train')",
+        "config key studies.x.evaluation.reference_num: needs 100 images of split 'train' of dataset 'mine', "
+        "but it has 99",
+    ]
+    ingest.check_requirements({"train": {"written": 100}, "val": {"written": 1000}}, reqs, "mine")  # ingest's counts
+    with pytest.raises(ValueError, match=r"lacks min"):
+        ingest.check_requirements({"train": 1}, [{"key": "k", "split": "train"}], "mine")
