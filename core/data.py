@@ -4,7 +4,8 @@ Layout (``LAYOUT``)::
 
     /                 attrs: layout, kind ("dataset" | "samples"), image_size, class_names (JSON list),
                              provenance (JSON: code version, spec, seeds, counts)
-    /<split>/images   uint8 (N, H, W, 3), chunked by rows of about 1 MiB, optional lzf compression
+    /<split>/images   uint8 (N, H, W, C), C = 3 (RGB) or 1 (grey), chunked by rows of about 1 MiB
+                      (a third of that for C = 1: ``chunk_rows`` counts 3 channels), optional lzf compression
     /<split>/labels   int64 (N,)  (-1 where a sample has no label)
 
 Datasets hold ``train`` and ``val`` splits; a sample file holds one split named ``samples`` and, optionally,
@@ -43,9 +44,11 @@ def chunk_rows(image_size: int) -> int:
 
 
 def create_split(
-    f: h5py.File, split: str, count: int, image_size: int, compression: str | None = None
+    f: h5py.File, split: str, count: int, image_size: int, compression: str | None = None, channels: int = 3
 ) -> tuple[h5py.Dataset, h5py.Dataset]:
-    """Create ``/<split>/images`` and ``/<split>/labels`` for ``count`` images."""
+    """Create ``/<split>/images`` (``channels`` 3 or 1) and ``/<split>/labels`` for ``count`` images."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if compression not in (None, "none", "lzf", "gzip"):
         raise ValueError(f"compression must be 'none', 'lzf' or 'gzip', got {compression!r}")
     comp = None if compression in (None, "none") else compression
@@ -53,9 +56,9 @@ def create_split(
     rows = min(max(count, 1), chunk_rows(image_size))
     images = grp.create_dataset(
         "images",
-        shape=(count, image_size, image_size, 3),
+        shape=(count, image_size, image_size, channels),
         dtype=np.uint8,
-        chunks=(rows, image_size, image_size, 3),
+        chunks=(rows, image_size, image_size, channels),
         compression=comp,
     )
     labels = grp.create_dataset("labels", shape=(count,), dtype=np.int64, fillvalue=-1)
@@ -74,7 +77,7 @@ def expected_layout(split: str) -> str:
     writer = "core.stages.sample" if split == "samples" else "core.stages.make_dataset"
     return (
         f"an HDF5 file written by `python -m {writer}` (layout {LAYOUT}) with "
-        f"/{split}/images uint8 (N, H, W, 3) and /{split}/labels int64 (N,)"
+        f"/{split}/images uint8 (N, H, W, C), C = 3 (RGB) or 1 (grey), and /{split}/labels int64 (N,)"
     )
 
 
@@ -94,7 +97,7 @@ def open_images(path: str | os.PathLike[str], split: str) -> h5py.File:
         and labels is not None
         and images.dtype == np.uint8
         and images.ndim == 4
-        and images.shape[3] == 3
+        and images.shape[3] in (1, 3)
         and labels.shape == (images.shape[0],)
     )
     if not ok:

@@ -16,15 +16,33 @@ Layouts (``LAYOUTS``; ``root`` is the spec's ``path``):
 
 Rules shared by all layouts:
 
+* The dataset folder and its split folders must exist, be folders and be listable; anything else is an error
+  naming the folder and the config key (whatever ``on_error`` says).
 * Classes are the sub-folders of the train split, sorted by name (Python string order: Unicode code points,
-  case-sensitive); label = index in that order; ``class_names`` is stored. A val split may lack classes but
-  not have extra ones. Folders whose names start with ``.`` and ``__MACOSX`` are ignored.
+  case-sensitive); label = index in that order among the classes kept (below); ``class_names`` lists the
+  kept classes. A val split may lack classes but not have extra ones. Folders whose names start with ``.``
+  and ``__MACOSX`` are ignored.
 * Files are taken from the class folder itself (not from its sub-folders), in sorted name order.
-  Image files are those whose extension, compared case-insensitively, is in ``IMAGE_EXTENSIONS``
-  (.jpg .jpeg .png .bmp .webp .gif .tif .tiff; GIF and multi-page TIFF give their first frame). Other files
-  are skipped and counted as ``skipped_non_image``.
+  Image files are the regular files whose extension, compared case-insensitively, is in ``IMAGE_EXTENSIONS``
+  (.jpg .jpeg .png .bmp .webp .gif .tif .tiff; GIF and multi-page TIFF give their first frame). Other regular
+  files are skipped and counted as ``skipped_non_image``; other entries without an image extension
+  (sub-folders, links that do not resolve, pipes, ...) are never opened and not counted.
+* Unreadable entries: an entry with an image extension that is a broken symbolic link, a symbolic link loop,
+  one whose ``stat`` fails (e.g. permission denied) or that is not a regular file (a FIFO, socket or device:
+  never opened), a class folder that cannot be listed, and an entry of a split folder whose type cannot be
+  determined (a symbolic link loop or broken link where a class folder could be: it counts as a class whose
+  folder is unreadable). They are found while listing, before any decoding: with ``on_error: fail`` they fail
+  the run in one message listing each path and reason; with ``on_error: skip`` each is logged to stderr,
+  skipped and counted as ``skipped_unreadable`` of the split whose folder holds it (``train`` where ``val`` is
+  a hold-out). ``check_source`` reports an unreadable class folder at planning time by name.
+* Empty classes: a class with no image files in its train split (none found, or, after ``on_error: skip``,
+  none readable) is an error naming its folder unless ``empty_classes: drop``, which drops it: labels stay
+  contiguous (0..K−1 over the remaining classes, in sorted order), ``class_names`` lists the kept classes and
+  the dropped names are printed and recorded (provenance ``dropped_classes``). A class whose images are all in
+  the val split (none in train) is an error either way.
 * Where the data has no val split, ``val_fraction`` > 0 holds out ``round(val_fraction · n)`` files of each
-  class (n files of that class), chosen by ``numpy.random.default_rng([seed, label])``; both splits keep
+  class (n files of that class), chosen by ``numpy.random.default_rng([seed, i])``, i the index of the class
+  folder among all class folders in sorted order (its label unless classes are dropped); both splits keep
   sorted file order. The hold-out is drawn among the files found, before decoding.
 * Each image is decoded with Pillow, turned upright by its EXIF orientation, converted to RGB (grey, CMYK and
   palette by Pillow; 16-bit grey scaled by 1/257; transparency composited onto white) and resized to
@@ -32,21 +50,36 @@ Rules shared by all layouts:
   ``center-crop`` (short side to ``image_size``, long side ``int(image_size · long / short)``, then the
   centred square, as torchvision's ``Resize(s)`` + ``CenterCrop(s)``), with a ``resample`` filter
   (``bicubic`` default, ``bilinear``, ``lanczos``, ``box``). The method is recorded in the provenance.
+* Channels (``channels``): ``3`` writes RGB; ``1`` writes grey, Pillow's ``convert("L")`` of the resized RGB
+  image; ``auto`` (default) writes 1 channel when every written image is grey (R == G == B exactly after
+  decoding and resizing; then the grey channel equals what ``1`` writes) and RGB otherwise. Images are
+  (N, H, W, C) with C ∈ {1, 3}; the root attribute ``channels`` and the provenance (``method.channels``: the
+  rule and the result) record it.
 * An unreadable image fails the run with a message listing the bad paths (up to ``MAX_LISTED``; decoding
   stops once more than that are found) unless ``on_error: skip``, which logs each path to stderr and skips it.
-  Per split, ``found`` (image files), ``written``, ``skipped_corrupt`` and ``skipped_non_image`` go into the
-  split group's attributes and the provenance ``counts``.
+  Per split, ``found`` (image files), ``written``, ``skipped_corrupt``, ``skipped_unreadable`` and
+  ``skipped_non_image`` go into the split group's attributes and the provenance ``counts``.
 
 Decoding runs in ``workers`` processes; rows are written in file order, in blocks of one HDF5 chunk (~1 MiB),
-so the output does not depend on ``workers``. The file is written under a temporary name and renamed.
+so the output does not depend on ``workers``. The file is written under a temporary name and renamed; where
+rows were skipped, classes dropped after decoding or ``auto`` found grey data, it is compacted into the final
+file (relabelled, 1 channel) first.
+
+Planning helpers (cheap: folders only, no file listing): ``check_source`` and ``source_summary`` (classes and
+whether the data has a val split), ``source_fingerprint`` (changes when files are added, removed or renamed);
+``check_requirements`` checks split sizes against what the configuration needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import hashlib
+import json
 import multiprocessing
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -73,11 +106,15 @@ RESAMPLE = {
     "box": Image.Resampling.BOX,
 }
 ON_ERROR = ("fail", "skip")
+EMPTY_CLASSES = ("fail", "drop")
+CHANNELS = ("auto", 1, 3)
 MAX_LISTED = 20
 DEFAULTS: dict[str, Any] = {
     "resize": "stretch",
     "resample": "bicubic",
     "on_error": "fail",
+    "empty_classes": "fail",
+    "channels": "auto",
     "workers": None,
     "val_fraction": 0.0,
     "seed": 0,
@@ -108,35 +145,89 @@ def _source_error(kind: type[Exception], what: str, layout: str, root: Path, con
     return kind(f"{what} (config key {config_key} = {str(root)!r})\n{expected_layout(layout, root)}")
 
 
-def _subdirs(path: Path) -> list[str]:
-    """Names of the visible sub-folders of ``path``, sorted."""
-    return sorted(
-        e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".") and e.name not in _IGNORED_DIRS
-    )
+def _spec_key(config_key: str) -> str:
+    """``datasets.<name>`` from ``datasets.<name>.path`` (the prefix of the spec's other keys)."""
+    return config_key.rsplit(".", 1)[0] if config_key.endswith(".path") else config_key
 
 
-def _folder_split_dirs(root: Path) -> dict[str, str] | None:
-    """For the ``folder`` layout: ``{split: folder}`` when ``root`` holds split folders, else None (flat)."""
-    subs = set(_subdirs(root))
-    if "train" not in subs:
+def _os_reason(path: str | os.PathLike[str], err: OSError) -> str:
+    """Why ``path`` could not be examined, in words."""
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return "broken symbolic link"
+    return f"{type(err).__name__}: {err.strerror or err}"
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ):
+        if test(mode):
+            return name
+    return f"mode {stat.filemode(mode)}"
+
+
+def _folder_problem(path: Path) -> tuple[type[Exception], str] | None:
+    """None when ``path`` is a folder (symbolic links followed), else the error type and what is wrong."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENOENT and not os.path.islink(path):
+            return FileNotFoundError, "does not exist"
+        return OSError, f"cannot be read ({_os_reason(path, err)})"
+    return None if stat.S_ISDIR(st.st_mode) else (NotADirectoryError, "is not a folder")
+
+
+def _subdirs(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The visible sub-folders of ``path`` (sorted names), and ``{name: reason}`` of the visible entries whose
+    type cannot be determined (symbolic link loops, broken links, failing ``stat``): they may be folders.
+    Raises OSError when ``path`` cannot be listed."""
+    folders: list[str] = []
+    unknown: dict[str, str] = {}
+    with os.scandir(path) as it:
+        entries = [e for e in it if not e.name.startswith(".") and e.name not in _IGNORED_DIRS]
+    for e in entries:
+        try:
+            if e.is_dir():
+                folders.append(e.name)
+            elif e.is_symlink() and not e.is_file():
+                os.stat(e.path)  # a link to a pipe or device resolves: not a folder, ignored like files
+        except OSError as err:
+            unknown[e.name] = _os_reason(e.path, err)
+    return sorted(folders), dict(sorted(unknown.items()))
+
+
+def _folder_split_dirs(names: set[str]) -> dict[str, str] | None:
+    """For the ``folder`` layout: ``{split: folder}`` when the sub-folder ``names`` of the root are split folders,
+    else None (flat)."""
+    if "train" not in names:
         return None
-    if not subs & {"val", "validation", "test"}:
-        return None if subs != {"train"} else {"train": "train"}
-    if not subs <= {"train", "val", "validation"} or {"val", "validation"} <= subs:
+    if not names & {"val", "validation", "test"}:
+        return None if names != {"train"} else {"train": "train"}
+    if not names <= {"train", "val", "validation"} or {"val", "validation"} <= names:
         return {"train": "train", "val": "ambiguous"}
-    val = next((v for v in ("val", "validation") if v in subs), None)
+    val = next((v for v in ("val", "validation") if v in names), None)
     return {"train": "train"} | ({"val": val} if val else {})
 
 
 @dataclasses.dataclass
 class Source:
-    """Where each split's classes live: ``class_dirs[split][class] = folder of its image files``."""
+    """Where each split's classes live: ``class_dirs[split][class] = folder of its image files``;
+    ``unreadable[split][class] = (path, reason)`` for class folders that cannot be examined (still classes, with
+    no files); ``folders`` lists every folder examined, for ``source_fingerprint``."""
 
     layout: str
     root: Path
     class_names: list[str]
     class_dirs: dict[str, dict[str, Path]]
     has_val: bool
+    unreadable: dict[str, dict[str, tuple[str, str]]] = dataclasses.field(default_factory=dict)
+    folders: list[Path] = dataclasses.field(default_factory=list)
 
 
 def _resolve(layout: str, root: str | os.PathLike[str], config_key: str) -> Source:
@@ -144,74 +235,207 @@ def _resolve(layout: str, root: str | os.PathLike[str], config_key: str) -> Sour
     if layout not in LAYOUTS:
         raise ValueError(f"unknown dataset source {layout!r} (config key {config_key}); known: {', '.join(LAYOUTS)}")
     root = Path(root)
-    if not root.is_dir():
-        raise _source_error(FileNotFoundError, f"dataset folder {root} does not exist", layout, root, config_key)
+
+    def fail(kind: type[Exception], what: str) -> Exception:
+        return _source_error(kind, what, layout, root, config_key)
+
+    def listed(folder: Path) -> tuple[list[str], dict[str, str]]:
+        try:
+            return _subdirs(folder)
+        except OSError as err:
+            raise fail(OSError, f"folder {folder} cannot be listed ({_os_reason(folder, err)})") from None
+
+    problem = _folder_problem(root)
+    if problem:
+        raise fail(problem[0], f"dataset folder {root} {problem[1]}")
+    folders = [root]
     if layout == "sysu-shapes":
-        categories = _subdirs(root)
+        found, unknown = listed(root)
+        categories = sorted([*found, *unknown])
         if not categories:
-            raise _source_error(FileNotFoundError, f"no category folders in {root}", layout, root, config_key)
-        missing = [c for c in categories if not (root / c / "images").is_dir()]
+            raise fail(FileNotFoundError, f"no category folders in {root}")
+        unreadable = {c: (str(root / c), why) for c, why in unknown.items()}
+        missing = []
+        for c in found:
+            problem = _folder_problem(root / c / "images")
+            if problem is None:
+                folders.append(root / c / "images")
+            elif problem[0] is OSError:
+                unreadable[c] = (str(root / c / "images"), problem[1])
+            else:
+                missing.append(f"{root / c / 'images'} ({problem[1]})")
         if missing:
-            raise _source_error(
-                FileNotFoundError,
-                f"category folder(s) without an images/ folder: {', '.join(str(root / c / 'images') for c in missing)}",
-                layout,
-                root,
-                config_key,
-            )
+            raise fail(FileNotFoundError, f"category folder(s) without an images/ folder: {', '.join(missing)}")
         dirs = {"train": {c: root / c / "images" for c in categories}}
-        return Source(layout, root, categories, dirs, has_val=False)
+        return Source(layout, root, categories, dirs, False, {"train": unreadable}, folders)
     if layout == "imagenet100":
         split_dirs = {"train": "train", "val": "validation"}
     else:
-        split_dirs = _folder_split_dirs(root) or {"train": "."}
+        top, top_unknown = listed(root)
+        split_dirs = _folder_split_dirs({*top, *top_unknown}) or {"train": "."}
         if split_dirs.get("val") == "ambiguous":
-            raise _source_error(
+            raise fail(
                 ValueError,
-                f"{root} mixes split folders with other folders ({', '.join(_subdirs(root))}): split mode takes "
-                "train/ plus one of val/ or validation/ and nothing else (rename test/ to val/ to use it)",
-                layout,
-                root,
-                config_key,
+                f"{root} mixes split folders with other folders ({', '.join(sorted([*top, *top_unknown]))}): split "
+                "mode takes train/ plus one of val/ or validation/ and nothing else (rename test/ to val/ to use it)",
             )
     dirs: dict[str, dict[str, Path]] = {}
+    unreadable_all: dict[str, dict[str, tuple[str, str]]] = {}
     for split, folder in split_dirs.items():
         base = root / folder if folder != "." else root
-        if not base.is_dir():
-            raise _source_error(FileNotFoundError, f"split folder {root / folder} is missing", layout, root, config_key)
-        classes = _subdirs(base)
+        problem = _folder_problem(base)
+        if problem:
+            what = "is missing" if problem[0] is FileNotFoundError else problem[1]
+            raise fail(problem[0], f"split folder {base} {what}")
+        found, unknown = listed(base)
+        classes = sorted([*found, *unknown])
         if not classes:
-            raise _source_error(FileNotFoundError, f"no class folders in {base}", layout, root, config_key)
+            raise fail(FileNotFoundError, f"no class folders in {base}")
+        if base != root:
+            folders.append(base)
+        folders += [base / c for c in found]
         dirs[split] = {c: base / c for c in classes}
+        unreadable_all[split] = {c: (str(base / c), why) for c, why in unknown.items()}
     class_names = list(dirs["train"])
     if "val" in dirs:
         extra = sorted(set(dirs["val"]) - set(class_names))
         if extra:
-            raise _source_error(
+            raise fail(
                 ValueError,
                 f"class folder(s) in {root / split_dirs['val']} but not in {root / 'train'}: {', '.join(extra[:10])}",
-                layout,
-                root,
-                config_key,
             )
-    return Source(layout, root, class_names, dirs, has_val="val" in dirs)
+    return Source(layout, root, class_names, dirs, "val" in dirs, unreadable_all, folders)
 
 
-def check_source(layout: str, root: str | os.PathLike[str], config_key: str) -> None:
-    """Raise FileNotFoundError/ValueError naming the missing folder, the expected layout and ``config_key``
-    unless ``root`` has the folder structure of ``layout``. Cheap (lists folders only): runs at planning time."""
-    _resolve(layout, root, config_key)
+def _report_unreadable_folders(src: Source, config_key: str, on_error: str | None) -> None:
+    bad = [f"{path}: {why}" for split in src.unreadable.values() for path, why in split.values()]
+    if not bad:
+        return
+    if on_error == "fail":
+        raise _source_error(
+            OSError,
+            f"{len(bad)} unreadable class folder(s):\n  " + "\n  ".join(bad) + "\nFix or remove them, or set "
+            f"{_spec_key(config_key)}.on_error: skip to skip them",
+            src.layout,
+            src.root,
+            config_key,
+        )
+    for line in bad:
+        print(f"[ingest] warning: unreadable class folder {line} ({config_key})", file=sys.stderr, flush=True)
+
+
+def source_summary(
+    layout: str, root: str | os.PathLike[str], config_key: str, on_error: str | None = None
+) -> dict[str, Any]:
+    """``{"classes": [...], "has_val": bool}`` of the image folder ``root`` as far as its folders tell (cheap:
+    lists folders only, no files; runs at planning time). ``classes`` are the class folders in label order
+    before empty ones are found (``empty_classes: drop`` may drop some at ingestion); ``has_val``: the data has
+    a val split of its own (not a ``val_fraction`` hold-out).
+
+    Raises as ``check_source``. Class folders that cannot be examined (e.g. a symbolic link loop) are counted as
+    classes and named on stderr, or, with ``on_error="fail"`` (the spec's value), raised as one OSError."""
+    src = _resolve(layout, root, config_key)
+    _report_unreadable_folders(src, config_key, on_error)
+    return {"classes": list(src.class_names), "has_val": src.has_val}
+
+
+def check_source(layout: str, root: str | os.PathLike[str], config_key: str, on_error: str | None = None) -> None:
+    """Raise FileNotFoundError/NotADirectoryError/OSError/ValueError naming the missing (or unreadable, or not a
+    folder) folder, the expected layout and ``config_key`` unless ``root`` has the folder structure of
+    ``layout``. Cheap (lists folders only): runs at planning time. Unreadable class folders: as
+    ``source_summary``."""
+    source_summary(layout, root, config_key, on_error)
+
+
+def source_fingerprint(layout: str, root: str | os.PathLike[str], config_key: str = "datasets.<name>.path") -> str:
+    """A hex digest of the folder tree of ``root``: the names of its split and class folders, their modification
+    times in ns, and the class folders that cannot be examined (with the reason). Cheap (folders only, as
+    ``check_source``); meant as a Snakemake parameter so that adding, removing or renaming image files (which
+    changes their folder's mtime) re-runs ingestion.
+
+    Limits: an image edited or replaced in place keeps its folder's mtime, and so does a folder whose contents
+    are swapped by a tool that restores folder mtimes (e.g. ``rsync -a`` of a tree whose folders kept theirs);
+    the contents of files are not read. Raises as ``check_source``."""
+    src = _resolve(layout, root, config_key)
+    records: list[Any] = [layout]
+    for folder in src.folders:
+        try:
+            mtime: int | str = os.stat(folder).st_mtime_ns
+        except OSError as err:
+            mtime = _os_reason(folder, err)
+        records.append([os.path.relpath(folder, src.root), mtime])
+    records.append({split: {c: why for c, (_, why) in u.items()} for split, u in src.unreadable.items()})
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def check_requirements(counts: dict[str, Any], requirements: list[dict[str, Any]], dataset: str) -> None:
+    """Raise ValueError (one line per unmet requirement) unless each split is large enough.
+
+    ``counts``: images per split, ``{split: n}`` (or ``ingest``'s ``{split: {"written": n, ...}}``);
+    ``requirements``: ``[{"key": config key, "split": name, "min": n, "why": purpose (optional)}, ...]``.
+    Pure: reads nothing, so it runs wherever the counts are known."""
+    problems = []
+    for req in requirements:
+        missing = [k for k in ("key", "split", "min") if k not in req]
+        if missing:
+            raise ValueError(f"requirement {req!r} lacks {', '.join(missing)}")
+        key, split, need = req["key"], req["split"], int(req["min"])
+        why = f" ({req['why']})" if req.get("why") else ""
+        what = f"config key {key}: needs {need} images of split '{split}' of dataset '{dataset}'{why}, but it has"
+        if split not in counts:
+            have = ", ".join(f"'{s}'" for s in counts) or "none"
+            problems.append(f"{what} no split '{split}' (splits: {have})")
+            continue
+        n = counts[split]["written"] if isinstance(counts[split], dict) else counts[split]
+        if int(n) < need:
+            problems.append(f"{what} {int(n)}")
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_files(folder: Path) -> tuple[list[Path], int]:
-    """The image files directly in ``folder`` in sorted name order, and the number of other files skipped."""
-    names = sorted(e.name for e in os.scandir(folder) if e.is_file())
-    images = [folder / n for n in names if is_image_name(n)]
-    return images, len(names) - len(images)
+@dataclasses.dataclass
+class Listing:
+    """What one class folder holds: image files (sorted), the count of other regular files, and the
+    ``(path, reason)`` of unreadable entries (see the module's rules)."""
+
+    images: list[Path]
+    non_image: int
+    unreadable: list[tuple[str, str]]
+
+
+def list_files(folder: Path) -> Listing:
+    """The image files directly in ``folder`` in sorted name order, the number of other regular files skipped,
+    and the entries that look like images but cannot be read as files. Never opens a file; never raises for
+    an entry (a folder that cannot be listed is one unreadable entry)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as err:
+        return Listing([], 0, [(str(folder), f"class folder cannot be listed ({_os_reason(folder, err)})")])
+    images: list[Path] = []
+    non_image = 0
+    unreadable: list[tuple[str, str]] = []
+    for e in entries:
+        image = is_image_name(e.name)
+        try:
+            if e.is_file():
+                if image:
+                    images.append(folder / e.name)
+                else:
+                    non_image += 1
+                continue
+            if e.is_dir() or not image:
+                continue  # sub-folders are not taken; other non-files are never opened
+            kind = _file_kind(e.stat().st_mode)  # stat does not open: safe on a FIFO
+            unreadable.append((e.path, f"not a regular file ({kind})"))
+        except OSError as err:
+            if image:
+                unreadable.append((e.path, _os_reason(e.path, err)))
+    return Listing(images, non_image, unreadable)
 
 
 def holdout(n: int, fraction: float, seed: int, label: int) -> np.ndarray:
@@ -253,32 +477,39 @@ def resize(img: Image.Image, size: int, mode: str, resample: str) -> Image.Image
     return img.crop((left, top, left + size, top + size))
 
 
-def load_image(path: str | os.PathLike[str], size: int, mode: str = "stretch", resample: str = "bicubic") -> np.ndarray:
-    """Decode one image file to uint8 (size, size, 3); raises on unreadable or truncated files."""
+def load_image(
+    path: str | os.PathLike[str], size: int, mode: str = "stretch", resample: str = "bicubic", channels: int = 3
+) -> np.ndarray:
+    """Decode one image file to uint8 (size, size, channels): RGB, or for ``channels=1`` Pillow's grey ("L") of
+    the resized RGB image; raises on unreadable or truncated files."""
     with Image.open(path) as img:
         img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img)
         img = resize(to_rgb(img), size, mode, resample)
+        if channels == 1:
+            img = img.convert("L")
         arr = np.asarray(img, dtype=np.uint8)
-    if arr.shape != (size, size, 3):
-        raise ValueError(f"decoded to shape {arr.shape}, expected {(size, size, 3)}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape != (size, size, channels):
+        raise ValueError(f"decoded to shape {arr.shape}, expected {(size, size, channels)}")
     return arr
 
 
-def _load_or_error(path: str, size: int, mode: str, resample: str) -> np.ndarray | str:
+def _load_or_error(path: str, size: int, mode: str, resample: str, channels: int = 3) -> np.ndarray | str:
     """Worker: the image, or the error as text (exceptions do not cross the process boundary untouched)."""
     try:
-        return load_image(path, size, mode, resample)
+        return load_image(path, size, mode, resample, channels)
     except Exception as err:  # any decoder failure makes the file unreadable for us
         return f"{type(err).__name__}: {err}"
 
 
 def _decode(
-    paths: list[str], size: int, mode: str, resample: str, pool: Executor | None, workers: int
+    paths: list[str], size: int, mode: str, resample: str, channels: int, pool: Executor | None, workers: int
 ) -> Iterator[np.ndarray | str]:
     """Decoded images (or error texts) in the order of ``paths``, in this process or over ``pool``."""
-    fn = partial(_load_or_error, size=size, mode=mode, resample=resample)
+    fn = partial(_load_or_error, size=size, mode=mode, resample=resample, channels=channels)
     if pool is None or len(paths) < 2:
         yield from map(fn, paths)
         return
@@ -288,7 +519,7 @@ def _decode(
 
 def validate_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
     """The spec with defaults filled in; ValueError naming the key for anything out of range."""
-    key = config_key.rsplit(".", 1)[0] if config_key.endswith(".path") else config_key
+    key = _spec_key(config_key)
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise ValueError(f"{key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SPEC_KEYS))}")
@@ -303,6 +534,8 @@ def validate_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
         ("resize", s["resize"] in RESIZE_MODES, f"one of {', '.join(RESIZE_MODES)}"),
         ("resample", s["resample"] in RESAMPLE, f"one of {', '.join(RESAMPLE)}"),
         ("on_error", s["on_error"] in ON_ERROR, f"one of {', '.join(ON_ERROR)}"),
+        ("empty_classes", s["empty_classes"] in EMPTY_CLASSES, f"one of {', '.join(EMPTY_CLASSES)}"),
+        ("channels", s["channels"] in CHANNELS and not isinstance(s["channels"], bool), "auto, 1 or 3"),
         ("workers", s["workers"] is None or (isinstance(s["workers"], int) and s["workers"] >= 1), "null or ≥ 1"),
         ("val_fraction", isinstance(s["val_fraction"], int | float) and 0 <= s["val_fraction"] < 1, "in [0, 1)"),
         ("seed", isinstance(s["seed"], int), "an integer"),
@@ -314,29 +547,104 @@ def validate_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
     return s
 
 
-def plan(src: Source, val_fraction: float, seed: int, config_key: str) -> tuple[dict[str, list], dict[str, int]]:
-    """Per split, the (path, label) list in write order, and the non-image files skipped per split."""
-    items: dict[str, list[tuple[Path, int]]] = {"train": [], "val": []}
-    non_image = {"train": 0, "val": 0}
+@dataclasses.dataclass
+class Plan:
+    """Per split, the (path, label) list in write order; per split, the non-image files and the unreadable
+    entries skipped; the kept classes (label order), the train folder of each, and the dropped classes."""
+
+    items: dict[str, list[tuple[Path, int]]]
+    non_image: dict[str, int]
+    unreadable: dict[str, list[tuple[str, str]]]
+    class_names: list[str]
+    class_dirs: dict[str, Path]
+    dropped: list[str]
+
+
+def _list_error(bad: list[tuple[str, str]], what: str, root: Path, key: str, more: str = "") -> ValueError:
+    listed = "\n  ".join(f"{p}: {e}" for p, e in bad[:MAX_LISTED])
+    if not more and len(bad) > MAX_LISTED:
+        more = f" (first {MAX_LISTED} listed)"
+    return ValueError(
+        f"{len(bad)} {what} under {root}{more}:\n  {listed}\n"
+        f"Fix or remove them, or set {key}.on_error: skip to skip them."
+    )
+
+
+def _empty_class_error(empty: list[tuple[str, str]], key: str) -> ValueError:
+    listed = "\n  ".join(f"{folder}: {why}" for folder, why in empty)
+    return ValueError(
+        f"{len(empty)} empty class folder(s):\n  {listed}\n"
+        f"Add images, remove the folder(s), or set {key}.empty_classes: drop to drop these classes "
+        "(the labels of the later classes then shift down)."
+    )
+
+
+def _val_only_error(names: list[str], dirs: dict[str, Path], why: str) -> ValueError:
+    return ValueError(
+        "\n".join(f"class {n} ({dirs[n]}) {why}, none in train: a class must have train images" for n in names)
+    )
+
+
+def plan(src: Source, s: dict[str, Any], config_key: str) -> Plan:
+    """List every class folder, hold out ``val_fraction``, apply ``on_error`` to unreadable entries and
+    ``empty_classes`` to classes without files in train; label the kept classes 0..K−1."""
+    key = _spec_key(config_key)
+    val_fraction, seed = float(s["val_fraction"]), s["seed"]
     if src.has_val and val_fraction:
-        raise ValueError(
-            f"{config_key.rsplit('.', 1)[0]}.val_fraction must be 0 for {src.root}: its data has a val split"
-        )
+        raise ValueError(f"{key}.val_fraction must be 0 for {src.root}: its data has a val split")
+    files: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}}
+    non_image = {"train": 0, "val": 0}
+    unreadable: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    why_empty: dict[str, str] = {}  # train class → why it has no files, for the message
     for split, dirs in src.class_dirs.items():
         for cls, folder in dirs.items():
-            label = src.class_names.index(cls)
-            files, skipped = list_files(folder)
-            non_image[split] += skipped
+            entry = src.unreadable.get(split, {}).get(cls)
+            listing = Listing([], 0, [entry]) if entry else list_files(folder)
+            if split == "train":
+                why_empty[cls] = (
+                    f"unreadable ({listing.unreadable[0][1]}), skipped"
+                    if listing.unreadable and listing.unreadable[0][0] in (str(folder), str(folder.parent))
+                    else f"no image files ({len(listing.unreadable)} unreadable entries skipped)"
+                    if listing.unreadable
+                    else "no image files"
+                )
+            non_image[split] += listing.non_image
+            unreadable[split] += listing.unreadable
+            found = listing.images
             if split == "train" and not src.has_val:
-                held = holdout(len(files), val_fraction, seed, label)
-                items["val"] += [(p, label) for p, h in zip(files, held, strict=True) if h]
-                files = [p for p, h in zip(files, held, strict=True) if not h]
-            items[split] += [(p, label) for p in files]
-    if not items["train"]:
+                held = holdout(len(found), val_fraction, seed, src.class_names.index(cls))
+                files["val"][cls] = [p for p, h in zip(found, held, strict=True) if h]
+                found = [p for p, h in zip(found, held, strict=True) if not h]
+            files[split][cls] = found
+    bad = unreadable["train"] + unreadable["val"]
+    if bad and s["on_error"] == "fail":
+        raise _list_error(bad, "unreadable entr(y/ies)", src.root, key)
+    for path, why in bad:
+        print(f"[ingest] skipped unreadable entry {path} ({why})", file=sys.stderr, flush=True)
+    train_dirs = src.class_dirs["train"]
+    if not any(files["train"].values()) and not any(files["val"].values()):
         raise _source_error(
             FileNotFoundError, f"no image files ({' '.join(IMAGE_EXTENSIONS)})", src.layout, src.root, config_key
         )
-    return items, non_image
+    val_only = [c for c in src.class_names if not files["train"][c] and files["val"].get(c)]
+    if val_only:
+        why = (
+            "has image files only in split val"
+            if src.has_val
+            else f"has all its files held out as val ({key}.val_fraction {val_fraction}; lower it or add images)"
+        )
+        raise _val_only_error(val_only, train_dirs, why)
+    empty = [c for c in src.class_names if not files["train"][c]]
+    if empty and s["empty_classes"] == "fail":
+        raise _empty_class_error([(str(train_dirs[c]), why_empty[c]) for c in empty], key)
+    kept = [c for c in src.class_names if c not in empty]
+    if empty:
+        print(f"[ingest] dropped empty class(es) {', '.join(empty)} (no image files)", file=sys.stderr, flush=True)
+    items: dict[str, list[tuple[Path, int]]] = {"train": [], "val": []}
+    for label, cls in enumerate(kept):
+        for split in ("train", "val"):
+            items[split] += [(p, label) for p in files[split].get(cls, [])]
+    return Plan(items, non_image, unreadable, kept, {c: train_dirs[c] for c in kept}, empty)
 
 
 def _write_split(
@@ -344,28 +652,34 @@ def _write_split(
     split: str,
     items: list[tuple[Path, int]],
     s: dict[str, Any],
+    channels: int,
     pool: Executor | None,
     workers: int,
-) -> tuple[int, list[tuple[str, str]]]:
-    """Decode and write one split in file order; returns rows written and the (path, error) of bad files."""
+) -> tuple[int, list[tuple[str, str]], bool]:
+    """Decode and write one split in file order (``channels`` per image); returns rows written, the
+    (path, error) of bad files and, for ``channels: auto``, whether every written image is grey (R == G == B)."""
     size = s["image_size"]
-    images, labels = data.create_split(f, split, len(items), size, s["compression"])
+    images, labels = data.create_split(f, split, len(items), size, s["compression"], channels)
     block = data.chunk_rows(size)
     buf_img: list[np.ndarray] = []
     buf_lab: list[int] = []
     written = 0
     bad: list[tuple[str, str]] = []
+    grey = True
 
     def flush() -> None:
-        nonlocal written
+        nonlocal written, grey
         if buf_img:
-            images[written : written + len(buf_img)] = np.stack(buf_img)
+            rows = np.stack(buf_img)
+            if grey and channels == 3 and s["channels"] == "auto":
+                grey = bool((rows[..., 0] == rows[..., 1]).all() and (rows[..., 1] == rows[..., 2]).all())
+            images[written : written + len(buf_img)] = rows
             labels[written : written + len(buf_lab)] = np.asarray(buf_lab, dtype=np.int64)
             written += len(buf_img)
             buf_img.clear()
             buf_lab.clear()
 
-    decoded = _decode([str(p) for p, _ in items], size, s["resize"], s["resample"], pool, workers)
+    decoded = _decode([str(p) for p, _ in items], size, s["resize"], s["resample"], channels, pool, workers)
     try:
         for (path, label), out in zip(items, decoded, strict=False):
             if isinstance(out, str):
@@ -384,11 +698,20 @@ def _write_split(
         flush()
     finally:
         decoded.close()
-    return written, bad
+    return written, bad, grey
 
 
-def _compact(src: Path, dst: Path, counts: dict[str, dict[str, int]], compression: str | None) -> None:
-    """Copy ``src`` into ``dst`` keeping only the first ``written`` rows of each split (after skips)."""
+def _compact(
+    src: Path,
+    dst: Path,
+    counts: dict[str, dict[str, int]],
+    compression: str | None,
+    relabel: np.ndarray | None = None,
+    channels: int | None = None,
+) -> None:
+    """Copy ``src`` into ``dst`` keeping only the first ``written`` rows of each split (after skips), mapping
+    label l to ``relabel[l]`` (after classes were dropped) and keeping the first ``channels`` channels (3 → 1
+    where every image is grey, R == G == B)."""
     with h5py.File(src, "r") as fi, h5py.File(dst, "w") as fo:
         for k, v in fi.attrs.items():
             fo.attrs[k] = v
@@ -396,41 +719,36 @@ def _compact(src: Path, dst: Path, counts: dict[str, dict[str, int]], compressio
         step = data.chunk_rows(size) * 16
         for split, c in counts.items():
             n = c["written"]
-            images, labels = data.create_split(fo, split, n, size, compression)
+            src_images, src_labels = fi[f"{split}/images"], fi[f"{split}/labels"]
+            c_out = channels or src_images.shape[3]
+            images, labels = data.create_split(fo, split, n, size, compression, c_out)
             for a in range(0, n, step):
                 b = min(n, a + step)
-                images[a:b] = fi[f"{split}/images"][a:b]
-                labels[a:b] = fi[f"{split}/labels"][a:b]
+                images[a:b] = src_images[a:b][..., :c_out]
+                lab = src_labels[a:b]
+                labels[a:b] = lab if relabel is None else relabel[lab]
             for k, v in fi[split].attrs.items():
                 fo[split].attrs[k] = v
 
 
 def ingest(spec: dict[str, Any], out: str | os.PathLike[str], config_key: str | None = None) -> dict[str, Any]:
     """Write the image folder described by ``spec`` to ``out`` in the HDF5 image layout; return the counts
-    ``{split: {found, written, skipped_corrupt, skipped_non_image}}``.
+    ``{split: {found, written, skipped_corrupt, skipped_unreadable, skipped_non_image}}``.
 
     ``config_key`` names ``spec['path']`` in error messages (default ``datasets.<name>.path``).
     """
     config_key = config_key or "datasets.<name>.path"
+    key = _spec_key(config_key)
     s = validate_spec(spec, config_key)
     workers = s["workers"] or os.cpu_count() or 1
     t0 = time.time()
     src = _resolve(s["source"], s["path"], config_key)
-    items, non_image = plan(src, float(s["val_fraction"]), s["seed"], config_key)
+    p = plan(src, s, config_key)
     splits = ["train", "val"] if src.has_val or s["val_fraction"] > 0 else ["train"]
+    decode_channels = 1 if s["channels"] == 1 else 3
     counts: dict[str, dict[str, int]] = {}
     bad_all: list[tuple[str, str]] = []
-    method = {
-        "library": f"Pillow {PIL.__version__}",
-        "resize": s["resize"],
-        "resample": s["resample"],
-        "image_size": s["image_size"],
-        "to_rgb": "EXIF orientation applied; grey/CMYK/palette via Pillow convert; 16-bit grey / 257; "
-        "alpha composited onto white",
-        "center_crop": "short side to image_size, long int(image_size*long/short), centred square"
-        if s["resize"] == "center-crop"
-        else None,
-    }
+    grey_all = True
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(out))
         # one pool for all splits; a worker that dies (decoder crash, OOM) raises BrokenProcessPool, not a hang;
@@ -441,42 +759,37 @@ def ingest(spec: dict[str, Any], out: str | os.PathLike[str], config_key: str | 
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
             pool.submit(int).result()  # start the workers now, before the HDF5 file is open (no inherited lock)
         with h5py.File(tmp, "w") as f:
-            class_counts: dict[str, list[int]] = {}
+            per_class: dict[str, np.ndarray] = {}
             for split in splits:
-                if not items[split]:
+                if not p.items[split]:
                     counts[split] = {"found": 0, "written": 0}
                     continue  # reported as an empty split below
-                written, bad = _write_split(f, split, items[split], s, pool, workers)
+                written, bad, grey = _write_split(f, split, p.items[split], s, decode_channels, pool, workers)
                 bad_all += bad
+                grey_all &= grey
                 if s["on_error"] == "fail" and bad:
                     if len(bad_all) > MAX_LISTED:
                         break
                     continue  # look for more bad files in the next split
                 counts[split] = {
-                    "found": len(items[split]),
+                    "found": len(p.items[split]),
                     "written": written,
                     "skipped_corrupt": len(bad),
-                    "skipped_non_image": non_image[split],
+                    "skipped_unreadable": len(p.unreadable[split]),
+                    "skipped_non_image": p.non_image[split],
                 }
                 for k, v in counts[split].items():
                     f[split].attrs[k] = v
                 f[split].attrs["count"] = written
-                bad_set = {p for p, _ in bad}
-                per_class = np.bincount(
-                    [lab for p, lab in items[split] if str(p) not in bad_set], minlength=len(src.class_names)
+                bad_set = {path for path, _ in bad}
+                per_class[split] = np.bincount(
+                    [lab for path, lab in p.items[split] if str(path) not in bad_set], minlength=len(p.class_names)
                 )
-                class_counts[split] = per_class.tolist()
                 print(f"[ingest] {split}: {counts[split]}", flush=True)
             if s["on_error"] == "fail" and bad_all:
-                listed = "\n  ".join(f"{p}: {e}" for p, e in bad_all[:MAX_LISTED])
-                more = (
-                    f" (stopped after more than {MAX_LISTED}; first {MAX_LISTED} listed)"
-                    if len(bad_all) > MAX_LISTED
-                    else ""
-                )
-                raise ValueError(
-                    f"{len(bad_all)} unreadable image file(s) under {src.root}{more}:\n  {listed}\n"
-                    f"Fix or remove them, or set {config_key.rsplit('.', 1)[0]}.on_error: skip to skip them."
+                more = f" (stopped after more than {MAX_LISTED}; first {MAX_LISTED} listed)"
+                raise _list_error(
+                    bad_all, "unreadable image file(s)", src.root, key, more if len(bad_all) > MAX_LISTED else ""
                 )
             empty = [sp for sp, c in counts.items() if c["written"] == 0]
             if empty:
@@ -486,19 +799,70 @@ def ingest(spec: dict[str, Any], out: str | os.PathLike[str], config_key: str | 
                     if empty == ["val"] and not src.has_val
                     else f"no readable images in split(s) {', '.join(empty)} under {src.root}"
                 )
+            class_names, dropped, relabel = list(p.class_names), list(p.dropped), None
+            gone = [i for i, n in enumerate(per_class["train"]) if n == 0]  # every file of the class skipped
+            if gone:
+                names = [p.class_names[i] for i in gone]
+                val_only = [p.class_names[i] for i in gone if "val" in per_class and per_class["val"][i]]
+                if val_only:
+                    raise _val_only_error(val_only, p.class_dirs, "has readable images only in split val")
+                if s["empty_classes"] == "fail":
+                    raise _empty_class_error(
+                        [(str(p.class_dirs[n]), "no readable image files left after on_error: skip") for n in names],
+                        key,
+                    )
+                print(
+                    f"[ingest] dropped class(es) {', '.join(names)} (no readable images)", file=sys.stderr, flush=True
+                )
+                keep = np.array([i not in gone for i in range(len(class_names))])
+                relabel = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
+                class_names = [n for n, k in zip(class_names, keep, strict=True) if k]
+                dropped = sorted(dropped + names)
+                per_class = {sp: v[keep] for sp, v in per_class.items()}
+            channels = decode_channels if s["channels"] != "auto" else (1 if grey_all else 3)
+            method = {
+                "library": f"Pillow {PIL.__version__}",
+                "resize": s["resize"],
+                "resample": s["resample"],
+                "image_size": s["image_size"],
+                "to_rgb": "EXIF orientation applied; grey/CMYK/palette via Pillow convert; 16-bit grey / 257; "
+                "alpha composited onto white",
+                "center_crop": "short side to image_size, long int(image_size*long/short), centred square"
+                if s["resize"] == "center-crop"
+                else None,
+                "channels": {
+                    "rule": s["channels"],
+                    "result": channels,
+                    "how": {
+                        1: "grey: Pillow convert('L') of the resized RGB image",
+                        3: "RGB",
+                        "auto": "1 channel (R == G == B exactly in every written image) else RGB",
+                    }[s["channels"]],
+                },
+            }
             prov = provenance(
                 s,
                 source=f"{s['source']} image folder at {src.root.resolve()}",
                 layout=s["source"],
                 method=method,
                 counts=counts,
-                class_counts=class_counts,
-                skipped_corrupt=[os.path.relpath(p, src.root) for p, _ in bad_all[:100]],
+                class_counts={sp: v.tolist() for sp, v in per_class.items()},
+                dropped_classes=dropped,
+                skipped_corrupt=[os.path.relpath(path, src.root) for path, _ in bad_all[:100]],
+                skipped_unreadable=[
+                    f"{os.path.relpath(path, src.root)}: {why}"
+                    for path, why in (p.unreadable["train"] + p.unreadable["val"])[:100]
+                ],
                 extensions=list(IMAGE_EXTENSIONS),
             )
-            data.write_root_attrs(f, "dataset", s["image_size"], src.class_names, prov)
-        if any(c["written"] < c["found"] for c in counts.values()):
+            data.write_root_attrs(f, "dataset", s["image_size"], class_names, prov)
+            f.attrs["channels"] = channels
+        if (
+            any(c["written"] < c["found"] for c in counts.values())
+            or relabel is not None
+            or channels != decode_channels
+        ):
             with atomic_path(tmp) as compact:
-                _compact(tmp, compact, counts, s["compression"])
-    print(f"[ingest] wrote {out} in {time.time() - t0:.1f}s ({workers} workers)", flush=True)
+                _compact(tmp, compact, counts, s["compression"], relabel, channels)
+    print(f"[ingest] wrote {out} in {time.time() - t0:.1f}s ({workers} workers, {channels} channel(s))", flush=True)
     return counts

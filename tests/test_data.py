@@ -56,6 +56,25 @@ def test_missing_or_malformed_file_names_path_and_layout(tmp_path):
         data.open_images(txt, "train")
 
 
+def test_one_or_three_channels(tmp_path):
+    path = tmp_path / "grey.h5"
+    with h5py.File(path, "w") as f:
+        images, labels = data.create_split(f, "train", 5, 4, channels=1)
+        images[:] = np.arange(5, dtype=np.uint8)[:, None, None, None]
+        labels[:] = 0
+        data.write_root_attrs(f, "dataset", 4, ["a"], {})
+        assert images.shape == (5, 4, 4, 1) and images.chunks[3] == 1
+    imgs, _ = data.read_split(path, "train")
+    assert imgs.shape == (5, 4, 4, 1) and data.to_model_range(imgs).shape == (5, 1, 4, 4)
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f.create_dataset("train/images", data=np.zeros((2, 4, 4, 2), dtype=np.uint8))
+        f.create_dataset("train/labels", data=np.zeros(2, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"two\.h5 lacks a valid split 'train'.*C = 3 \(RGB\) or 1 \(grey\)"):
+        data.open_images(tmp_path / "two.h5", "train")
+    with h5py.File(tmp_path / "x.h5", "w") as f, pytest.raises(ValueError, match="channels must be 1 or 3"):
+        data.create_split(f, "train", 1, 4, channels=2)
+
+
 def test_uint8_round_trip():
     x = np.random.default_rng(0).integers(0, 256, (3, 5, 5, 3), dtype=np.uint8)
     assert np.array_equal(data.to_uint8(data.to_model_range(x)), x)
