@@ -30,7 +30,8 @@ localrules:
     collect_checkpoints,
 
 
+# Without a target: the reports of `studies_to_run`, else of `default_studies` (local or cluster: rules/common.smk).
 rule all:
     default_target: True
     input:
-        [f for study in config["default_studies"] for f in report_files(study)],
+        default_target,

@@ -10,9 +10,10 @@ this measures reading and decoding the HDF5 chunks, not the disk):
 1. **Reading.** Milliseconds per batch of random rows at ``--size``: the split held in memory; streamed with
    a shuffle buffer read chunk by chunk (``ImageBatches`` now); streamed reading the batch's scattered rows
    straight from the file (``ImageBatches`` before 2026-12-01, re-created here as ``RowReads``).
-2. **Training.** A real training step (on a CPU the demo's UNet: base 32, mult 1-2-2, 1 res block, attention
+2. **Training.** The training step users run (``core.training.make_batch`` and ``train_step``: ε-loss, the
+   finite checks, clipping, AdamW, EMA; on a CPU the demo's UNet: base 32, mult 1-2-2, 1 res block, attention
    at 4², 1 torch thread as a demo job has, at 16²: 48 chunks of 1 MiB; on a GPU Study B's dim-64 UNet at 64²),
-   ε-loss and AdamW, fed by each of those loaders with the prefetch thread off and on. Per step: the input wait
+   fed by each of those loaders with the prefetch thread off and on. Per step: the input wait
    as ``train_log.csv`` logs it (``core.data.InputWait``: on a CPU the time from asking for the batch to
    holding it in model range, on a GPU the GPU's idle time over that span, from CUDA events), and the mean wall
    time per step.
@@ -41,9 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import data
+from core import config, data
+from core import training as training_lib
 from core.diffusion import GaussianDiffusion
-from core.models import build_model
+from core.models import EMA, build_model
 from core.nets.vae import AutoencoderKL
 from core.provenance import code_version, write_json
 
@@ -104,14 +106,19 @@ SPECS = {  # the trained network: the demo's UNet on a CPU, Study B's dim-64 UNe
 
 
 def training(path: Path, size: int, batch: int, steps: int, rounds: int, device: torch.device) -> dict[str, Any]:
-    """The loop of ``core.stages.train`` reduced to its input and step: ``InputWait`` as the training log measures it,
-    one synchronisation per step (the loss), uint8 batches converted on the device. Every setting is built and
-    warmed up first, then timed for ``steps`` steps in each of ``rounds`` interleaved rounds, so that load from
-    other processes hits all settings alike; images/s is the median over rounds."""
+    """``core.stages.train``'s step as it runs it — ``core.training.make_batch`` and ``train_step`` timed around
+    ``InputWait`` as the training log measures it (uint8 batches converted on the device, one synchronisation
+    per step) — fed by each loader with the prefetch thread off and on. Every setting is built and warmed up
+    first, then timed for ``steps`` steps in each of ``rounds`` interleaved rounds, so that load from other
+    processes hits all settings alike; images/s is the median over rounds."""
     if device.type == "cpu":
         torch.set_num_threads(1)
-    spec = {"backbone": "unet", "net": SPECS[device.type]}
-    diffusion = GaussianDiffusion.from_spec({"schedule": "cosine", "timesteps": 1000})
+    spec = config.complete_model({"net": SPECS[device.type], "diffusion": {"schedule": "cosine"}}, size)
+    diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
+    train = spec["train"]
+    levers = training_lib.Levers.from_spec(train)
+    recipe = training_lib.BatchRecipe(None, False, 0, 0.0)
+    share = slice(0, batch)
 
     def run(setting: dict[str, Any], n: int) -> tuple[list[float], float]:
         waits = []
@@ -119,14 +126,26 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
         t_start = time.perf_counter()
         for _ in range(n):
             setting["wait"].before_batch()
-            rows, _ = setting["loader"].next()
-            x0 = data.to_model_range(rows, device)
+            rows, labels = setting["loader"].next()
+            x0, y = training_lib.make_batch(rows, labels, recipe, share, setting["gen"], device)
             setting["wait"].batch_ready()
-            loss = diffusion.training_loss(setting["model"], x0, None)
-            float(loss.detach())  # the loop's per-step synchronisation (its non-finite check)
-            setting["opt"].zero_grad(set_to_none=True)
-            loss.backward()
-            setting["opt"].step()
+            training_lib.train_step(
+                setting["model"],
+                setting["model"],
+                diffusion,
+                setting["opt"],
+                setting["ema"],
+                x0,
+                y,
+                len(rows),
+                share,
+                setting["gen"],
+                levers,
+                train["grad_clip"],
+                float(train["lr"]),
+                setting["step"],
+            )
+            setting["step"] += 1
             waits.append(setting["wait"].step_done())
         synchronize(device)
         return waits, time.perf_counter() - t_start
@@ -139,7 +158,10 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
             loader: Any = cls(path, "train", batch, torch.Generator().manual_seed(0), limit)
             setting = {
                 "model": model,
-                "opt": torch.optim.AdamW(model.parameters(), lr=1e-4),
+                "opt": levers.optimizer(model, train),
+                "ema": EMA(model, train["ema"]["decay"], train["ema"]["update_every"], train["ema"]["warmup_power"]),
+                "gen": torch.Generator(device=device).manual_seed(1),
+                "step": 0,
                 "loader": data.Prefetcher(loader) if prefetch else loader,
                 "wait": data.InputWait(device),
             }

@@ -45,12 +45,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core import config
 from core.diffusion import GaussianDiffusion
 from core.features import Extractor
-from core.models import build_model
+from core.models import EMA, build_model
 from core.nets import inception
 from core.provenance import write_json
-from core.sampling import SamplerSpec, sample
+from core.sampling import sample, sampler_spec
+from core.training import Levers, train_step
 
 # Dense bf16 tensor-core peaks (FLOP/s, 2 per multiply-add) for the MFU column; --peak-tflops overrides.
 PEAK_BF16_FLOPS = {"H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "GH200": 989.4e12}
@@ -70,8 +72,9 @@ DIT_PEER_NOTE = (
     "and label table); ours embeds them once: the extra peer parameters are depth - 1 copies of that embedder "
     "(extra_params_in_embedder_copies); the counted FLOPs differ only by those embedders' work"
 )
-LEVERS = ("bf16", "tf32", "channels_last", "adamw", "compile")
-DIFFUSION_SPEC = {"schedule": "cosine", "timesteps": 1000}
+LEVERS = ("bf16", "tf32", "channels_last", "fused_adamw", "compile")  # core.training.Levers
+TRAIN_SPEC = config.fill({"lr": 1e-4, "optimizer": {"weight_decay": 1e-5}}, config.defs_ref("train"))
+DIFFUSION_SPEC = config.fill({"schedule": "cosine", "timesteps": 1000}, config.defs_ref("diffusion"))
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -261,7 +264,7 @@ def build_peer(case: Case, diffusers: Any) -> nn.Module:
     if not classes:
         raise ValueError("diffusers' DiT is class-conditional only (adaLN-Zero on timestep + label)")
     if "config" in net:
-        from core.nets.dit import DIT_CONFIGS
+        from core.nets.zoo import DIT_CONFIGS
 
         net = dict(DIT_CONFIGS[net["config"]])
     dit = diffusers.DiTTransformer2DModel(
@@ -412,23 +415,6 @@ class PeakMemory:
         self.peak_mib = (peak - self._base) / 2**20
 
 
-@dataclass
-class Levers:
-    """One training configuration: which speed levers are on."""
-
-    bf16: bool = False
-    tf32: bool = False
-    channels_last: bool = False
-    adamw: str = "default"  # default | foreach | fused
-    compile: bool = False
-
-    def label(self) -> str:
-        on = [n for n in ("bf16", "tf32", "channels_last", "compile") if getattr(self, n)]
-        if self.adamw != "default":
-            on.append(f"adamw-{self.adamw}")
-        return "+".join(on) or "baseline (fp32)"
-
-
 @contextlib.contextmanager
 def tf32_mode(enabled: bool) -> Iterator[None]:
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -441,7 +427,8 @@ def tf32_mode(enabled: bool) -> Iterator[None]:
 
 class Trainer:
     """One model under one lever setting, built and warmed up (its peak memory measured meanwhile), ready to time
-    training steps: ``GaussianDiffusion.training_loss`` forward, backward, AdamW step."""
+    training steps: ``core.training.train_step`` as ``core.stages.train`` runs it (ε-loss forward and backward,
+    the finite checks, gradient-norm clipping, AdamW, the EMA update) on a fixed batch."""
 
     def __init__(
         self, build: Callable[[], nn.Module], case: Case, device: torch.device, levers: Levers, batch: int, warmup: int
@@ -449,32 +436,40 @@ class Trainer:
         self.device, self.levers, self.batch = device, levers, batch
         torch.manual_seed(0)
         with PeakMemory(device) as mem:
-            model = build().to(device).train()
-            memory_format = torch.channels_last if levers.channels_last else torch.contiguous_format
-            model = model.to(memory_format=memory_format)
-            opt_kwargs: dict[str, Any] = {"foreach": False} if device.type == "cpu" else {}  # CPU default: for-loop
-            if levers.adamw == "foreach":
-                opt_kwargs = {"foreach": True}
-            elif levers.adamw == "fused":
-                opt_kwargs = {"fused": True}
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5, **opt_kwargs)
-            self.net = torch.compile(model) if levers.compile else model
+            self.model = levers.apply(build().to(device).train(), device)
+            self.optimizer = levers.optimizer(self.model, TRAIN_SPEC)
+            self.ema = EMA(self.model, 0.9999)
+            self.net = levers.wrap(self.model)
             self.diffusion = GaussianDiffusion.from_spec(DIFFUSION_SPEC)
             self.gen = torch.Generator(device=device).manual_seed(0)
             x0 = torch.randn(batch, case.channels, case.image_size, case.image_size, device=device, generator=self.gen)
-            self.x0 = x0.clamp(-1, 1).contiguous(memory_format=memory_format)
+            self.x0 = x0.clamp(-1, 1)
             self.y = torch.randint(0, case.num_classes, (batch,), device=device) if case.num_classes else None
+            self.steps = 0
             for _ in range(warmup):
                 self.step()
             synchronize(device)
         self.peak_mem_mib = mem.peak_mib
 
     def step(self) -> None:
-        with tf32_mode(self.levers.tf32), torch.autocast(self.device.type, torch.bfloat16, enabled=self.levers.bf16):
-            loss = self.diffusion.training_loss(self.net, self.x0, self.y, generator=self.gen)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with tf32_mode(self.levers.tf32):  # several trainers share this process: each sets its own TF32
+            train_step(
+                self.net,
+                self.model,
+                self.diffusion,
+                self.optimizer,
+                self.ema,
+                self.x0,
+                self.y,
+                self.batch,
+                slice(None),
+                self.gen,
+                self.levers,
+                TRAIN_SPEC["grad_clip"],
+                float(TRAIN_SPEC["lr"]),
+                self.steps,
+            )
+        self.steps += 1
 
     def timed_steps(self, n: int) -> tuple[list[float], float | None]:
         """Seconds of each of ``n`` steps, and the share of CPU time other processes took meanwhile."""
@@ -511,10 +506,10 @@ def measure_sampling(
     y = torch.randint(0, case.num_classes, (batch,), device=device, generator=gen)
     with tf32_mode(False), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         if warmup:
-            sample(model, diffusion, x_T, SamplerSpec("ddim", steps=2), y=y, guidance_scale=3.0)
+            sample(model, diffusion, x_T, sampler_spec("ddim", 2), y=y, guidance_scale=3.0)
         synchronize(device)
         start = MONITOR.snapshot()
-        sample(model, diffusion, x_T, SamplerSpec("ddim", steps=steps), y=y, guidance_scale=3.0)
+        sample(model, diffusion, x_T, sampler_spec("ddim", steps), y=y, guidance_scale=3.0)
         synchronize(device)
         end = MONITOR.snapshot()
     return {"seconds": end[0] - start[0], "share": MONITOR.others_share(start, end)}
@@ -547,10 +542,11 @@ def lever_settings(kind: str, case: Case, compile_ok: bool) -> tuple[list[Levers
             on.append(Levers(tf32=True))
         else:
             notes.append("TF32: a CUDA lever, skipped on CPU")
-    if "adamw" in wanted:
-        on.append(Levers(adamw="fused" if kind == "cuda" else "foreach"))
-        if kind == "cpu":
-            notes.append("AdamW: foreach vs the for-loop default on CPU (fused is the CUDA lever)")
+    if "fused_adamw" in wanted:
+        if kind == "cuda":
+            on.append(Levers(fused_adamw=True))
+        else:
+            notes.append("fused AdamW: a CUDA lever, skipped on CPU")
     if "channels_last" in wanted:
         if case.backbone == "unet":
             on.append(Levers(channels_last=True))
@@ -561,15 +557,7 @@ def lever_settings(kind: str, case: Case, compile_ok: bool) -> tuple[list[Levers
     elif "compile" in wanted:
         notes.append("torch.compile: off (--compile adds it; on CPU at the demo sizes only, for compile time)")
     if len(on) > 1:
-        on.append(
-            Levers(
-                bf16=any(lv.bf16 for lv in on),
-                tf32=any(lv.tf32 for lv in on),
-                channels_last=any(lv.channels_last for lv in on),
-                adamw=next((lv.adamw for lv in on if lv.adamw != "default"), "default"),
-                compile=any(lv.compile for lv in on),
-            )
-        )
+        on.append(Levers(**{f: any(getattr(lv, f) for lv in on) for f in LEVERS}))
     return on, notes
 
 

@@ -11,6 +11,11 @@ Layout (``LAYOUT``)::
 Datasets hold ``train`` and ``val`` splits; a sample file holds one split named ``samples`` and, optionally,
 a ``/trajectory`` group.
 
+Checksums: a file is ``seal``-ed when it is complete: each row array gets the SHA-256 of its bytes as the attribute
+``sha256`` and the root ``content_sha256`` digests them all. ``verify`` recomputes them (before a sample file is
+evaluated or shown, before a dataset held in memory is trained on), and ``content_sha256`` is the identity of the
+file's content that a model trained on it records.
+
 The latent cache of a dataset (``LATENT_LAYOUT``, written by ``core.stages.encode_latents``) has the same splits with
 ``/<split>/moments`` float32 (N, 2·C, h, w), the mean and log-variance of the autoencoder's posterior q(z|x)
 (unscaled), beside the same ``labels``; its root attrs add ``latent_shape``, ``scale_factor`` and the
@@ -20,6 +25,7 @@ the loader reads whole chunks in a shuffled order into a shuffle buffer rather t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -71,6 +77,71 @@ def write_root_attrs(f: h5py.File, kind: str, image_size: int, class_names: list
     f.attrs["image_size"] = image_size
     f.attrs["class_names"] = json.dumps(list(class_names))
     f.attrs["provenance"] = json.dumps(prov, default=str)
+
+
+class CorruptFile(ValueError):
+    """A file whose content no longer matches the checksum written when it was completed."""
+
+
+ROW_ARRAYS = ("images", "moments", "labels")
+
+
+def _row_arrays(f: h5py.File) -> list[str]:
+    """The row arrays of a file (``<split>/images|moments|labels``), in a fixed order."""
+    return sorted(
+        f"{split}/{name}"
+        for split in f
+        if isinstance(f[split], h5py.Group) and split != "trajectory"
+        for name in ROW_ARRAYS
+        if name in f[split]
+    )
+
+
+def array_sha256(ds: h5py.Dataset, block_bytes: int = 64 << 20) -> str:
+    """SHA-256 of an HDF5 array's bytes in C order, read in blocks of rows (streams arrays larger than memory)."""
+    h = hashlib.sha256()
+    row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
+    step = max(1, block_bytes // row_bytes)
+    for i in range(0, ds.shape[0], step):
+        h.update(np.ascontiguousarray(ds[i : i + step]).tobytes())
+    return h.hexdigest()
+
+
+def seal(f: h5py.File) -> str:
+    """Write the checksum of every row array and the file's ``content_sha256`` (the digest of those); return it."""
+    digests = {}
+    for key in _row_arrays(f):
+        digests[key] = f[key].attrs["sha256"] = array_sha256(f[key])
+    content = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    f.attrs["content_sha256"] = content
+    return content
+
+
+def content_sha256(f: h5py.File, path: str | os.PathLike[str]) -> str:
+    """The identity of a sealed file's content (its ``content_sha256``)."""
+    digest = f.attrs.get("content_sha256")
+    if digest is None:
+        raise CorruptFile(
+            f"{path} has no content checksum (content_sha256): it was not completed by this "
+            "workflow's stages, or by an older version of them; remake it"
+        )
+    return str(digest)
+
+
+def verify(f: h5py.File, path: str | os.PathLike[str], keys: list[str] | None = None) -> None:
+    """Recompute the checksums of ``keys`` (default: every row array) against those written by ``seal``; raise
+    ``CorruptFile`` naming the file and the array that differs."""
+    content_sha256(f, path)
+    for key in keys or _row_arrays(f):
+        want = f[key].attrs.get("sha256")
+        if want is None:
+            raise CorruptFile(f"{path}: /{key} has no checksum (sha256); remake the file")
+        got = array_sha256(f[key])
+        if got != want:
+            raise CorruptFile(
+                f"{path}: /{key} does not match the checksum written when the file was completed (SHA-256 "
+                f"{got[:12]}…, expected {want[:12]}…): it was changed afterwards; delete it and rerun to remake it"
+            )
 
 
 def expected_layout(split: str) -> str:
@@ -164,8 +235,12 @@ def to_model_range(images: np.ndarray | torch.Tensor, device: torch.device | str
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float NCHW in [-1, 1] → uint8 NHWC, rounding to nearest (values outside [-1, 1] are clamped)."""
-    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """float NCHW in [-1, 1] → uint8 NHWC, rounding to nearest (values outside [-1, 1] are clamped). A NaN or
+    infinity is never turned into a pixel: it raises FloatingPointError."""
+    x = x.detach().float()
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"{int((~torch.isfinite(x)).sum())} non-finite values in images to quantise")
+    y = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -200,9 +275,16 @@ class ImageBatches:
         if self.num_images < batch_size:
             raise ValueError(f"split '{split}' of {path} has {self.num_images} images, fewer than batch {batch_size}")
         self.in_memory = self.images_ds.size * self.images_ds.dtype.itemsize <= max_memory_bytes
-        if self.in_memory:
+        if self.in_memory:  # read once, and checked against the file's checksums where it has them
             self.images = self.images_ds[:]
             self.labels = self.labels_ds[:]
+            for ds, rows in ((self.images_ds, self.images), (self.labels_ds, self.labels)):
+                want = ds.attrs.get("sha256")
+                if want is not None and hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest() != want:
+                    raise CorruptFile(
+                        f"{path}: /{split}/{ds.name.rsplit('/', 1)[-1]} does not match the checksum written when the "
+                        "file was completed: it was changed afterwards; delete it and rerun to remake it"
+                    )
         self.chunk = self.images_ds.chunks[0] if self.images_ds.chunks else 1024
         self.buffer_rows = buffer_chunks * self.chunk
         self.buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # streaming: loaded shuffle buffers

@@ -39,17 +39,23 @@ def betas_from_alphas_cumprod(alphas_cumprod_fn, T: int, max_beta: float = 0.999
     return (1 - a[1:] / a[:-1]).clamp(0.0, max_beta)
 
 
-def make_betas(schedule: str, T: int, **kwargs: Any) -> torch.Tensor:
-    """β_1..β_T (float64) for a named schedule."""
+def make_betas(schedule: str, T: int, **params: float) -> torch.Tensor:
+    """β_1..β_T (float64) for a named schedule. ``params`` are the schedule's (config schema ``$defs/diffusion``,
+    where their defaults live): ``beta_start``/``beta_end`` (linear), ``s`` (cosine), ``start``/``end``/``tau``
+    (sigmoid)."""
+    needs = {"linear": ("beta_start", "beta_end"), "cosine": ("s",), "sigmoid": ("start", "end", "tau")}
+    if schedule not in needs:
+        raise ValueError(f"unknown noise schedule {schedule!r}; use 'linear', 'cosine' or 'sigmoid'")
+    missing = [k for k in needs[schedule] if k not in params]
+    if missing:
+        raise ValueError(f"the {schedule} schedule needs {', '.join(missing)} (diffusion spec keys)")
     if schedule == "linear":
-        return torch.linspace(kwargs.get("beta_start", 1e-4), kwargs.get("beta_end", 0.02), T, dtype=torch.float64)
+        return torch.linspace(params["beta_start"], params["beta_end"], T, dtype=torch.float64)
     if schedule == "cosine":
-        s = kwargs.get("s", 0.008)
-        return betas_from_alphas_cumprod(lambda t: cosine_alphas_cumprod(t, s), T)
-    if schedule == "sigmoid":
-        opts = {k: kwargs[k] for k in ("start", "end", "tau") if k in kwargs}
-        return betas_from_alphas_cumprod(lambda t: sigmoid_alphas_cumprod(t, **opts), T)
-    raise ValueError(f"unknown noise schedule {schedule!r}; use 'linear', 'cosine' or 'sigmoid'")
+        return betas_from_alphas_cumprod(lambda t: cosine_alphas_cumprod(t, params["s"]), T)
+    return betas_from_alphas_cumprod(
+        lambda t: sigmoid_alphas_cumprod(t, params["start"], params["end"], params["tau"]), T
+    )
 
 
 class GaussianDiffusion:

@@ -50,8 +50,10 @@ class Extractor:
         if n == 0:
             raise ValueError("no images to extract features from")
         first = np.asarray(images[:1])
-        if first.dtype != np.uint8 or first.ndim != 4 or first.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {first.dtype} {tuple(images.shape)}")
+        if first.dtype != np.uint8 or first.ndim != 4 or first.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"expected uint8 images of shape (N, H, W, 3 or 1), got {first.dtype} {tuple(images.shape)}"
+            )
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         try:
@@ -97,8 +99,7 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
     if kind == "inception":
         from core.nets import inception
 
-        sha = spec.get("sha256") or inception.INCEPTION_SHA256
-        mode = spec.get("preprocessing", "pytorch-fid")
+        sha, mode = spec["sha256"], spec["preprocessing"]
         if mode not in inception.PREPROCESSING_MODES:
             raise ValueError(f"metrics.preprocessing must be one of {inception.PREPROCESSING_MODES}, got {mode!r}")
         model = inception.load_fid_inception(spec["weights"], sha)

@@ -74,12 +74,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import hashlib
-import json
 import multiprocessing
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -94,303 +90,24 @@ import PIL
 from PIL import Image, ImageOps
 
 from core import data
+from core.folders import (
+    IMAGE_EXTENSIONS,
+    Source,
+    file_kind,
+    os_reason,
+    resolve,
+    source_error,
+    spec_key,
+)
 from core.provenance import atomic_path, provenance
 
-LAYOUTS = ("imagenet100", "sysu-shapes", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-RESIZE_MODES = ("stretch", "center-crop")
 RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
 }
-ON_ERROR = ("fail", "skip")
-EMPTY_CLASSES = ("fail", "drop")
-CHANNELS = ("auto", 1, 3)
 MAX_LISTED = 20
-DEFAULTS: dict[str, Any] = {
-    "resize": "stretch",
-    "resample": "bicubic",
-    "on_error": "fail",
-    "empty_classes": "fail",
-    "channels": "auto",
-    "workers": None,
-    "val_fraction": 0.0,
-    "seed": 0,
-    "compression": "none",
-}
-SPEC_KEYS = frozenset({"source", "path", "image_size", *DEFAULTS})
-_IGNORED_DIRS = ("__MACOSX",)
-
-_TREES = {
-    "imagenet100": "{root}/\n  ├── train/<class>/*.JPEG\n  └── validation/<class>/*.JPEG",
-    "sysu-shapes": (
-        "{root}/\n  └── <category>/\n        ├── images/*.jpg      (taken)\n"
-        "        └── annotations/, contours/, ...   (ignored)"
-    ),
-    "folder": (
-        "{root}/<class>/*.jpg\n  or\n{root}/\n  ├── train/<class>/*.jpg\n  └── val/<class>/*.jpg   "
-        "(optional; `validation/` also accepted)"
-    ),
-}
-
-
-def expected_layout(layout: str, root: str | os.PathLike[str]) -> str:
-    """A small tree drawing of ``layout`` under ``root``, for error messages."""
-    return f"expected layout '{layout}':\n" + _TREES[layout].format(root=str(root).rstrip("/"))
-
-
-def _source_error(kind: type[Exception], what: str, layout: str, root: Path, config_key: str) -> Exception:
-    return kind(f"{what} (config key {config_key} = {str(root)!r})\n{expected_layout(layout, root)}")
-
-
-def _spec_key(config_key: str) -> str:
-    """``datasets.<name>`` from ``datasets.<name>.path`` (the prefix of the spec's other keys)."""
-    return config_key.rsplit(".", 1)[0] if config_key.endswith(".path") else config_key
-
-
-def _os_reason(path: str | os.PathLike[str], err: OSError) -> str:
-    """Why ``path`` could not be examined, in words."""
-    if err.errno == errno.ELOOP:
-        return "symbolic link loop"
-    if err.errno == errno.ENOENT and os.path.islink(path):
-        return "broken symbolic link"
-    return f"{type(err).__name__}: {err.strerror or err}"
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISDIR, "folder"),
-    ):
-        if test(mode):
-            return name
-    return f"mode {stat.filemode(mode)}"
-
-
-def _folder_problem(path: Path) -> tuple[type[Exception], str] | None:
-    """None when ``path`` is a folder (symbolic links followed), else the error type and what is wrong."""
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ENOENT and not os.path.islink(path):
-            return FileNotFoundError, "does not exist"
-        return OSError, f"cannot be read ({_os_reason(path, err)})"
-    return None if stat.S_ISDIR(st.st_mode) else (NotADirectoryError, "is not a folder")
-
-
-def _subdirs(path: Path) -> tuple[list[str], dict[str, str]]:
-    """The visible sub-folders of ``path`` (sorted names), and ``{name: reason}`` of the visible entries whose
-    type cannot be determined (symbolic link loops, broken links, failing ``stat``): they may be folders.
-    Raises OSError when ``path`` cannot be listed."""
-    folders: list[str] = []
-    unknown: dict[str, str] = {}
-    with os.scandir(path) as it:
-        entries = [e for e in it if not e.name.startswith(".") and e.name not in _IGNORED_DIRS]
-    for e in entries:
-        try:
-            if e.is_dir():
-                folders.append(e.name)
-            elif e.is_symlink() and not e.is_file():
-                os.stat(e.path)  # a link to a pipe or device resolves: not a folder, ignored like files
-        except OSError as err:
-            unknown[e.name] = _os_reason(e.path, err)
-    return sorted(folders), dict(sorted(unknown.items()))
-
-
-def _folder_split_dirs(names: set[str]) -> dict[str, str] | None:
-    """For the ``folder`` layout: ``{split: folder}`` when the sub-folder ``names`` of the root are split folders,
-    else None (flat)."""
-    if "train" not in names:
-        return None
-    if not names & {"val", "validation", "test"}:
-        return None if names != {"train"} else {"train": "train"}
-    if not names <= {"train", "val", "validation"} or {"val", "validation"} <= names:
-        return {"train": "train", "val": "ambiguous"}
-    val = next((v for v in ("val", "validation") if v in names), None)
-    return {"train": "train"} | ({"val": val} if val else {})
-
-
-@dataclasses.dataclass
-class Source:
-    """Where each split's classes live: ``class_dirs[split][class] = folder of its image files``;
-    ``unreadable[split][class] = (path, reason)`` for class folders that cannot be examined (still classes, with
-    no files); ``folders`` lists every folder examined, for ``source_fingerprint``."""
-
-    layout: str
-    root: Path
-    class_names: list[str]
-    class_dirs: dict[str, dict[str, Path]]
-    has_val: bool
-    unreadable: dict[str, dict[str, tuple[str, str]]] = dataclasses.field(default_factory=dict)
-    folders: list[Path] = dataclasses.field(default_factory=list)
-
-
-def _resolve(layout: str, root: str | os.PathLike[str], config_key: str) -> Source:
-    """Check the folder structure (folders only; no file listing, no decoding) and map splits to class folders."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown dataset source {layout!r} (config key {config_key}); known: {', '.join(LAYOUTS)}")
-    root = Path(root)
-
-    def fail(kind: type[Exception], what: str) -> Exception:
-        return _source_error(kind, what, layout, root, config_key)
-
-    def listed(folder: Path) -> tuple[list[str], dict[str, str]]:
-        try:
-            return _subdirs(folder)
-        except OSError as err:
-            raise fail(OSError, f"folder {folder} cannot be listed ({_os_reason(folder, err)})") from None
-
-    problem = _folder_problem(root)
-    if problem:
-        raise fail(problem[0], f"dataset folder {root} {problem[1]}")
-    folders = [root]
-    if layout == "sysu-shapes":
-        found, unknown = listed(root)
-        categories = sorted([*found, *unknown])
-        if not categories:
-            raise fail(FileNotFoundError, f"no category folders in {root}")
-        unreadable = {c: (str(root / c), why) for c, why in unknown.items()}
-        missing = []
-        for c in found:
-            problem = _folder_problem(root / c / "images")
-            if problem is None:
-                folders.append(root / c / "images")
-            elif problem[0] is OSError:
-                unreadable[c] = (str(root / c / "images"), problem[1])
-            else:
-                missing.append(f"{root / c / 'images'} ({problem[1]})")
-        if missing:
-            raise fail(FileNotFoundError, f"category folder(s) without an images/ folder: {', '.join(missing)}")
-        dirs = {"train": {c: root / c / "images" for c in categories}}
-        return Source(layout, root, categories, dirs, False, {"train": unreadable}, folders)
-    if layout == "imagenet100":
-        split_dirs = {"train": "train", "val": "validation"}
-    else:
-        top, top_unknown = listed(root)
-        split_dirs = _folder_split_dirs({*top, *top_unknown}) or {"train": "."}
-        if split_dirs.get("val") == "ambiguous":
-            raise fail(
-                ValueError,
-                f"{root} mixes split folders with other folders ({', '.join(sorted([*top, *top_unknown]))}): split "
-                "mode takes train/ plus one of val/ or validation/ and nothing else (rename test/ to val/ to use it)",
-            )
-    dirs: dict[str, dict[str, Path]] = {}
-    unreadable_all: dict[str, dict[str, tuple[str, str]]] = {}
-    for split, folder in split_dirs.items():
-        base = root / folder if folder != "." else root
-        problem = _folder_problem(base)
-        if problem:
-            what = "is missing" if problem[0] is FileNotFoundError else problem[1]
-            raise fail(problem[0], f"split folder {base} {what}")
-        found, unknown = listed(base)
-        classes = sorted([*found, *unknown])
-        if not classes:
-            raise fail(FileNotFoundError, f"no class folders in {base}")
-        if base != root:
-            folders.append(base)
-        folders += [base / c for c in found]
-        dirs[split] = {c: base / c for c in classes}
-        unreadable_all[split] = {c: (str(base / c), why) for c, why in unknown.items()}
-    class_names = list(dirs["train"])
-    if "val" in dirs:
-        extra = sorted(set(dirs["val"]) - set(class_names))
-        if extra:
-            raise fail(
-                ValueError,
-                f"class folder(s) in {root / split_dirs['val']} but not in {root / 'train'}: {', '.join(extra[:10])}",
-            )
-    return Source(layout, root, class_names, dirs, "val" in dirs, unreadable_all, folders)
-
-
-def _report_unreadable_folders(src: Source, config_key: str, on_error: str | None) -> None:
-    bad = [f"{path}: {why}" for split in src.unreadable.values() for path, why in split.values()]
-    if not bad:
-        return
-    if on_error == "fail":
-        raise _source_error(
-            OSError,
-            f"{len(bad)} unreadable class folder(s):\n  " + "\n  ".join(bad) + "\nFix or remove them, or set "
-            f"{_spec_key(config_key)}.on_error: skip to skip them",
-            src.layout,
-            src.root,
-            config_key,
-        )
-    for line in bad:
-        print(f"[ingest] warning: unreadable class folder {line} ({config_key})", file=sys.stderr, flush=True)
-
-
-def source_summary(
-    layout: str, root: str | os.PathLike[str], config_key: str, on_error: str | None = None
-) -> dict[str, Any]:
-    """``{"classes": [...], "has_val": bool}`` of the image folder ``root`` as far as its folders tell (cheap:
-    lists folders only, no files; runs at planning time). ``classes`` are the class folders in label order
-    before empty ones are found (``empty_classes: drop`` may drop some at ingestion); ``has_val``: the data has
-    a val split of its own (not a ``val_fraction`` hold-out).
-
-    Raises as ``check_source``. Class folders that cannot be examined (e.g. a symbolic link loop) are counted as
-    classes and named on stderr, or, with ``on_error="fail"`` (the spec's value), raised as one OSError."""
-    src = _resolve(layout, root, config_key)
-    _report_unreadable_folders(src, config_key, on_error)
-    return {"classes": list(src.class_names), "has_val": src.has_val}
-
-
-def check_source(layout: str, root: str | os.PathLike[str], config_key: str, on_error: str | None = None) -> None:
-    """Raise FileNotFoundError/NotADirectoryError/OSError/ValueError naming the missing (or unreadable, or not a
-    folder) folder, the expected layout and ``config_key`` unless ``root`` has the folder structure of
-    ``layout``. Cheap (lists folders only): runs at planning time. Unreadable class folders: as
-    ``source_summary``."""
-    source_summary(layout, root, config_key, on_error)
-
-
-def source_fingerprint(layout: str, root: str | os.PathLike[str], config_key: str = "datasets.<name>.path") -> str:
-    """A hex digest of the folder tree of ``root``: the names of its split and class folders, their modification
-    times in ns, and the class folders that cannot be examined (with the reason). Cheap (folders only, as
-    ``check_source``); meant as a Snakemake parameter so that adding, removing or renaming image files (which
-    changes their folder's mtime) re-runs ingestion.
-
-    Limits: an image edited or replaced in place keeps its folder's mtime, and so does a folder whose contents
-    are swapped by a tool that restores folder mtimes (e.g. ``rsync -a`` of a tree whose folders kept theirs);
-    the contents of files are not read. Raises as ``check_source``."""
-    src = _resolve(layout, root, config_key)
-    records: list[Any] = [layout]
-    for folder in src.folders:
-        try:
-            mtime: int | str = os.stat(folder).st_mtime_ns
-        except OSError as err:
-            mtime = _os_reason(folder, err)
-        records.append([os.path.relpath(folder, src.root), mtime])
-    records.append({split: {c: why for c, (_, why) in u.items()} for split, u in src.unreadable.items()})
-    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
-
-
-def check_requirements(counts: dict[str, Any], requirements: list[dict[str, Any]], dataset: str) -> None:
-    """Raise ValueError (one line per unmet requirement) unless each split is large enough.
-
-    ``counts``: images per split, ``{split: n}`` (or ``ingest``'s ``{split: {"written": n, ...}}``);
-    ``requirements``: ``[{"key": config key, "split": name, "min": n, "why": purpose (optional)}, ...]``.
-    Pure: reads nothing, so it runs wherever the counts are known."""
-    problems = []
-    for req in requirements:
-        missing = [k for k in ("key", "split", "min") if k not in req]
-        if missing:
-            raise ValueError(f"requirement {req!r} lacks {', '.join(missing)}")
-        key, split, need = req["key"], req["split"], int(req["min"])
-        why = f" ({req['why']})" if req.get("why") else ""
-        what = f"config key {key}: needs {need} images of split '{split}' of dataset '{dataset}'{why}, but it has"
-        if split not in counts:
-            have = ", ".join(f"'{s}'" for s in counts) or "none"
-            problems.append(f"{what} no split '{split}' (splits: {have})")
-            continue
-        n = counts[split]["written"] if isinstance(counts[split], dict) else counts[split]
-        if int(n) < need:
-            problems.append(f"{what} {int(n)}")
-    if problems:
-        raise ValueError("\n".join(problems))
 
 
 def is_image_name(name: str) -> bool:
@@ -415,7 +132,7 @@ def list_files(folder: Path) -> Listing:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as err:
-        return Listing([], 0, [(str(folder), f"class folder cannot be listed ({_os_reason(folder, err)})")])
+        return Listing([], 0, [(str(folder), f"class folder cannot be listed ({os_reason(folder, err)})")])
     images: list[Path] = []
     non_image = 0
     unreadable: list[tuple[str, str]] = []
@@ -430,11 +147,11 @@ def list_files(folder: Path) -> Listing:
                 continue
             if e.is_dir() or not image:
                 continue  # sub-folders are not taken; other non-files are never opened
-            kind = _file_kind(e.stat().st_mode)  # stat does not open: safe on a FIFO
+            kind = file_kind(e.stat().st_mode)  # stat does not open: safe on a FIFO
             unreadable.append((e.path, f"not a regular file ({kind})"))
         except OSError as err:
             if image:
-                unreadable.append((e.path, _os_reason(e.path, err)))
+                unreadable.append((e.path, os_reason(e.path, err)))
     return Listing(images, non_image, unreadable)
 
 
@@ -517,34 +234,17 @@ def _decode(
     yield from pool.map(fn, paths, chunksize=chunksize)
 
 
-def validate_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
-    """The spec with defaults filled in; ValueError naming the key for anything out of range."""
-    key = _spec_key(config_key)
-    unknown = sorted(set(spec) - SPEC_KEYS)
-    if unknown:
-        raise ValueError(f"{key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SPEC_KEYS))}")
-    missing = [k for k in ("source", "path", "image_size") if k not in spec]
-    if missing:
-        raise ValueError(f"{key}: missing key(s) {', '.join(missing)}")
-    s = DEFAULTS | dict(spec)
-    checks = [
-        ("source", s["source"] in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
-        ("path", isinstance(s["path"], str | os.PathLike) and str(s["path"]) != "", "a folder path"),
-        ("image_size", isinstance(s["image_size"], int) and s["image_size"] >= 1, "a positive integer"),
-        ("resize", s["resize"] in RESIZE_MODES, f"one of {', '.join(RESIZE_MODES)}"),
-        ("resample", s["resample"] in RESAMPLE, f"one of {', '.join(RESAMPLE)}"),
-        ("on_error", s["on_error"] in ON_ERROR, f"one of {', '.join(ON_ERROR)}"),
-        ("empty_classes", s["empty_classes"] in EMPTY_CLASSES, f"one of {', '.join(EMPTY_CLASSES)}"),
-        ("channels", s["channels"] in CHANNELS and not isinstance(s["channels"], bool), "auto, 1 or 3"),
-        ("workers", s["workers"] is None or (isinstance(s["workers"], int) and s["workers"] >= 1), "null or ≥ 1"),
-        ("val_fraction", isinstance(s["val_fraction"], int | float) and 0 <= s["val_fraction"] < 1, "in [0, 1)"),
-        ("seed", isinstance(s["seed"], int), "an integer"),
-        ("compression", s["compression"] in ("none", "lzf", "gzip", None), "none, lzf or gzip"),
-    ]
-    for name, ok, want in checks:
-        if not ok:
-            raise ValueError(f"{key}.{name} must be {want}, got {s[name]!r}")
-    return s
+def complete_spec(spec: dict[str, Any], config_key: str) -> dict[str, Any]:
+    """``spec`` checked against the config schema (``$defs/dataset_folder``) and completed with its defaults (the
+    schema is their one home); ValueError naming the key for anything missing, unknown or out of range."""
+    from core import config
+
+    key = spec_key(config_key)
+    try:
+        config.check(spec, config.defs_ref("dataset_folder"), key.split("."))
+    except config.ConfigError as err:
+        raise ValueError(str(err)) from None
+    return config.fill(spec, config.defs_ref("dataset_folder"))
 
 
 @dataclasses.dataclass
@@ -588,7 +288,7 @@ def _val_only_error(names: list[str], dirs: dict[str, Path], why: str) -> ValueE
 def plan(src: Source, s: dict[str, Any], config_key: str) -> Plan:
     """List every class folder, hold out ``val_fraction``, apply ``on_error`` to unreadable entries and
     ``empty_classes`` to classes without files in train; label the kept classes 0..K−1."""
-    key = _spec_key(config_key)
+    key = spec_key(config_key)
     val_fraction, seed = float(s["val_fraction"]), s["seed"]
     if src.has_val and val_fraction:
         raise ValueError(f"{key}.val_fraction must be 0 for {src.root}: its data has a val split")
@@ -623,7 +323,7 @@ def plan(src: Source, s: dict[str, Any], config_key: str) -> Plan:
         print(f"[ingest] skipped unreadable entry {path} ({why})", file=sys.stderr, flush=True)
     train_dirs = src.class_dirs["train"]
     if not any(files["train"].values()) and not any(files["val"].values()):
-        raise _source_error(
+        raise source_error(
             FileNotFoundError, f"no image files ({' '.join(IMAGE_EXTENSIONS)})", src.layout, src.root, config_key
         )
     val_only = [c for c in src.class_names if not files["train"][c] and files["val"].get(c)]
@@ -738,11 +438,13 @@ def ingest(spec: dict[str, Any], out: str | os.PathLike[str], config_key: str | 
     ``config_key`` names ``spec['path']`` in error messages (default ``datasets.<name>.path``).
     """
     config_key = config_key or "datasets.<name>.path"
-    key = _spec_key(config_key)
-    s = validate_spec(spec, config_key)
+    key = spec_key(config_key)
+    s = complete_spec(spec, config_key)
     workers = s["workers"] or os.cpu_count() or 1
     t0 = time.time()
-    src = _resolve(s["source"], s["path"], config_key)
+    src = resolve(s["source"], s["path"], config_key)
+    if s["val_fraction"] is None:  # the schema's rule: hold out 10% where the data has no val split of its own
+        s["val_fraction"] = 0.0 if src.has_val else 0.1
     p = plan(src, s, config_key)
     splits = ["train", "val"] if src.has_val or s["val_fraction"] > 0 else ["train"]
     decode_channels = 1 if s["channels"] == 1 else 3

@@ -17,22 +17,31 @@ from torch import nn
 from core.provenance import atomic_path
 
 
+def _unet(net: dict[str, Any], image_size: int, in_channels: int, num_classes: int) -> nn.Module:
+    from core.nets.unet import UNet
+
+    return UNet(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **net)
+
+
+def _dit(net: dict[str, Any], image_size: int, in_channels: int, num_classes: int) -> nn.Module:
+    from core.nets.dit import build_dit
+
+    zoo = net.pop("config", None)
+    return build_dit(zoo or net, image_size, in_channels, num_classes, **({} if zoo is None else net))
+
+
+# The denoisers by ``backbone``: each builds from its ``net`` options ($defs/net_<backbone> of the config schema,
+# which holds their defaults; tests/test_config.py checks that the two agree).
+BACKBONES = {"unet": _unet, "dit": _dit}
+
+
 def build_model(spec: dict[str, Any], image_size: int, in_channels: int = 3, num_classes: int = 0) -> nn.Module:
-    """The denoiser named by ``spec['backbone']`` with the options in ``spec['net']``."""
-    net = dict(spec.get("net", {}))
+    """The denoiser named by ``spec['backbone']`` with the options in ``spec['net']`` (a complete spec)."""
     backbone = spec["backbone"]
-    if backbone == "unet":
-        from core.nets.unet import UNet
-
-        net.pop("class_conditional", None)
-        return UNet(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **net)
-    if backbone == "dit":
-        from core.nets.dit import build_dit
-
-        net.pop("class_conditional", None)
-        zoo = net.pop("config", None)
-        return build_dit(zoo or net, image_size, in_channels, num_classes, **({} if zoo is None else net))
-    raise ValueError(f"unknown backbone {backbone!r} (known: unet, dit)")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+    net = {k: v for k, v in spec["net"].items() if k != "class_conditional"}
+    return BACKBONES[backbone](net, image_size, in_channels, num_classes)
 
 
 class EMA:
@@ -74,15 +83,30 @@ class EMA:
         self.num_updates = int(state["num_updates"])
 
 
+class UnreadableCheckpoint(OSError):
+    """A checkpoint file that exists but cannot be read (truncated, overwritten, not a checkpoint)."""
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write atomically: a crash, or a full disk (reported as such), never leaves a truncated file at ``path``."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``; ``UnreadableCheckpoint`` naming the file when it is corrupt."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError, … for a damaged file
+        raise UnreadableCheckpoint(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]}): it was "
+            "truncated or changed after it was written"
+        ) from err
+    if not isinstance(ckpt, dict) or "meta" not in ckpt:
+        raise UnreadableCheckpoint(f"{path} is not a checkpoint written by this workflow (no 'meta')")
+    return ckpt
 
 
 def load_denoiser(path: str | os.PathLike[str], use_ema: bool = True, device: str = "cpu") -> tuple[nn.Module, dict]:
@@ -94,11 +118,11 @@ def load_denoiser(path: str | os.PathLike[str], use_ema: bool = True, device: st
     return model.to(device).eval(), {**meta, "step": ckpt["step"]}
 
 
-def build_autoencoder(net: dict[str, Any], image_size: int) -> nn.Module:
+def build_autoencoder(net: dict[str, Any], image_size: int, in_channels: int = 3) -> nn.Module:
     """The KL autoencoder (``core.nets.vae.AutoencoderKL``) with the options of an ``autoencoders`` config entry."""
     from core.nets.vae import AutoencoderKL
 
-    return AutoencoderKL(resolution=image_size, **net)
+    return AutoencoderKL(resolution=image_size, in_channels=in_channels, **net)
 
 
 def load_autoencoder(path: str | os.PathLike[str], device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -110,6 +134,6 @@ def load_autoencoder(path: str | os.PathLike[str], device: str = "cpu") -> tuple
             f"{path} is not an autoencoder file written by `python -m core.stages.train_autoencoder train`"
         )
     meta = ckpt["meta"]
-    vae = build_autoencoder(meta["net"], int(meta["image_size"]))
+    vae = build_autoencoder(meta["net"], int(meta["image_size"]), int(meta["in_channels"]))
     vae.load_state_dict(ckpt["model"])
     return vae.to(device).eval().requires_grad_(False), meta

@@ -1,16 +1,24 @@
-"""Provenance and safe output: code version, spec hashes, and writes that never leave a half-written file.
+"""Provenance and safe output: code version and fingerprints, spec hashes, writes that never leave a half-written
+file, copies that share no storage, and exclusive locks.
 
-Every artefact records the code version and the settings that made it; every output is written to a
-temporary name in the same directory and renamed only once it is complete.
+Every artefact records the code version and the settings that made it; every output is written to a temporary name
+in the same directory and renamed only once it is complete, with the permissions the user's umask gives (never
+0600: a cluster group reads its members' results); a stage that writes a file others may write too holds a lock.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime as dt
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+_CORE = Path(__file__).resolve().parent
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import (before any thread exists): os.umask can only be read by setting it
+FICLONE = 0x40049409  # ioctl: a copy-on-write clone (btrfs, XFS), else a plain copy
 
 
 def _git(*args: str) -> str:
@@ -73,19 +85,141 @@ def provenance(spec: Any = None, **extra: Any) -> dict[str, Any]:
     return record
 
 
+def file_mode(read_only: bool = False) -> int:
+    """The mode a new file gets under the user's umask (read-only: without write bits)."""
+    return (0o444 if read_only else 0o666) & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds. The file gets
+    the umask's mode (mkstemp's would be 0600). A full disk is reported as such, naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except (OSError, RuntimeError) as err:
+            raise_if_disk_full(err, path)
+            raise
+        if tmp_path.exists():
+            os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def raise_if_disk_full(err: BaseException, path: str | os.PathLike[str]) -> None:
+    """Re-raise a write error caused by a full disk (or quota) as OSError(ENOSPC) naming ``path`` and the free
+    space; torch and HDF5 report it as "basic_ios::clear: iostream error" or "file write failed"."""
+    nospace = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = -1
+    if (
+        nospace
+        or (0 <= free < 64 << 20 and "write" in str(err).lower() + type(err).__name__.lower())
+        or (0 <= free < 64 << 20 and "iostream" in str(err))
+    ):
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device while writing {path} ({free / 2**20:.1f} MiB free in {folder}); free some "
+            "space or point results_dir elsewhere, then rerun (the previous complete file, if any, is untouched)",
+        ) from err
+
+
+def clone(src: str | os.PathLike[str], dst: str | os.PathLike[str], read_only: bool = False) -> None:
+    """Copy ``src`` to ``dst`` atomically as an independent file: a copy-on-write clone where the file system has
+    them, else a byte copy; never a hard link (changing one must never change the other)."""
+    dst = Path(dst)
+    with atomic_path(dst) as tmp, open(src, "rb") as fi, open(tmp, "wb") as fo:
+        try:
+            fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
+        except OSError:
+            shutil.copyfileobj(fi, fo, 16 << 20)
+    if read_only:
+        os.chmod(dst, file_mode(read_only=True))
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock of what this one was about to write."""
+
+
+@contextlib.contextmanager
+def exclusive(lock: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold an exclusive lock (``flock`` on the file ``lock``, created if need be) while writing ``what``. A second
+    writer — another working directory pointed at the same results, another job — fails at once with ``Busy``
+    naming the holder (host, pid, working directory, start time). The lock file stays (removing it would race)."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise Busy(
+                f"{what} is being written by another run ({holder}; lock {lock}). Wait for it to finish, or stop "
+                "it; two runs writing one results folder would corrupt each other's files"
+            ) from None
+        me = f"host {socket.gethostname()}, pid {os.getpid()}, cwd {os.getcwd()}, since {now_iso()}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---- code fingerprints ----------------------------------------------------------------------------------------
+
+
+def _imports(module_file: Path) -> set[str]:
+    """The ``core`` modules a file imports (statically: ``import core.x``, ``from core.x import y``,
+    ``from core import x``)."""
+    tree = ast.parse(module_file.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("core.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "core":
+                found |= {f"core.{a.name}" for a in node.names}
+            elif node.module.startswith("core."):
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def _module_file(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (_CORE / rel.with_suffix(".py"), _CORE / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def code_fingerprint(stage: str) -> dict[str, Any]:
+    """The code a stage runs: the SHA-256 of every ``core`` module it imports, directly or not (``core.stages.<stage>``
+    and the closure of its static imports, plus the schema when it is read), and one digest of them all. Cheap
+    (reads source files, imports nothing), so planning can compute it too."""
+    todo, files = [f"core.stages.{stage}"], {}
+    while todo:
+        module = todo.pop()
+        path = _module_file(module)
+        if path is None or module in files:
+            continue
+        files[module] = hashlib.sha256(path.read_bytes()).hexdigest()
+        todo += sorted(_imports(path))
+    if "core.config" in files:
+        files["core/config.schema.yaml"] = hashlib.sha256((_CORE / "config.schema.yaml").read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"stage": stage, "sha256": digest, "modules": dict(sorted(files.items()))}
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -123,6 +123,22 @@ class Interval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
+    def as_dict(self) -> dict[str, float | str | int]:
+        return {
+            "estimate": self.estimate,
+            "low": self.low,
+            "high": self.high,
+            "level": self.level,
+            "method": self.method,
+            "n": self.n,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float | str | int]) -> Interval:
+        return cls(
+            float(d["estimate"]), float(d["low"]), float(d["high"]), float(d["level"]), str(d["method"]), int(d["n"])
+        )
+
 
 def _check_level(level: float) -> float:
     if not 0.0 < level < 1.0:

@@ -1,198 +1,220 @@
-"""Helpers shared by the rules: config validation, the experiment matrix, paths and stage parameters.
-
-Everything computed here comes from core.config, the one place that knows the config's meaning and the
-results layout, so that rules, stages and tests agree.
+"""Helpers shared by the rules: the validated plan (core.config.Plan), the results layout (core.paths), and each
+rule's inputs and parameters. Planning imports nothing heavy (no torch, numpy or h5py).
 """
 
 import json
 from pathlib import Path
 
-from core import config as cfg
-from core.distributed import launcher
+from core import folders, paths
+from core.config import ConfigError, Plan, check_duplicate_keys
+from core.paths import checkpoint_steps
 
 try:
-    cfg.validate(config)
-except cfg.ConfigError as err:
+    check_duplicate_keys(workflow.configfiles)
+    PLAN = Plan(config)
+except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-R = config["results_dir"]
+R = PLAN.root
 THREADS = config["threads"]
+NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
 
 
 wildcard_constraints:
-    study=r"[A-Za-z0-9_.-]+",
-    model=r"[A-Za-z0-9_.-]+",
-    experiment=r"[A-Za-z0-9_.+-]+",
-    dataset=r"[A-Za-z0-9_.-]+",
+    study=NAME,
+    model=NAME,
+    experiment=NAME,
+    dataset=NAME,
+    ae=NAME,
+    replicate=r"r\d+",
     step=r"step\d{7}|best",
 
 
-def as_json(obj):
-    """Parameters as JSON; key order is kept (the report lists experiments in config order)."""
-    return json.dumps(obj)
+def spec_json(obj):
+    """Parameters as canonical JSON: key order never changes a job's parameters (so never reruns it)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def study_models(study):
-    return list(config["studies"][study]["models"])
+def rep(wildcards):
+    """The replicate index of a ``r<k>`` wildcard."""
+    return int(wildcards.replicate.removeprefix("r"))
 
 
-def study_experiments(study):
-    return list(config["studies"][study]["experiments"])
+def on_cluster():
+    """Whether jobs go to a cluster (the slurm profile) rather than run on this machine. In a dry run Snakemake
+    executes with its dry-run executor, but it validated the run for the intended one, which for a cluster
+    executor makes it use threads; that is what tells the two apart then."""
+    plugin = workflow.executor_plugin
+    if plugin is not None and not plugin.common_settings.dryrun_exec:
+        return not plugin.common_settings.local_exec
+    return bool(workflow.execution_settings.use_threads)
 
 
-def experiment_model(study, experiment):
-    return cfg.experiment_spec(config, study, experiment)["model"]
+def default_target(wildcards):
+    return [
+        f for s in PLAN.default_studies(on_cluster()) for f in paths.report_files(R, s)
+    ]
 
 
-def checkpoint_dir(wildcards):
-    """The checkpoint directory a sample file needs; a step the model never saves is a planning-time error."""
-    model = experiment_model(wildcards.study, wildcards.experiment)
-    train = cfg.model_spec(config, wildcards.study, model)["train"]
-    steps = cfg.checkpoint_steps(train)
+def dataset_source(wildcards):
+    """No input files. For an image-folder dataset, check its folders now, at planning time, so that a missing or
+    unreadable dataset, a class-conditional model on fewer than two classes, or a val split nobody provides is
+    reported (folder, expected layout, config key) before any job is submitted."""
+    spec = PLAN.dataset_spec(wildcards.dataset)
+    key = f"datasets.{wildcards.dataset}"
+    if spec["source"] == "shapes":
+        return []
+    try:
+        summary = folders.source_summary(
+            spec["source"], spec["path"], f"{key}.path", spec["on_error"]
+        )
+    except (OSError, ValueError) as err:
+        raise WorkflowError(str(err)) from None
+    conditional = PLAN.class_conditional_models(wildcards.dataset)
+    if conditional and len(summary["classes"]) < 2:
+        raise WorkflowError(
+            f"config key {conditional[0]}: a class-conditional model needs at least 2 classes, but "
+            f"{spec['path']} ({key}.path) has {len(summary['classes'])}: {summary['classes']}"
+        )
+    if not summary["has_val"] and spec["val_fraction"] == 0:
+        needs_val = [
+            r["key"]
+            for r in PLAN.dataset_requirements(wildcards.dataset)
+            if r["split"] == "val"
+        ]
+        if needs_val:
+            raise WorkflowError(
+                f"config key {needs_val[0]} needs a val split, but {spec['path']} ({key}.path) has none and "
+                f"{key}.val_fraction is 0: set val_fraction (e.g. 0.1) to hold out part of each class"
+            )
+    return []
+
+
+def dataset_fingerprint(wildcards):
+    """Changes when image files are added, removed or renamed in an image-folder dataset (a parameter, so that
+    Snakemake re-ingests it); constant for the built-in shapes."""
+    spec = PLAN.dataset_spec(wildcards.dataset)
+    if spec["source"] == "shapes":
+        return ""
+    return folders.source_fingerprint(
+        spec["source"], spec["path"], f"datasets.{wildcards.dataset}.path"
+    )
+
+
+def checkpoint_file(wildcards):
+    """The checkpoint a sample file is drawn from; a step the model never saves is a planning-time error."""
+    exp = PLAN.experiment(wildcards.study, wildcards.experiment)
+    model = exp["model"]
+    train = PLAN.model(wildcards.study, model)["train"]
+    m_rep = PLAN.model_replicate_of(
+        wildcards.study, wildcards.experiment, rep(wildcards)
+    )
     if wildcards.step == "best":
         if "early_stopping" not in train:
             raise WorkflowError(
                 f"{wildcards.study}/{wildcards.experiment}: model '{model}' has no train.early_stopping, so it "
                 "has no best-validation checkpoint (best.pt)"
             )
-    elif int(wildcards.step.removeprefix("step")) not in steps:
-        raise WorkflowError(
-            f"{wildcards.study}/{wildcards.experiment}: model '{model}' saves checkpoints only at steps {steps} "
-            f"(train.checkpoint_every and train.steps), not at {wildcards.step}"
-        )
-    return f"{cfg.model_dir(config, wildcards.study, model)}/ckpt"
-
-
-def dataset_source(wildcards):
-    """No input files; for an image-folder dataset, check its folder layout now, at planning time, so that a
-    missing dataset is reported (folder, expected layout, config key) before any job is submitted.
-    """
-    spec = config["datasets"][wildcards.dataset]
-    if spec["source"] != "shapes":
-        from core import ingest
-
-        try:
-            ingest.check_source(
-                spec["source"], spec["path"], f"datasets.{wildcards.dataset}.path"
+    else:
+        steps = checkpoint_steps(train)
+        if paths.step_of(wildcards.step) not in steps:
+            raise WorkflowError(
+                f"{wildcards.study}/{wildcards.experiment}: model '{model}' saves checkpoints only at steps "
+                f"{steps} (train.checkpoint_every and train.steps), not at {wildcards.step}"
             )
-        except (OSError, ValueError) as err:
-            raise WorkflowError(str(err)) from None
-    return []
+    return paths.checkpoint(R, wildcards.study, model, m_rep, wildcards.step)
 
 
 def sample_inputs(wildcards):
-    """The checkpoint directory, and for a latent model the autoencoder that decodes its samples."""
-    inputs = {"ckpt": checkpoint_dir(wildcards)}
-    model = experiment_model(wildcards.study, wildcards.experiment)
-    spec = cfg.model_spec(config, wildcards.study, model)
+    """The model replicate's checkpoint folder, and for a latent model the autoencoder that decodes its samples."""
+    exp = PLAN.experiment(wildcards.study, wildcards.experiment)
+    m_rep = PLAN.model_replicate_of(
+        wildcards.study, wildcards.experiment, rep(wildcards)
+    )
+    inputs = {"ckpt": paths.checkpoint_dir(R, wildcards.study, exp["model"], m_rep)}
+    spec = PLAN.model(wildcards.study, exp["model"])
     if spec["space"] == "latent":
-        inputs["autoencoder"] = cfg.autoencoder_path(config, spec["autoencoder"])
+        inputs["autoencoder"] = paths.autoencoder(R, spec["autoencoder"])
     return inputs
 
 
-def study_autoencoder_reports(study):
-    base = f"{R}/{study}/autoencoders"
-    return [
-        f"{base}/{ae}.{ext}"
-        for ae in cfg.study_autoencoders(config, study)
-        for ext in ("json", "png")
-    ]
-
-
-def experiment_steps(study, experiment):
-    """The checkpoints an experiment samples. For every checkpoint of an early-stopping model these are the ones
-    it saved before stopping: asking for them waits for the (checkpoint) train rule, then lists its ckpt folder.
+def experiment_steps(study, experiment, replicate):
+    """The checkpoints an experiment replicate samples. For every checkpoint of an early-stopping model these are
+    the ones it saved before stopping: asking for them waits for the (checkpoint) train rule, then lists them.
     """
-    if not cfg.steps_known_after_training(config, study, experiment):
-        return cfg.eval_steps(config, study, experiment)
-    model = experiment_model(study, experiment)
-    ckpt = Path(checkpoints.train.get(study=study, model=model).output.ckpt)
+    if not PLAN.steps_known_after_training(study, experiment):
+        return PLAN.eval_steps(study, experiment)
+    model = PLAN.experiment(study, experiment)["model"]
+    m_rep = paths.replicate_tag(PLAN.model_replicate_of(study, experiment, replicate))
+    ckpt = Path(
+        checkpoints.train.get(study=study, model=model, replicate=m_rep).output.ckpt
+    )
     return sorted(int(p.stem.removeprefix("step")) for p in ckpt.glob("step*.pt"))
 
 
 def curve_files(wildcards, path):
-    """``path`` (cfg.metrics_path or cfg.sample_path) of every checkpoint an experiment samples (rule
+    """``path`` (paths.metrics or paths.samples) of every checkpoint an experiment replicate samples (rule
     collect_checkpoints; named inputs, not unpack(), so that the dry run can format the rule's command before
     training has told which checkpoints exist)."""
-    steps = experiment_steps(wildcards.study, wildcards.experiment)
-    return [path(config, wildcards.study, wildcards.experiment, s) for s in steps]
+    r = rep(wildcards)
+    steps = experiment_steps(wildcards.study, wildcards.experiment, r)
+    return [path(R, wildcards.study, wildcards.experiment, r, s) for s in steps]
 
 
 def static_experiments(study):
     return [
         e
-        for e in study_experiments(study)
-        if not cfg.steps_known_after_training(config, study, e)
+        for e in PLAN.experiments[study]
+        if not PLAN.steps_known_after_training(study, e)
     ]
 
 
-def study_metrics(study):
-    """Metrics files known at planning time (the others: study_checkpoint_indexes)."""
+def study_files(study, path):
+    """``path`` (paths.metrics or paths.samples) of every file known at planning time (the rest: indexes)."""
     return [
-        cfg.metrics_path(config, study, e, s)
+        path(R, study, e, r, s)
         for e in static_experiments(study)
-        for s in cfg.eval_steps(config, study, e)
-    ]
-
-
-def study_samples(study):
-    return [
-        cfg.sample_path(config, study, e, s)
-        for e in static_experiments(study)
-        for s in cfg.eval_steps(config, study, e)
+        for r in PLAN.experiment_replicates(study, e)
+        for s in PLAN.eval_steps(study, e)
     ]
 
 
 def study_checkpoint_indexes(study):
-    """One index per experiment whose checkpoints are known only after training (rule collect_checkpoints)."""
+    """One index per experiment replicate whose checkpoints are known only after training."""
     return [
-        f"{R}/{study}/metrics/{e}/checkpoints.json"
-        for e in study_experiments(study)
-        if cfg.steps_known_after_training(config, study, e)
+        paths.checkpoint_index(R, study, e, r)
+        for e in PLAN.experiments[study]
+        if PLAN.steps_known_after_training(study, e)
+        for r in PLAN.experiment_replicates(study, e)
     ]
 
 
 def study_train_logs(study):
     return [
-        f"{cfg.model_dir(config, study, m)}/train_log.csv" for m in study_models(study)
+        paths.train_log(R, study, m, r)
+        for m in PLAN.models[study]
+        for r in PLAN.model_replicates(study, m)
     ]
 
 
-def report_files(study):
-    d = cfg.report_dir(config, study)
+def study_autoencoder_reports(study):
     return [
-        f"{d}/{name}"
-        for name in (
-            "table.md",
-            "table.csv",
-            "fid_is.png",
-            "loss.png",
-            "grids.png",
-            "trajectory.png",
-            "curves.png",
-            "sweeps.png",
-        )
+        paths.autoencoder_report(R, study, ae, ext)
+        for ae in PLAN.study_autoencoders(study)
+        for ext in ("json", "png")
     ]
 
 
-def extractor_spec(study):
-    return cfg.extractor_spec(config, study)
-
-
-def extractor_for_tag(dataset, tag):
-    """The extractor spec behind a reference-statistics file name (``classifier`` or ``inception-<mode>``)."""
-    if tag == "classifier":
-        return {"kind": "classifier", "weights": cfg.classifier_path(config, dataset)}
-    m = config["metrics"]
+def report_study(study):
+    """What the report stage needs of a study: its settings, models and experiments (in config order)."""
+    s = PLAN.study(study)
     return {
-        "kind": "inception",
-        "weights": m["inception_weights"],
-        "sha256": m["inception_sha256"],
-        "preprocessing": tag.removeprefix("inception-"),
+        "name": study,
+        "title": s["title"] or study,
+        "layout": s["layout"],
+        "published_protocol": s["published_protocol"],
+        "claims": s["claims"],
+        "models": PLAN.models[study],
+        "experiments": PLAN.experiments[study],
+        "experiment_order": list(PLAN.experiments[study]),
     }
-
-
-def evaluation_options(study):
-    ev = config["studies"][study]["evaluation"]
-    opts = {k: ev[k] for k in ("is_splits", "kid_subsets", "kid_subset_size")}
-    return {**opts, "batch_size": config["metrics"]["batch_size"]}

@@ -2,21 +2,23 @@ rule make_dataset:
     input:
         dataset_source,
     output:
-        f"{R}/data/{{dataset}}.h5",
+        paths.dataset(R, "{dataset}"),
     log:
-        f"{R}/logs/make_dataset/{{dataset}}.log",
+        paths.log(R, "make_dataset", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/make_dataset/{{dataset}}.tsv"
+        paths.benchmark(R, "make_dataset", "{dataset}")
     conda:
         "../envs/environment.yaml"
     envmodules:
         *config["envmodules"],
-    threads: lambda w: 1 if config["datasets"][w.dataset]["source"] == "shapes" else 8
+    threads: lambda w: 1 if PLAN.dataset_spec(w.dataset)["source"] == "shapes" else 8
     resources:
         mem_mb=4000,
         runtime=120,
     params:
-        spec=lambda w: as_json(config["datasets"][w.dataset]),
+        spec=lambda w: spec_json(PLAN.dataset_spec(w.dataset)),
+        requirements=lambda w: spec_json(PLAN.dataset_requirements(w.dataset)),
+        fingerprint=dataset_fingerprint,
     shell:
-        "python -m core.stages.make_dataset --spec {params.spec:q} --name {wildcards.dataset} --workers {threads}"
-        " --out {output} > {log} 2>&1"
+        "python -m core.stages.make_dataset --spec {params.spec:q} --requirements {params.requirements:q}"
+        " --workers {threads} --out {output:q} > {log:q} 2>&1"

@@ -1,13 +1,13 @@
 rule train_classifier:
     input:
-        data=f"{R}/data/{{dataset}}.h5",
+        data=paths.dataset(R, "{dataset}"),
     output:
-        weights=f"{R}/extractors/{{dataset}}-classifier.pt",
-        info=f"{R}/extractors/{{dataset}}-classifier.pt.json",
+        weights=paths.classifier(R, "{dataset}"),
+        info=paths.classifier(R, "{dataset}") + ".json",
     log:
-        f"{R}/logs/train_classifier/{{dataset}}.log",
+        paths.log(R, "train_classifier", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/train_classifier/{{dataset}}.tsv"
+        paths.benchmark(R, "train_classifier", "{dataset}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -17,28 +17,22 @@ rule train_classifier:
         mem_mb=4000,
         runtime=60,
     params:
-        spec=lambda w: as_json(
-            next(
-                cfg.classifier_spec(config, s)
-                for s, st in config["studies"].items()
-                if st["dataset"] == w.dataset
-            )
-        ),
+        spec=lambda w: spec_json(PLAN.classifier_spec(w.dataset)),
     shell:
-        "python -m core.stages.train_classifier --data {input.data} --spec {params.spec:q} --out {output.weights}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m core.stages.train_classifier --data {input.data:q} --spec {params.spec:q}"
+        " --out {output.weights:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule reference_stats:
     input:
-        data=f"{R}/data/{{dataset}}.h5",
-        weights=lambda w: extractor_for_tag(w.dataset, w.extractor)["weights"],
+        data=paths.dataset(R, "{dataset}"),
+        weights=lambda w: PLAN.extractor_for_tag(w.dataset, w.extractor)["weights"],
     output:
-        f"{R}/refstats/{{dataset}}/{{split}}-{{extractor}}-n{{num}}.npz",
+        paths.reference(R, "{dataset}", "{split}", "{extractor}", "{num}"),
     log:
-        f"{R}/logs/reference_stats/{{dataset}}/{{split}}-{{extractor}}-n{{num}}.log",
+        paths.log(R, "reference_stats", "{dataset}", "{split}-{extractor}-n{num}"),
     benchmark:
-        f"{R}/benchmarks/reference_stats/{{dataset}}/{{split}}-{{extractor}}-n{{num}}.tsv"
+        paths.benchmark(R, "reference_stats", "{dataset}", "{split}-{extractor}-n{num}")
     wildcard_constraints:
         split="train|val",
         extractor="classifier|inception-pytorch-fid|inception-tf",
@@ -52,25 +46,28 @@ rule reference_stats:
         runtime=60,
         gpu=config["metrics"]["gpus"],
     params:
-        launch=launcher(config["metrics"]["gpus"]),
-        extractor=lambda w: as_json(extractor_for_tag(w.dataset, w.extractor)),
+        gpus=config["metrics"]["gpus"],
+        extractor=lambda w: spec_json(PLAN.extractor_for_tag(w.dataset, w.extractor)),
         batch_size=config["metrics"]["batch_size"],
     shell:
-        "{params.launch} -m core.stages.reference_stats --data {input.data} --split {wildcards.split} --num-images {wildcards.num}"
-        " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
+        "python -m core.launch --gpus {params.gpus} reference_stats --data {input.data:q}"
+        " --split {wildcards.split} --num-images {wildcards.num} --extractor {params.extractor:q}"
+        " --batch-size {params.batch_size} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        samples=f"{R}/{{study}}/samples/{{experiment}}/{{step}}.h5",
-        reference=lambda w: cfg.reference_path(config, w.study),
-        weights=lambda w: extractor_spec(w.study)["weights"],
+        samples=paths.samples(R, "{study}", "{experiment}", "{replicate}", "{step}"),
+        reference=lambda w: PLAN.reference_file(w.study),
+        weights=lambda w: PLAN.extractor_spec(w.study)["weights"],
     output:
-        f"{R}/{{study}}/metrics/{{experiment}}/{{step}}.json",
+        paths.metrics(R, "{study}", "{experiment}", "{replicate}", "{step}"),
     log:
-        f"{R}/logs/evaluate/{{study}}/{{experiment}}/{{step}}.log",
+        paths.log(R, "evaluate", "{study}", "{experiment}", "{replicate}", "{step}"),
     benchmark:
-        f"{R}/benchmarks/evaluate/{{study}}/{{experiment}}/{{step}}.tsv"
+        paths.benchmark(
+            R, "evaluate", "{study}", "{experiment}", "{replicate}", "{step}"
+        )
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -80,9 +77,10 @@ rule evaluate:
         runtime=60,
         gpu=config["metrics"]["gpus"],
     params:
-        launch=launcher(config["metrics"]["gpus"]),
-        extractor=lambda w: as_json(extractor_spec(w.study)),
-        options=lambda w: as_json(evaluation_options(w.study)),
+        gpus=config["metrics"]["gpus"],
+        extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),
+        options=lambda w: spec_json(PLAN.evaluation_options(w.study)),
     shell:
-        "{params.launch} -m core.stages.evaluate --samples {input.samples} --reference {input.reference}"
-        " --extractor {params.extractor:q} --options {params.options:q} --out {output} > {log} 2>&1"
+        "python -m core.launch --gpus {params.gpus} evaluate --samples {input.samples:q}"
+        " --reference {input.reference:q} --extractor {params.extractor:q} --options {params.options:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,13 +1,13 @@
 rule train_autoencoder:
     input:
-        data=lambda w: cfg.dataset_path(config, config["autoencoders"][w.ae]["dataset"]),
+        data=lambda w: paths.dataset(R, PLAN.autoencoder_spec(w.ae)["dataset"]),
     output:
-        vae=f"{R}/autoencoders/{{ae}}/vae.pt",
-        log=f"{R}/autoencoders/{{ae}}/train_log.csv",
+        vae=paths.autoencoder(R, "{ae}"),
+        log=paths.autoencoder_log(R, "{ae}"),
     log:
-        f"{R}/logs/train_autoencoder/{{ae}}.log",
+        paths.log(R, "train_autoencoder", "{ae}"),
     benchmark:
-        f"{R}/benchmarks/train_autoencoder/{{ae}}.tsv"
+        paths.benchmark(R, "train_autoencoder", "{ae}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -17,22 +17,22 @@ rule train_autoencoder:
         mem_mb=8000,
         runtime=1440,
     params:
-        spec=lambda w: as_json({"name": w.ae, **config["autoencoders"][w.ae]}),
+        spec=lambda w: spec_json(PLAN.autoencoder_spec(w.ae)),
     shell:
-        "python -m core.stages.train_autoencoder --spec {params.spec:q} --data {input.data} --out {output.vae}"
-        " --log {output.log} --threads {threads} > {log} 2>&1"
+        "python -m core.stages.train_autoencoder --spec {params.spec:q} --data {input.data:q}"
+        " --out {output.vae:q} --log {output.log:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule encode_latents:
     input:
-        data=lambda w: cfg.dataset_path(config, config["autoencoders"][w.ae]["dataset"]),
-        vae=f"{R}/autoencoders/{{ae}}/vae.pt",
+        data=lambda w: paths.dataset(R, PLAN.autoencoder_spec(w.ae)["dataset"]),
+        vae=paths.autoencoder(R, "{ae}"),
     output:
-        f"{R}/latents/{{ae}}.h5",
+        paths.latents(R, "{ae}"),
     log:
-        f"{R}/logs/encode_latents/{{ae}}.log",
+        paths.log(R, "encode_latents", "{ae}"),
     benchmark:
-        f"{R}/benchmarks/encode_latents/{{ae}}.tsv"
+        paths.benchmark(R, "encode_latents", "{ae}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -42,23 +42,23 @@ rule encode_latents:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m core.stages.encode_latents --data {input.data} --autoencoder {input.vae} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m core.stages.encode_latents --data {input.data:q} --autoencoder {input.vae:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_autoencoder:
     input:
-        vae=f"{R}/autoencoders/{{ae}}/vae.pt",
-        data=lambda w: cfg.dataset_path(config, config["studies"][w.study]["dataset"]),
-        reference=lambda w: cfg.reference_path(config, w.study),
-        weights=lambda w: extractor_spec(w.study)["weights"],
+        vae=paths.autoencoder(R, "{ae}"),
+        data=lambda w: paths.dataset(R, PLAN.dataset_of(w.study)),
+        reference=lambda w: PLAN.reference_file(w.study),
+        weights=lambda w: PLAN.extractor_spec(w.study)["weights"],
     output:
-        metrics=f"{R}/{{study}}/autoencoders/{{ae}}.json",
-        grid=f"{R}/{{study}}/autoencoders/{{ae}}.png",
+        metrics=paths.autoencoder_report(R, "{study}", "{ae}", "json"),
+        grid=paths.autoencoder_report(R, "{study}", "{ae}", "png"),
     log:
-        f"{R}/logs/evaluate_autoencoder/{{study}}/{{ae}}.log",
+        paths.log(R, "evaluate_autoencoder", "{study}", "{ae}"),
     benchmark:
-        f"{R}/benchmarks/evaluate_autoencoder/{{study}}/{{ae}}.tsv"
+        paths.benchmark(R, "evaluate_autoencoder", "{study}", "{ae}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -68,12 +68,12 @@ rule evaluate_autoencoder:
         mem_mb=4000,
         runtime=60,
     params:
-        split=lambda w: config["studies"][w.study]["evaluation"]["reference_split"],
-        num=lambda w: config["studies"][w.study]["evaluation"]["reference_num"],
-        extractor=lambda w: as_json(extractor_spec(w.study)),
+        split=lambda w: PLAN.study(w.study)["evaluation"]["reference_split"],
+        num=lambda w: PLAN.study(w.study)["evaluation"]["reference_num"],
+        extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),
         batch_size=config["metrics"]["batch_size"],
     shell:
-        "python -m core.stages.evaluate_autoencoder --autoencoder {input.vae} --data {input.data}"
-        " --split {params.split} --num-images {params.num} --reference {input.reference}"
-        " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output.metrics}"
-        " --grid {output.grid} --threads {threads} > {log} 2>&1"
+        "python -m core.stages.evaluate_autoencoder --autoencoder {input.vae:q} --data {input.data:q}"
+        " --split {params.split:q} --num-images {params.num} --reference {input.reference:q}"
+        " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output.metrics:q}"
+        " --grid {output.grid:q} --threads {threads} > {log:q} 2>&1"

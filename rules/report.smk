@@ -1,55 +1,23 @@
 rule report:
     input:
-        metrics=lambda w: study_metrics(w.study),
-        samples=lambda w: study_samples(w.study),
+        metrics=lambda w: study_files(w.study, paths.metrics),
+        samples=lambda w: study_files(w.study, paths.samples),
         train_logs=lambda w: study_train_logs(w.study),
         autoencoders=lambda w: study_autoencoder_reports(w.study),
         indexes=lambda w: study_checkpoint_indexes(w.study),
     output:
-        table=report(
-            f"{R}/{{study}}/report/table.md",
-            caption="captions/table.rst",
-            category="{study}",
-        ),
-        csv=report(
-            f"{R}/{{study}}/report/table.csv",
-            caption="captions/table_csv.rst",
-            category="{study}",
-        ),
-        fid_is=report(
-            f"{R}/{{study}}/report/fid_is.png",
-            caption="captions/fid_is.rst",
-            category="{study}",
-        ),
-        loss=report(
-            f"{R}/{{study}}/report/loss.png",
-            caption="captions/loss.rst",
-            category="{study}",
-        ),
-        grids=report(
-            f"{R}/{{study}}/report/grids.png",
-            caption="captions/grids.rst",
-            category="{study}",
-        ),
-        trajectory=report(
-            f"{R}/{{study}}/report/trajectory.png",
-            caption="captions/trajectory.rst",
-            category="{study}",
-        ),
-        curves=report(
-            f"{R}/{{study}}/report/curves.png",
-            caption="captions/curves.rst",
-            category="{study}",
-        ),
-        sweeps=report(
-            f"{R}/{{study}}/report/sweeps.png",
-            caption="captions/sweeps.rst",
-            category="{study}",
-        ),
+        [
+            report(
+                f"{paths.report_dir(R, '{study}')}/{name}",
+                caption=f"captions/{name}.rst",
+                category="{study}",
+            )
+            for name in paths.REPORT_FILES
+        ],
     log:
-        f"{R}/logs/report/{{study}}.log",
+        paths.log(R, "report", "{study}"),
     benchmark:
-        f"{R}/benchmarks/report/{{study}}.tsv"
+        paths.benchmark(R, "report", "{study}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -58,49 +26,29 @@ rule report:
         mem_mb=2000,
         runtime=30,
     params:
-        study=lambda w: as_json(
-            {
-                "name": w.study,
-                "title": config["studies"][w.study].get("title", w.study),
-                "layout": config["studies"][w.study]["layout"],
-                "published_protocol": config["studies"][w.study].get(
-                    "published_protocol", ""
-                ),
-                "resources": {
-                    m: cfg.train_resources(config, w.study, m)
-                    for m in study_models(w.study)
-                },
-                "models": {
-                    m: cfg.model_spec(config, w.study, m)
-                    for m in study_models(w.study)
-                },
-                "experiments": {
-                    e: cfg.experiment_spec(config, w.study, e)
-                    for e in study_experiments(w.study)
-                },
-            }
-        ),
-        out_dir=lambda w: cfg.report_dir(config, w.study),
+        study=lambda w: spec_json(report_study(w.study)),
+        out_dir=lambda w: paths.report_dir(R, w.study),
         autoencoders=lambda w, input: [
             f for f in input.autoencoders if f.endswith(".json")
         ],
     shell:
-        "python -m core.stages.report --study {params.study:q} --metrics {input.metrics} --samples {input.samples}"
-        " --train-logs {input.train_logs} --autoencoders {params.autoencoders} --indexes {input.indexes}"
-        " --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        "python -m core.stages.report --study {params.study:q} --metrics {input.metrics:q}"
+        " --samples {input.samples:q} --train-logs {input.train_logs:q} --autoencoders {params.autoencoders:q}"
+        " --indexes {input.indexes:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule collect_checkpoints:
     input:
-        metrics=lambda w: curve_files(w, cfg.metrics_path),
-        samples=lambda w: curve_files(w, cfg.sample_path),
+        metrics=lambda w: curve_files(w, paths.metrics),
+        samples=lambda w: curve_files(w, paths.samples),
     output:
-        f"{R}/{{study}}/metrics/{{experiment}}/checkpoints.json",
+        paths.checkpoint_index(R, "{study}", "{experiment}", "{replicate}"),
     log:
-        f"{R}/logs/collect_checkpoints/{{study}}/{{experiment}}.log",
+        paths.log(R, "collect_checkpoints", "{study}", "{experiment}", "{replicate}"),
     benchmark:
-        f"{R}/benchmarks/collect_checkpoints/{{study}}/{{experiment}}.tsv"
+        paths.benchmark(
+            R, "collect_checkpoints", "{study}", "{experiment}", "{replicate}"
+        )
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -109,4 +57,5 @@ rule collect_checkpoints:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m core.stages.collect_checkpoints --metrics {input.metrics} --samples {input.samples} --out {output} > {log} 2>&1"
+        "python -m core.stages.collect_checkpoints --metrics {input.metrics:q} --samples {input.samples:q}"
+        " --out {output:q} > {log:q} 2>&1"

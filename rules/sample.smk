@@ -2,11 +2,11 @@ rule sample:
     input:
         unpack(sample_inputs),
     output:
-        f"{R}/{{study}}/samples/{{experiment}}/{{step}}.h5",
+        paths.samples(R, "{study}", "{experiment}", "{replicate}", "{step}"),
     log:
-        f"{R}/logs/sample/{{study}}/{{experiment}}/{{step}}.log",
+        paths.log(R, "sample", "{study}", "{experiment}", "{replicate}", "{step}"),
     benchmark:
-        f"{R}/benchmarks/sample/{{study}}/{{experiment}}/{{step}}.tsv"
+        paths.benchmark(R, "sample", "{study}", "{experiment}", "{replicate}", "{step}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -15,15 +15,13 @@ rule sample:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=lambda w: cfg.sample_gpus(config, w.study, w.experiment),
+        gpu=lambda w: PLAN.sample_gpus(w.study, w.experiment),
     params:
-        spec=lambda w: as_json(cfg.experiment_spec(config, w.study, w.experiment)),
-        launch=lambda w: launcher(cfg.sample_gpus(config, w.study, w.experiment)),
-        autoencoder=lambda w, input: (
-            f"--autoencoder {input.autoencoder}"
-            if "autoencoder" in input.keys()
-            else ""
-        ),
+        spec=lambda w: spec_json(PLAN.sample_spec(w.study, w.experiment, rep(w))),
+        gpus=lambda w: PLAN.sample_gpus(w.study, w.experiment),
+        checkpoint=checkpoint_file,
+        autoencoder=lambda w, input: input.get("autoencoder", ""),
     shell:
-        "{params.launch} -m core.stages.sample --checkpoint {input.ckpt}/{wildcards.step}.pt --spec {params.spec:q}"
-        " {params.autoencoder} --out {output} --threads {threads} >> {log} 2>&1"
+        "python -m core.launch --gpus {params.gpus} sample --checkpoint {params.checkpoint:q}"
+        " --spec {params.spec:q} --autoencoder={params.autoencoder:q} --out {output:q}"
+        " --threads {threads} >> {log:q} 2>&1"

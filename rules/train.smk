@@ -2,14 +2,14 @@
 # exist once the model is trained (rules/common.smk: experiment_steps).
 checkpoint train:
     input:
-        data=lambda w: cfg.train_data_path(config, w.study, w.model),
+        data=lambda w: PLAN.train_data(w.study, w.model),
     output:
-        ckpt=directory(f"{R}/{{study}}/models/{{model}}/ckpt"),
-        log=f"{R}/{{study}}/models/{{model}}/train_log.csv",
+        ckpt=directory(paths.checkpoint_dir(R, "{study}", "{model}", "{replicate}")),
+        log=paths.train_log(R, "{study}", "{model}", "{replicate}"),
     log:
-        f"{R}/logs/train/{{study}}/{{model}}.log",
+        paths.log(R, "train", "{study}", "{model}", "{replicate}"),
     benchmark:
-        f"{R}/benchmarks/train/{{study}}/{{model}}.tsv"
+        paths.benchmark(R, "train", "{study}", "{model}", "{replicate}")
     conda:
         "../envs/environment.yaml"
     envmodules:
@@ -18,14 +18,16 @@ checkpoint train:
     resources:
         mem_mb=8000,
         runtime=1440,
-        gpu=lambda w: cfg.train_resources(config, w.study, w.model)["gpus"],
-        nodes=lambda w: cfg.train_resources(config, w.study, w.model)["nodes"],
-        tasks=lambda w: cfg.train_resources(config, w.study, w.model)["nodes"],
+        gpu=lambda w: PLAN.train_resources(w.study, w.model)["gpus"],
+        nodes=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
+        tasks=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
     params:
-        spec=lambda w: as_json(cfg.model_spec(config, w.study, w.model)),
-        out_dir=lambda w: cfg.model_dir(config, w.study, w.model),
-        launch=lambda w: launcher(**cfg.train_resources(config, w.study, w.model)),
-        compile_cache=f"{R}/cache/inductor",
+        spec=lambda w: spec_json(PLAN.train_spec(w.study, w.model, rep(w))),
+        gpus=lambda w: PLAN.train_resources(w.study, w.model)["gpus"],
+        nodes=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
+        out_dir=lambda w: paths.model_dir(R, w.study, w.model, w.replicate),
+        compile_cache=paths.compile_cache(R),
     shell:
-        "{params.launch} -m core.stages.train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir}"
-        " --threads {threads} --compile-cache {params.compile_cache} >> {log} 2>&1"
+        "python -m core.launch --gpus {params.gpus} --nodes {params.nodes} train --spec {params.spec:q}"
+        " --data {input.data:q} --out-dir {params.out_dir:q} --threads {threads}"
+        " --compile-cache {params.compile_cache:q} >> {log:q} 2>&1"

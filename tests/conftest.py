@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny shapes dataset on disk and a tiny model spec."""
+"""Shared fixtures: a tiny shapes dataset on disk and a tiny model spec, completed as the workflow completes them."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.stages.make_dataset import make_shapes
+from core import config
+from core.stages import make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# As a study's config states it; ``model_spec`` completes it from the schema's defaults as Plan does.
 TINY_MODEL = {
-    "name": "tiny",
-    "study": "test",
     "backbone": "unet",
     "space": "pixel",
     "net": {
@@ -47,6 +47,29 @@ TINY_MODEL = {
 }
 
 
+def model_spec(entry: dict, input_size: int = 8, name: str = "tiny", replicate: int = 0) -> dict:
+    """A train spec (what core.stages.train gets) from a model entry, completed from the config schema."""
+    spec = config.complete_model(copy.deepcopy(entry), input_size)
+    spec = {k: v for k, v in spec.items() if k not in config.MODEL_BOOKKEEPING}
+    return {"name": name, "study": "test", "replicate": replicate, **spec}
+
+
+def sample_spec(entry: dict, experiment: str = "X", replicate: int = 0) -> dict:
+    """A sample spec (what core.stages.sample gets) from an experiment entry, completed from the config schema."""
+    spec = config.fill(copy.deepcopy(entry), config.defs_ref("experiment"))
+    spec["sampler"] = config.complete_sampler(spec["sampler"])
+    spec = {k: v for k, v in spec.items() if k not in config.EXPERIMENT_BOOKKEEPING}
+    return {"experiment": experiment, "study": "test", "replicate": replicate, "model_replicate": 0, **spec}
+
+
+def shapes_dataset(path: Path, image_size: int = 8, train: int = 64, val: int = 32, seed: int = 0) -> Path:
+    """A built-in shapes dataset written (and sealed) by the make_dataset stage."""
+    spec = {"source": "shapes", "image_size": image_size, "splits": {"train": train, "val": val}, "seed": seed}
+    entry = config.fill(spec, config.defs_ref("dataset_shapes"))
+    make_dataset.run({"name": "tiny", **entry}, str(path), [])
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(1)
@@ -54,14 +77,12 @@ def _threads() -> None:
 
 @pytest.fixture
 def tiny_spec() -> dict:
-    return copy.deepcopy(TINY_MODEL)
+    return model_spec(TINY_MODEL)
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    make_shapes({"source": "shapes", "image_size": 8, "splits": {"train": 64, "val": 32}, "seed": 0}, str(path))
-    return path
+    return shapes_dataset(tmp_path_factory.mktemp("data") / "tiny.h5")
 
 
 def as_json(obj: object) -> str:

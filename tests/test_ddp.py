@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
-from core.distributed import Context, launcher
-from tests.conftest import ROOT
+from core import launch
+from core.distributed import Context
+from tests.conftest import ROOT, sample_spec
 
 
 def _train(spec: dict, data: str, out: str, nproc: int) -> None:
@@ -57,12 +58,9 @@ def test_two_gloo_processes_follow_the_one_process_run(tiny_spec, tiny_dataset, 
 
 
 def test_two_gloo_processes_stop_early_together_at_the_one_process_step(tiny_spec, tiny_dataset, tmp_path):
+    early = {"every": 2, "patience": 1, "num_images": 16, "min_delta": 10.0, "weights": "ema"}  # stops at step 4
     spec = {**tiny_spec, "net": {**tiny_spec["net"], "dropout": 0.0}}
-    spec["train"] = {
-        **spec["train"],
-        "batch_size": 8,
-        "early_stopping": {"every": 2, "patience": 1, "num_images": 16, "min_delta": 10.0},  # stops at step 4
-    }
+    spec["train"] = {**spec["train"], "batch_size": 8, "early_stopping": early}
     _train(spec, str(tiny_dataset), str(tmp_path / "one"), 1)
     _train(spec, str(tiny_dataset), str(tmp_path / "two"), 2)  # a rank that ran on would hang its collectives
     for run in ("one", "two"):
@@ -72,15 +70,21 @@ def test_two_gloo_processes_stop_early_together_at_the_one_process_step(tiny_spe
         assert torch.load(tmp_path / run / "ckpt" / "best.pt", weights_only=False)["step"] == 2
 
 
-def test_shard_and_launcher():
+def test_shard_and_launcher(monkeypatch):
     assert [Context(r, 2).shard(8) for r in range(2)] == [slice(0, 4), slice(4, 8)]
     with pytest.raises(ValueError, match=r"train.batch_size = 9 .* not divisible by the 2"):
         Context(0, 2).shard(9)
-    assert launcher(1) == "python"
-    assert launcher(4) == "torchrun --standalone --nproc-per-node 4"
-    multi = launcher(4, nodes=2)
-    assert multi.startswith("srun --nodes 2 --ntasks-per-node 1 torchrun --nnodes 2 --nproc-per-node 4")
-    assert "--rdzv-backend c10d" in multi
+    assert launch.command("train", ["--x", "a b"]) == [sys.executable, "-m", "core.stages.train", "--x", "a b"]
+    assert launch.command("sample", [], gpus=4)[:4] == ["torchrun", "--standalone", "--nproc-per-node", "4"]
+    monkeypatch.setattr(launch, "first_node", lambda nodelist: nodelist.split(",")[0])
+    multi = launch.command(
+        "train", ["--spec", "$(touch x)"], 4, 2, {"SLURM_JOB_NODELIST": "n1,n2", "SLURM_JOB_ID": "7"}
+    )
+    assert multi[:8] == ["srun", "--nodes", "2", "--ntasks-per-node", "1", "torchrun", "--nnodes", "2"]
+    assert multi[12:16] == ["--rdzv-backend", "c10d", "--rdzv-endpoint", "n1:29500"]
+    assert multi[-2:] == ["--spec", "$(touch x)"]  # arguments stay arguments: no shell ever sees them
+    with pytest.raises(ValueError, match="unknown stage"):
+        launch.command("rm -rf /", [])
 
 
 def _run_module(module: str, args: list[str], nproc: int) -> None:
@@ -105,22 +109,24 @@ def test_sampling_and_feature_extraction_split_across_two_processes(tiny_spec, t
     spec = {**tiny_spec, "train": {**tiny_spec["train"], "steps": 4, "checkpoint_every": 4}}
     train(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
     ckpt = str(tmp_path / "m" / "ckpt" / "step0000004.pt")
-    sample_spec = {
-        "experiment": "x",
-        "model": "m",
-        "sampler": {"name": "ddim", "steps": 4},
-        "guidance_scale": 2.0,
-        "num_samples": 10,
-        "batch_size": 3,  # 4 batches, the last one short: rank 0 draws 0 and 2, rank 1 draws 1 and 3
-        "seed": 1,
-        "trajectory_images": 2,
-        "trajectory_points": 3,
-    }
+    spec_s = sample_spec(
+        {
+            "model": "m",
+            "sampler": {"name": "ddim", "steps": 4},
+            "guidance_scale": 2.0,
+            "num_samples": 10,
+            "batch_size": 3,  # 4 batches, the last one short: rank 0 draws 0 and 2, rank 1 draws 1 and 3
+            "seed": 1,
+            "trajectory_images": 2,
+            "trajectory_points": 3,
+        },
+        experiment="x",
+    )
     files = {}
     for nproc in (1, 2):
         out = tmp_path / f"s{nproc}.h5"
         _run_module(
-            "core.stages.sample", ["--checkpoint", ckpt, "--spec", json.dumps(sample_spec), "--out", str(out)], nproc
+            "core.stages.sample", ["--checkpoint", ckpt, "--spec", json.dumps(spec_s), "--out", str(out)], nproc
         )
         files[nproc] = out
     with h5py.File(files[1], "r") as a, h5py.File(files[2], "r") as b:

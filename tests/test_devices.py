@@ -18,7 +18,7 @@ import torch
 from core import data
 from core.diffusion import GaussianDiffusion
 from core.models import build_model, load_checkpoint
-from core.sampling import SamplerSpec, sample
+from core.sampling import sample, sampler_spec
 from core.stages import train as train_stage
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -56,9 +56,9 @@ def test_ddim_on_cuda_gives_the_cpus_images(tiny_spec, guidance_scale):
     diffusion = GaussianDiffusion.from_spec(tiny_spec["diffusion"])
     x_T = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 5
-    spec = SamplerSpec(name="ddim", steps=10, eta=0.0)
-    cpu, _ = sample(model, diffusion, x_T, spec, y, guidance_scale)
-    gpu, _ = sample(model.cuda(), diffusion, x_T.cuda(), spec, y.cuda(), guidance_scale)
+    spec = sampler_spec("ddim", 10, eta=0.0)
+    cpu = sample(model, diffusion, x_T, spec, y, guidance_scale)
+    gpu = sample(model.cuda(), diffusion, x_T.cuda(), spec, y.cuda(), guidance_scale)
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-4)
 
 

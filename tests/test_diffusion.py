@@ -7,7 +7,7 @@ from core.diffusion import GaussianDiffusion, cosine_alphas_cumprod, make_betas
 
 
 def test_linear_schedule_closed_form():
-    betas = make_betas("linear", 1000)
+    betas = make_betas("linear", 1000, beta_start=1e-4, beta_end=0.02)
     assert betas[0].item() == pytest.approx(1e-4)
     assert betas[-1].item() == pytest.approx(0.02)
     d = GaussianDiffusion(betas)
@@ -28,7 +28,7 @@ def test_cosine_schedule_matches_formula():
 
 
 def test_sigmoid_schedule_is_monotone_and_ends_near_zero():
-    d = GaussianDiffusion(make_betas("sigmoid", 1000))
+    d = GaussianDiffusion(make_betas("sigmoid", 1000, start=-3.0, end=3.0, tau=1.0))
     a = d.alphas_cumprod
     assert torch.all(a[1:] < a[:-1])
     assert a[0].item() > 0.99 and a[-1].item() < 1e-3
@@ -41,7 +41,7 @@ def test_unknown_schedule_is_an_error():
 
 
 def test_forward_noising_statistics():
-    d = GaussianDiffusion(make_betas("linear", 1000))
+    d = GaussianDiffusion(make_betas("linear", 1000, beta_start=1e-4, beta_end=0.02))
     g = torch.Generator().manual_seed(0)
     x0 = torch.full((20000, 1), 0.7)
     t = torch.full((20000,), 300, dtype=torch.long)
@@ -52,7 +52,7 @@ def test_forward_noising_statistics():
 
 
 def test_training_loss_is_mse_against_noise():
-    d = GaussianDiffusion(make_betas("linear", 10))
+    d = GaussianDiffusion(make_betas("linear", 10, beta_start=1e-4, beta_end=0.02))
 
     class Zero(torch.nn.Module):
         num_classes = 0

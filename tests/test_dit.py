@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from core.models import build_model
-from core.nets.dit import DIT_CONFIGS, DiT, build_dit, sincos_pos_embed_2d
+from core.nets.dit import DiT, build_dit, sincos_pos_embed_2d
+from core.nets.zoo import DIT_CONFIGS
 
 # Params (M) of Table 4 in Peebles & Xie (2023), arXiv:2212.09748, printed to the nearest million: 256² images
 # → 32×32×4 latents, 1000 classes, learned σ (8 output channels).
@@ -167,22 +168,26 @@ def test_dit_trains_and_samples_through_the_same_stages(tiny_dataset, tmp_path):
 
     from core.stages import sample as sample_stage
     from core.stages import train as train_stage
-    from tests.conftest import TINY_MODEL
+    from tests.conftest import TINY_MODEL, model_spec, sample_spec
 
-    spec = {
-        **TINY_MODEL,
-        "backbone": "dit",
-        "net": {"patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 4, "class_conditional": True},
-        "train": {**TINY_MODEL["train"], "steps": 4, "checkpoint_every": 4},
-    }
+    spec = model_spec(
+        {
+            **TINY_MODEL,
+            "backbone": "dit",
+            "net": {"patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 4, "class_conditional": True},
+            "train": {**TINY_MODEL["train"], "steps": 4, "checkpoint_every": 4},
+        }
+    )
     train_stage.run(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
-    sampling = {
-        "sampler": {"name": "ddim", "steps": 5},
-        "guidance_scale": 2.0,
-        "num_samples": 6,
-        "batch_size": 3,
-        "seed": 0,
-    }
+    sampling = sample_spec(
+        {
+            "sampler": {"name": "ddim", "steps": 5},
+            "guidance_scale": 2.0,
+            "num_samples": 6,
+            "batch_size": 3,
+            "seed": 0,
+        }
+    )
     sample_stage.run(str(tmp_path / "m" / "ckpt" / "step0000004.pt"), sampling, str(tmp_path / "s.h5"), "cpu")
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f.attrs["complete"] and f["samples/images"].shape == (6, 8, 8, 3)

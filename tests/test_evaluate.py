@@ -30,6 +30,14 @@ def write_samples(path, images):
         imgs, _ = data.create_split(f, "samples", len(images), images.shape[1])
         imgs[:] = images
         f.attrs.update({"experiment": "E", "checkpoint_step": 7, "sampler": "ddim", "complete": True, "num_done": 16})
+        f.attrs.update({"replicate": 0, "sampler_label": "DDIM-10 (η=0, leading)"})
+        data.seal(f)
+
+
+def opts(**kw: object) -> dict:
+    """Evaluation options as the workflow passes them (core.config.Plan.evaluation_options)."""
+    base = {"is_splits": 10, "kid_subsets": 100, "kid_subset_size": None, "bootstrap": 20, "fd_infinity": False}
+    return {**base, "batch_size": 8, **kw}
 
 
 def test_inception_reference_and_evaluation_are_labelled(tiny_dataset, inception_spec, tmp_path):
@@ -44,9 +52,11 @@ def test_inception_reference_and_evaluation_are_labelled(tiny_dataset, inception
     samples = tmp_path / "s.h5"
     write_samples(samples, images)
     out = tmp_path / "m.json"
-    opts = {"is_splits": 2, "kid_subsets": 5, "kid_subset_size": 8, "batch_size": 8}
-    evaluate(str(samples), str(ref), inception_spec, str(out), opts)
+    options = opts(is_splits=2, kid_subsets=5, kid_subset_size=8, bootstrap=3)
+    evaluate(str(samples), str(ref), inception_spec, str(out), options)
     m = json.loads(out.read_text())
+    boot = m["bootstrap"]
+    assert len(boot["fid"]) == 3 and boot["fid_interval"]["low"] <= boot["fid_interval"]["high"]
     assert m["label"]["fid"] == "FID@16" and m["label"]["is"] == "IS (2 splits)"
     assert m["extractor"]["preprocessing"] == "pytorch-fid" and m["n_real"] == 16 and m["n_generated"] == 16
     assert m["samples"]["experiment"] == "E" and m["samples"]["checkpoint_step"] == 7
@@ -55,7 +65,7 @@ def test_inception_reference_and_evaluation_are_labelled(tiny_dataset, inception
     # the same images as the reference give a distance of (numerically) zero
     val, _ = data.read_split(tiny_dataset, "val", 16)
     write_samples(samples, val)
-    evaluate(str(samples), str(ref), inception_spec, str(out), opts)
+    evaluate(str(samples), str(ref), inception_spec, str(out), options)
     assert json.loads(out.read_text())["fid"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -69,7 +79,7 @@ def test_reference_from_other_weights_is_refused(tiny_dataset, inception_spec, t
     samples = tmp_path / "s.h5"
     write_samples(samples, np.zeros((8, 8, 8, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="rebuild the reference"):
-        evaluate(str(samples), str(ref), spec, str(tmp_path / "m.json"), {"is_splits": 2, "kid_subset_size": 4})
+        evaluate(str(samples), str(ref), spec, str(tmp_path / "m.json"), opts(is_splits=2, kid_subset_size=4))
 
 
 def test_incomplete_sample_file_is_refused(tiny_dataset, inception_spec, tmp_path):
@@ -80,7 +90,7 @@ def test_incomplete_sample_file_is_refused(tiny_dataset, inception_spec, tmp_pat
     with h5py.File(samples, "a") as f:
         f.attrs["complete"] = False
     with pytest.raises(ValueError, match="not a complete sample file"):
-        evaluate(str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), {"is_splits": 2})
+        evaluate(str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), opts(is_splits=2))
 
 
 def test_counts_that_cannot_support_the_metrics_fail_before_extraction(tiny_dataset, inception_spec, tmp_path):
@@ -90,9 +100,9 @@ def test_counts_that_cannot_support_the_metrics_fail_before_extraction(tiny_data
     write_samples(samples, np.zeros((8, 8, 8, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"evaluation\.kid_subset_size = 50"):
         evaluate(
-            str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), {"is_splits": 2, "kid_subset_size": 50}
+            str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), opts(is_splits=2, kid_subset_size=50)
         )
     with pytest.raises(ValueError, match=r"evaluation\.is_splits = 10"):
         evaluate(
-            str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), {"is_splits": 10, "kid_subset_size": 4}
+            str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), opts(is_splits=10, kid_subset_size=4)
         )

@@ -27,7 +27,7 @@ def stand_in_data(tmp_path):
     (tmp_path / "inception.pth").touch()
     overlay = {
         "results_dir": str(tmp_path / "results"),
-        "default_studies": ["full-a", "full-b"],
+        "studies_to_run": ["full-a", "full-b"],
         "datasets": {
             "imagenet100": {"path": str(tmp_path / "imagenet100")},
             "sysu-shapes": {"path": str(tmp_path / "sysu")},
@@ -58,7 +58,7 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
     overlay = stand_in_data(tmp_path)
     proc, out = dry_run("--configfile", "config.yaml", str(overlay))
     assert proc.returncode == 0, out[-3000:]
-    c = cfg.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    c = cfg.Plan(yaml.safe_load((ROOT / "config.yaml").read_text()))
     sweeps_a, sweeps_b = len(cfg.sweep_experiments(c, "full-a")), len(cfg.sweep_experiments(c, "full-b"))
     # A: 8 rows, each sampled at its best-validation checkpoint; sweeps: DDPM-CFG over 15 sampler settings and
     # 5 guidance scales, DiT-VAE-CFG-12 over 5 scales, every row over training.
@@ -82,8 +82,8 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
         "report": 2,
         "all": 1,
     }
-    assert "/full-a/samples/DDIM/best.h5" in out and "/full-b/samples/baseline/step0100000.h5" in out
-    assert "/full-a/samples/DDPM-CFG.nfe-dpmpp2m-20/best.h5" in out
+    assert "/full-a/samples/DDIM/r0/best.h5" in out and "/full-b/samples/baseline/r0/step0100000.h5" in out
+    assert "/full-a/samples/DDPM-CFG.nfe-dpmpp2m-20/r0/best.h5" in out
 
 
 def test_full_study_without_its_data_names_folder_layout_and_key(tmp_path):
@@ -103,7 +103,7 @@ def test_full_study_needs_inception_weights_when_targeted(tmp_path, study):
     overlay = stand_in_data(tmp_path)
     spec = yaml.safe_load(overlay.read_text())
     spec["metrics"]["inception_weights"] = None
-    spec["default_studies"] = ["tiny"]
+    spec["studies_to_run"] = ["tiny"]
     overlay.write_text(yaml.safe_dump(spec))
     proc, out = dry_run(f"{tmp_path}/results/{study}/report/table.md", "--configfile", "config.yaml", str(overlay))
     assert proc.returncode != 0

@@ -20,7 +20,8 @@ from core.stages.evaluate_autoencoder import psnr
 from core.stages.sample import run as run_sample
 from core.stages.train import run as train
 from core.stages.train_autoencoder import run as run_autoencoder
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_MODEL, model_spec
+from tests.conftest import sample_spec as complete_sample_spec
 
 AE_SPEC = {
     "name": "tiny-f2",
@@ -87,24 +88,30 @@ def test_latent_cache_round_trip(autoencoder, latents, tiny_dataset):
 
 
 def test_latent_model_trains_on_cache_and_samples_decoded_pixels(autoencoder, latents, tiny_spec, tmp_path):
-    spec = {**tiny_spec, "space": "latent", "autoencoder": "tiny-f2"}
-    spec["net"] = {**spec["net"], "attention_resolutions": [2]}
-    spec["train"] = {**spec["train"], "steps": 4, "checkpoint_every": 4}
+    entry = {
+        **TINY_MODEL,
+        "space": "latent",
+        "autoencoder": "tiny-f2",
+        "net": {**TINY_MODEL["net"], "attention_resolutions": [2]},
+    }
+    spec = model_spec({**entry, "train": {**TINY_MODEL["train"], "steps": 4, "checkpoint_every": 4}}, input_size=4)
     train(spec, str(latents), str(tmp_path / "m"), "cpu")
     model, meta = load_denoiser(tmp_path / "m" / "ckpt" / "step0000004.pt")
     assert meta["in_channels"] == 3 and meta["image_size"] == 4 and meta["latent"]["pixel_size"] == 8
     assert meta["latent"]["autoencoder_sha256"] == file_sha256(autoencoder[0])
-    sample_spec = {
-        "experiment": "x",
-        "model": "m",
-        "sampler": {"name": "ddim", "steps": 5, "clip_denoised": False},
-        "guidance_scale": 2.0,
-        "num_samples": 6,
-        "batch_size": 4,
-        "seed": 0,
-        "trajectory_images": 2,
-        "trajectory_points": 3,
-    }
+    sample_spec = complete_sample_spec(
+        {
+            "model": "m",
+            "sampler": {"name": "ddim", "steps": 5, "clip_denoised": False},
+            "guidance_scale": 2.0,
+            "num_samples": 6,
+            "batch_size": 4,
+            "seed": 0,
+            "trajectory_images": 2,
+            "trajectory_points": 3,
+        },
+        experiment="x",
+    )
     out = tmp_path / "s.h5"
     ckpt = str(tmp_path / "m" / "ckpt" / "step0000004.pt")
     run_sample(ckpt, sample_spec, str(out), "cpu", str(autoencoder[0]))
@@ -117,16 +124,16 @@ def test_latent_model_trains_on_cache_and_samples_decoded_pixels(autoencoder, la
     # the decoder sees z / scale_factor: decoding the same latent sample by hand gives the same pixels
     vae, _ = load_autoencoder(autoencoder[0])
     from core.diffusion import GaussianDiffusion
-    from core.sampling import SamplerSpec, sample
+    from core.sampling import sample, sampler_spec
 
     gen = torch.Generator().manual_seed(0 * 1_000_003 + 0)
     x_T = torch.randn((4, 3, 4, 4), generator=gen)
     y = torch.arange(4) % meta["num_classes"]
-    z, _ = sample(
+    z = sample(
         model,
         GaussianDiffusion.from_spec(spec["diffusion"]),
         x_T,
-        SamplerSpec("ddim", 5, clip_denoised=False),
+        sampler_spec("ddim", 5, clip_denoised=False),
         y,
         2.0,
         gen,
@@ -139,7 +146,7 @@ def test_latent_model_trains_on_cache_and_samples_decoded_pixels(autoencoder, la
     with pytest.raises(ValueError, match="clip_denoised must be false"):
         run_sample(
             ckpt,
-            {**sample_spec, "sampler": {"name": "ddim", "steps": 5}},
+            {**sample_spec, "sampler": {**sample_spec["sampler"], "clip_denoised": True}},
             str(tmp_path / "c.h5"),
             "cpu",
             str(autoencoder[0]),
@@ -195,36 +202,32 @@ def _config() -> dict:
 
 def test_config_checks_for_latent_models():
     c = _config()
-    cfg.validate(copy.deepcopy(c))
-    spec = cfg.experiment_spec(cfg.validate(copy.deepcopy(c)), "tiny", "DDIM-VAE-CFG")
-    assert spec["sampler"]["clip_denoised"] is False  # latents are never clipped by default
-    assert cfg.train_data_path(c, "tiny", "unet-vae-cfg").endswith("latents/shapes-tiny-f2.h5")
+    plan = cfg.Plan(copy.deepcopy(c))
+    assert plan.experiment("tiny", "DDIM-VAE-CFG")["sampler"]["clip_denoised"] is False  # never clipped
+    assert plan.train_data("tiny", "unet-vae-cfg").endswith("latents/shapes-tiny-f2.h5")
+
+    def refused(bad: dict, pattern: str) -> None:
+        with pytest.raises(cfg.ConfigError, match=pattern):
+            cfg.Plan(bad)
 
     bad = copy.deepcopy(c)
     bad["studies"]["tiny"]["experiments"]["DDIM-VAE-CFG"]["sampler"]["clip_denoised"] = True
-    with pytest.raises(cfg.ConfigError, match=r"experiments.DDIM-VAE-CFG.sampler.clip_denoised: .* latent model"):
-        cfg.validate(bad)
+    refused(bad, r"experiments.DDIM-VAE-CFG.sampler.clip_denoised: .* latent model")
     bad = copy.deepcopy(c)
     del bad["studies"]["tiny"]["models"]["unet-vae-cfg"]["autoencoder"]
-    with pytest.raises(cfg.ConfigError, match=r"models.unet-vae-cfg.autoencoder: a latent model needs"):
-        cfg.validate(bad)
+    refused(bad, r"models.unet-vae-cfg.autoencoder: a latent model needs")
     bad = copy.deepcopy(c)
     bad["studies"]["tiny"]["models"]["unet-vae-cfg"]["autoencoder"] = "nope"
-    with pytest.raises(cfg.ConfigError, match="autoencoder 'nope' is not defined"):
-        cfg.validate(bad)
+    refused(bad, "autoencoder 'nope' is not defined")
     bad = copy.deepcopy(c)
     bad["autoencoders"]["shapes-tiny-f2"]["dataset"] = "shapes16"
-    with pytest.raises(cfg.ConfigError, match=r"autoencoders.shapes-tiny-f2.dataset: 'shapes16' differs"):
-        cfg.validate(bad)
+    refused(bad, r"autoencoders.shapes-tiny-f2.dataset: 'shapes16' differs")
     bad = copy.deepcopy(c)
     bad["autoencoders"]["shapes-tiny-f2"]["net"]["ch_mult"] = [1, 2, 2, 2, 2]
-    with pytest.raises(cfg.ConfigError, match="downsampling factor 16 does not divide the image size 8"):
-        cfg.validate(bad)
+    refused(bad, "downsampling factor 16 does not divide the image size 8")
     bad = copy.deepcopy(c)
     bad["studies"]["tiny"]["models"]["dit-vae-cfg"]["net"]["base_channels"] = 8
-    with pytest.raises(cfg.ConfigError, match=r"dit-vae-cfg.net.base_channels: \['base_channels'\] are UNet options"):
-        cfg.validate(bad)
+    refused(bad, r"dit-vae-cfg.net: Additional properties are not allowed \('base_channels' was unexpected\)")
     bad = copy.deepcopy(c)
     bad["studies"]["tiny"]["models"]["unet-cfg"]["autoencoder"] = "shapes-tiny-f2"
-    with pytest.raises(cfg.ConfigError, match="only latent models"):
-        cfg.validate(bad)
+    refused(bad, "only latent models")

@@ -1,4 +1,6 @@
-"""The report picks the best-FD checkpoint and reports the IS of that same checkpoint (the reference did not)."""
+"""The report: the best checkpoint's IS (not another's), intervals over replicates and from the bootstrap, claims with
+verdicts, sweeps, published numbers and cost; it refuses sample files that changed after evaluation and marks rows
+made by other code."""
 
 import csv
 import json
@@ -6,136 +8,239 @@ import math
 
 import h5py
 import numpy as np
+import pytest
+import scipy.stats
 
-from core import data
+from core import data, stats
+from core.provenance import code_fingerprint
 from core.stages import report
 
-STUDY = {
-    "name": "s",
-    "title": "Test study",
-    "layout": "ablation",
-    "models": {
-        "m": {
-            "backbone": "unet",
-            "space": "pixel",
-            "net": {"base_channels": 8, "class_conditional": False},
-            "train": {"lr": 1e-4, "hflip": True},
-        }
-    },
-    "experiments": {"run": {"model": "m", "sampler": {"name": "ddim", "steps": 25, "eta": 0.0}, "guidance_scale": 1.0}},
+MODEL = {
+    "backbone": "unet",
+    "space": "pixel",
+    "label": "UNet",
+    "net": {"base_channels": 8, "class_conditional": False},
+    "train": {"lr": 1e-4, "hflip": True},
+    "resources": {"gpus": 1, "nodes": 1},
 }
+SAMPLER = {"name": "ddim", "steps": 25, "eta": 0.0, "spacing": "leading", "clip_denoised": True}
 
 
-def fake_run(tmp_path, step, fid, is_mean, experiment="run", tag=None):
+def study(experiments: dict, layout: str = "matrix", claims: list | None = None, models: dict | None = None) -> dict:
+    return {
+        "name": "s",
+        "title": "Test study",
+        "layout": layout,
+        "published_protocol": "Protocol note.",
+        "claims": claims or [],
+        "models": models or {"m": MODEL},
+        "experiments": experiments,
+        "experiment_order": list(experiments),
+    }
+
+
+def exp(sampler: dict = SAMPLER, w: float = 1.0, **kw) -> dict:
+    return {"model": "m", "sampler": sampler, "guidance_scale": w, **kw}
+
+
+def fake_run(tmp_path, step, fid, is_mean, experiment="run", replicate=0, tag=None, spread=1.0, code=None, label=None):
+    """A sealed sample file and its metrics file, as core.stages.sample and core.stages.evaluate write them."""
     tag = tag or f"step{step:07d}"
-    samples = tmp_path / "samples" / experiment / f"{tag}.h5"
+    samples = tmp_path / "samples" / experiment / f"r{replicate}" / f"{tag}.h5"
     samples.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(samples, "w") as f:
         data.write_root_attrs(f, "samples", 4, ["a"], {})
         images, _ = data.create_split(f, "samples", 4, 4)
-        images[:] = np.full((4, 4, 4, 3), step % 255, dtype=np.uint8)
+        images[:] = np.full((4, 4, 4, 3), (step + replicate) % 255, dtype=np.uint8)
         g = f.create_group("trajectory")
         g.create_dataset("images", data=np.zeros((1, 3, 4, 4, 3), dtype=np.uint8))
         g.create_dataset("timesteps", data=np.array([10, 5, -1]))
         f.attrs["sampling_device_seconds"] = 36.0
-    metrics = tmp_path / "metrics" / experiment / f"{tag}.json"
+        data.seal(f)
+        checksums = {k: str(f[k].attrs["sha256"]) for k in ("samples/images", "samples/labels")}
+    rng = np.random.default_rng(step + 1000 * replicate)
+    fid_boot, is_boot = fid + spread * rng.normal(size=50), is_mean + 0.1 * spread * rng.normal(size=50)
+    m = {
+        "fid": fid,
+        "is_mean": is_mean,
+        "is_std": 0.1,
+        "kid_mean": 0.0,
+        "kid_std": 0.0,
+        "precision": 0.5,
+        "recall": 0.5,
+        "label": {"fid": "FD_clf@4", "is": "IS_clf (2 splits)", "kid": "KID"},
+        "extractor": {"extractor": "classifier", "weights_sha256": "ab" * 32, "preprocessing": "native"},
+        "n_generated": 4,
+        "n_real": 8,
+        "reference": {"split": "train"},
+        "samples": {
+            "path": str(samples),
+            "checksums": checksums,
+            "experiment": experiment,
+            "replicate": replicate,
+            "checkpoint_step": step,
+            "sampler": "ddim",
+            "sampler_label": label or "DDIM-25 (η=0, leading)",
+            "steps": 25,
+            "guidance_scale": 1.0,
+            "seed": replicate,
+            "code_version": "test",
+        },
+        "bootstrap": {
+            "resamples": 50,
+            "fid": fid_boot.tolist(),
+            "is_mean": is_boot.tolist(),
+            "fid_interval": stats.bootstrap_interval(fid, fid_boot).as_dict(),
+            "is_interval": stats.bootstrap_interval(is_mean, is_boot).as_dict(),
+        },
+        "provenance": {"code": code or code_fingerprint("evaluate")},
+        "sample_provenance": {},
+    }
+    metrics = tmp_path / "metrics" / experiment / f"r{replicate}" / f"{tag}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(
-        json.dumps(
-            {
-                "fid": fid,
-                "is_mean": is_mean,
-                "is_std": 0.1,
-                "kid_mean": 0.0,
-                "kid_std": 0.0,
-                "precision": 0.5,
-                "recall": 0.5,
-                "label": {"fid": "FD_clf@4", "is": "IS_clf (2 splits)", "kid": "KID"},
-                "extractor": {"extractor": "classifier", "weights_sha256": "ab" * 32, "preprocessing": "native"},
-                "n_generated": 4,
-                "n_real": 8,
-                "reference": {"split": "train"},
-                "samples": {
-                    "experiment": experiment,
-                    "checkpoint_step": step,
-                    "sampler": "ddim",
-                    "steps": 25,
-                    "eta": 0.0,
-                    "guidance_scale": 1.0,
-                    "seed": 0,
-                    "code_version": "test",
-                },
-            }
-        )
-    )
+    metrics.write_text(json.dumps(m))
     return str(metrics), str(samples)
+
+
+def train_log(tmp_path, model="m", replicate=0, text=None) -> str:
+    log = tmp_path / "models" / model / f"r{replicate}" / "train_log.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(
+        text
+        or "step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb,input_wait_s\n"
+        + "".join(f"{i},{1 / i},1,1,100,{i},0,0.01\n" for i in range(1, 30))
+    )
+    return str(log)
+
+
+def run_report(tmp_path, s, runs, logs=None) -> str:
+    report.run(s, [m for m, _ in runs], [x for _, x in runs], logs or [train_log(tmp_path)], str(tmp_path / "out"))
+    return (tmp_path / "out" / "table.md").read_text()
 
 
 def test_best_checkpoint_row_uses_is_of_the_same_checkpoint(tmp_path):
     # FD is best at step 200; IS is best at step 300: the row must show step 200's IS, not 9.0
     runs = [fake_run(tmp_path, 100, 50.0, 2.0), fake_run(tmp_path, 200, 10.0, 3.0), fake_run(tmp_path, 300, 20.0, 9.0)]
-    log = tmp_path / "train_log.csv"
-    log.write_text("step,loss\n" + "".join(f"{i},{1 / i}\n" for i in range(1, 300)))
-    report.run(STUDY, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
-    table = (tmp_path / "out" / "table.md").read_text()
+    table = run_report(tmp_path, study({"run": exp()}, layout="ablation"), runs)
     row = next(line for line in table.splitlines() if line.startswith("| run | 8 |"))
-    assert "10.00 (200)" in row and "3.00 ± 0.10" in row and "9.00" not in row
-    assert "| 20.00 |" in row  # last checkpoint's FD, for comparison
-    assert "not Inception FID/IS" in table
+    assert "(200)" in row and "| 3.00 [" in row and "9.00" not in row and "| 20.00 |" in row
+    m = json.loads((tmp_path / "metrics" / "run" / "r0" / "step0000200.json").read_text())
+    iv = m["bootstrap"]["fid_interval"]
+    assert f"10.00 [{iv['low']:.2f}, {iv['high']:.2f}] (200)" in row  # the single run's bootstrap interval
+    assert "not Inception FID/IS" in table and "bootstrap interval over its generated images (50" in table
     with open(tmp_path / "out" / "table.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["checkpoint_step"]) for r in rows] == [100, 200, 300]
-    for name in ("fid_is.png", "loss.png", "grids.png", "trajectory.png", "curves.png"):
+    assert float(rows[1]["fid_low"]) == pytest.approx(iv["low"], rel=1e-5)
+    for name in ("fid_is.png", "loss.png", "grids.png", "trajectory.png", "curves.png", "sweeps.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_replicates_give_a_t_interval_and_the_reported_step_is_the_best_mean(tmp_path):
+    fids = {0: [30.0, 12.0], 1: [28.0, 14.0], 2: [31.0, 13.0]}  # step 100 and 200 of three replicates
+    runs = [fake_run(tmp_path, 100 * (k + 1), f, 2.0, replicate=r) for r, fs in fids.items() for k, f in enumerate(fs)]
+    table = run_report(tmp_path, study({"run": exp()}, layout="ablation"), runs)
+    vals = np.array([12.0, 14.0, 13.0])
+    half = scipy.stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)
+    row = next(line for line in table.splitlines() if line.startswith("| run | 8 |"))
+    assert f"{vals.mean():.2f} [{vals.mean() - half:.2f}, {vals.mean() + half:.2f}] (200)" in row
+    assert "| 3 |" in row and "Student t interval" in table
+
+
+def test_claims_get_verdicts_paired_over_replicates_and_the_published_direction(tmp_path):
+    runs = []
+    for r in range(3):  # guidance helps (consistently), the latent row is level with the pixel row
+        runs.append(fake_run(tmp_path, 10, 20.0 + r, 2.0, experiment="plain", replicate=r))
+        runs.append(fake_run(tmp_path, 10, 15.0 + r + 0.1 * r * r, 2.5, experiment="guided", replicate=r))
+        runs.append(fake_run(tmp_path, 10, 20.0 + r + (-1) ** r, 2.0, experiment="latent", replicate=r))
+    pub = {"plain": {"fid": 150.0}, "guided": {"fid": 94.2}}
+    exps = {n: exp(w=3.0 if n == "guided" else 1.0, published=pub.get(n)) for n in ("plain", "guided", "latent")}
+    exps = {n: {k: v for k, v in e.items() if v is not None} for n, e in exps.items()}
+    claims = [
+        {"claim": "guidance helps", "a": "guided", "b": "plain", "metric": "fid", "expect": "less"},
+        {"claim": "guidance hurts", "a": "guided", "b": "plain", "metric": "fid", "expect": "greater"},
+        {"claim": "pixel beats latent", "a": "plain", "b": "latent", "metric": "fid", "expect": "less"},
+        {"claim": "pixel ≈ latent", "a": "plain", "b": "latent", "metric": "fid", "expect": "equal", "margin": 10.0},
+    ]
+    model = {**MODEL, "net": {"base_channels": 8, "class_conditional": True}}
+    table = run_report(tmp_path, study(exps, claims=claims, models={"m": model}), runs)
+    findings = table.split("## Findings")[1].split("\n## ")[0]
+    lines = {line.split(" | ")[0].strip("| "): line for line in findings.splitlines() if line.startswith("| ")}
+    assert "**holds**" in lines["guidance helps"] and "paired t over 3 replicates" in lines["guidance helps"]
+    assert "**reversed**" in lines["guidance hurts"]
+    assert "**not resolved**" in lines["pixel beats latent"]
+    assert "**holds**" in lines["pixel ≈ latent"]
+    diffs = [15.0 + r + 0.1 * r * r - (20.0 + r) for r in range(3)]
+    iv = stats.t_interval(diffs)
+    assert f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]" in lines["guidance helps"]
+    assert "holds (94.2 vs 150)" in lines["guidance helps"]  # the reference's published numbers agree
+    assert "reversed (94.2 vs 150)" in lines["guidance hurts"] and lines["pixel beats latent"].endswith("| – |")
+
+
+def test_a_single_run_claim_uses_the_bootstrap_of_the_difference(tmp_path):
+    runs = [fake_run(tmp_path, 10, 10.0, 2.0, "a", spread=0.5), fake_run(tmp_path, 10, 20.0, 2.0, "b", spread=0.5)]
+    claims = [{"claim": "a beats b", "a": "a", "b": "b", "metric": "fid", "expect": "less"}]
+    table = run_report(tmp_path, study({"a": exp(), "b": exp()}, claims=claims), runs)
+    line = next(x for x in table.splitlines() if x.startswith("| a beats b |"))
+    assert "**holds**" in line and "bootstrap (centred) of the difference, 50 resamples" in line
+
+
 def test_sweeps_published_numbers_and_cost(tmp_path):
-    sampler = {"name": "ddim", "steps": 25, "eta": 0.0}
     pub = {"fid": 150.0, "is_mean": 4.45, "is_std": 0.1}
     exps = {
-        "A": {"model": "m", "sampler": sampler, "guidance_scale": 2.0, "published": pub},
-        "A.nfe-ddim-10": {"model": "m", "sampler": {**sampler, "steps": 10}, "guidance_scale": 2.0},
-        "A.nfe-dpmpp2m-10": {"model": "m", "sampler": {"name": "dpmpp2m", "steps": 10}, "guidance_scale": 2.0},
-        "A.w1": {"model": "m", "sampler": sampler, "guidance_scale": 1.0},
-        "A.w4": {"model": "m", "sampler": sampler, "guidance_scale": 4.0},
+        "A": exp(w=2.0, published=pub),
+        "A.nfe-ddim-10": exp({**SAMPLER, "steps": 10}, 2.0, sweep={"kind": "nfe", "base": "A"}),
+        "A.nfe-dpmpp2m-10": exp(
+            {"name": "dpmpp2m", "steps": 10, "spacing": "trailing"}, 2.0, sweep={"kind": "nfe", "base": "A"}
+        ),
+        "A.w1": exp(w=1.0, sweep={"kind": "guidance", "base": "A"}),
+        "A.w4": exp(w=4.0, sweep={"kind": "guidance", "base": "A"}),
     }
-    for name in ("A.nfe-ddim-10", "A.nfe-dpmpp2m-10"):
-        exps[name]["sweep"] = {"kind": "nfe", "base": "A"}
-    for name in ("A.w1", "A.w4"):
-        exps[name]["sweep"] = {"kind": "guidance", "base": "A"}
-    model = {**STUDY["models"]["m"], "net": {"base_channels": 8, "class_conditional": True}}
-    study = {
-        **STUDY,
-        "layout": "matrix",
-        "models": {"m": model},
-        "experiments": exps,
-        "resources": {"m": {"gpus": 2, "nodes": 1}},
-        "published_protocol": "Protocol note.",
-    }
+    model = {**MODEL, "net": {"base_channels": 8, "class_conditional": True}, "resources": {"gpus": 2, "nodes": 1}}
     fids = {"A": 10.0, "A.nfe-ddim-10": 14.0, "A.nfe-dpmpp2m-10": 11.0, "A.w1": 20.0, "A.w4": 12.0}
-    runs = [fake_run(tmp_path, 4, fid, 3.0, experiment=e) for e, fid in fids.items()]
-    log = tmp_path / "models" / "m" / "train_log.csv"
-    log.parent.mkdir(parents=True)
+    labels = {"A.nfe-ddim-10": "DDIM-10 (η=0, leading)", "A.nfe-dpmpp2m-10": "DPM-Solver++(2M)-10 (trailing)"}
+    runs = [fake_run(tmp_path, 4, fid, 3.0, experiment=e, label=labels.get(e)) for e, fid in fids.items()]
     # a resumed run: elapsed restarts at 0 after step 2; 20 s + 15 s = 35 s on 2 GPUs, 3.5 s of it waiting for input
-    log.write_text(
-        "step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb,input_wait_s\n"
-        "1,1,1,1,100,10,2048,1\n2,1,1,1,300,20,2048,2\n3,1,1,1,200,5,4096,0.25\n4,1,1,1,250,15,1024,0.25\n"
+    log = train_log(
+        tmp_path,
+        text="step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb,input_wait_s\n"
+        "1,1,1,1,100,10,2048,1\n2,1,1,1,300,20,2048,2\n3,1,1,1,200,5,4096,0.25\n4,1,1,1,250,15,1024,0.25\n",
     )
-    report.run(study, [m for m, _ in runs], [s for _, s in runs], [str(log)], str(tmp_path / "out"))
-    table = (tmp_path / "out" / "table.md").read_text()
+    table = run_report(tmp_path, study(exps, models={"m": model}), runs, [log])
     main = table.split("## Sweep")[0]
     assert "| A.w4 |" not in main and "| A.nfe-ddim-10 |" not in main  # sweep points stay out of the main table
     row = next(line for line in main.splitlines() if line.startswith("| A |"))
-    assert row.endswith("| 10.00 | 3.00 ± 0.10 | 150.00 | 4.45 ± 0.10 |") and "Protocol note." in main
-    # network evaluations: 2 per step with guidance, 1 without
-    assert "| A.nfe-ddim-10 | DDIM-10 (η=0) | 20 | 14.00 |" in table
-    assert "| A.nfe-dpmpp2m-10 | DPM-Solver++(2M)-10 | 20 | 11.00 |" in table
-    assert "| A | DDIM-25 (η=0) | 50 | 10.00 |" in table  # the base is a point of its own sweep
+    assert row.endswith("| 150.00 | 4.45 ± 0.10 |") and "| w=2 |" in row and "Protocol note." in main
+    nfe = table.split("## Sweep: quality against sampler steps")[1].split("\n## ")[0]
+    # network evaluations: 2 per step with guidance, 1 without; the spacing of each sampler is shown
+    assert "| A.nfe-ddim-10 | DDIM-10 (η=0, leading) | leading | 20 | 14.00 [" in nfe
+    assert "| A.nfe-dpmpp2m-10 | DPM-Solver++(2M)-10 (trailing) | trailing | 20 | 11.00 [" in nfe
+    assert "| A | DDIM-25 (η=0, leading) | leading | 50 | 10.00 [" in nfe  # the base is a point of its own sweep
     g = table.split("## Sweep: guidance scale")[1]
     assert g.index("| A.w1 | 1 |") < g.index("| A | 2 |") < g.index("| A.w4 | 4 |")
     # cost: median images/s of the log, peak memory 4 GiB, 35 s × 2 GPUs, 10% waiting for input, sampling 36 s
-    assert "| A | m | 4 | 225.0 | 4.0 GiB | 0.019 | 10.0% | 0.0100 |" in table
-    old = tmp_path / "old_log.csv"  # a log from before the input-wait column: no share is made up
-    old.write_text("step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb\n1,1,1,1,100,10,0\n")
-    assert math.isnan(report.training_cost(str(old), 1)["input_wait"])
+    assert "| A | m | 1 | 4 | 225.0 | 4.0 GiB | 0.019 | 10.0% | 0.0100 |" in table
     assert (tmp_path / "out" / "sweeps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sample_file_changed_after_evaluation_is_refused(tmp_path):
+    runs = [fake_run(tmp_path, 10, 10.0, 2.0)]
+    with h5py.File(runs[0][1], "a") as f:  # remade (e.g. by another run): sealed again, other bytes
+        f["samples/images"][0] = 255 - f["samples/images"][0]
+        data.seal(f)
+    with pytest.raises(data.CorruptFile, match=r"is not the sample file that .* evaluated"):
+        run_report(tmp_path, study({"run": exp()}), runs)
+    runs = [fake_run(tmp_path / "b", 10, 10.0, 2.0)]
+    with h5py.File(runs[0][1], "a") as f:  # bytes changed, checksums kept: caught when its images are shown
+        f["samples/images"][1] = 7
+    with pytest.raises(data.CorruptFile, match=r"samples/images does not match the checksum"):
+        run_report(tmp_path / "b", study({"run": exp()}), runs)
+
+
+def test_rows_made_by_other_code_are_marked(tmp_path):
+    old = {**code_fingerprint("evaluate"), "sha256": "0" * 64}
+    old["modules"] = {**old["modules"], "core.metrics": "0" * 64}
+    runs = [fake_run(tmp_path, 10, 10.0, 2.0, "old", code=old), fake_run(tmp_path, 10, 11.0, 2.0, "new")]
+    table = run_report(tmp_path, study({"old": exp(), "new": exp()}), runs)
+    assert "| old † |" in table and "| new |" in table
+    assert "| old | evaluate (r0): core.metrics |" in table.split("## Made by other code")[1]

@@ -2,27 +2,28 @@ import h5py
 import numpy as np
 import pytest
 
+from core import sampling
 from core.stages import sample as sample_stage
 from core.stages import train as train_stage
+from tests.conftest import TINY_MODEL, model_spec, sample_spec
 
-SPEC = {
-    "experiment": "X",
-    "sampler": {"name": "ddpm", "steps": 10},
-    "guidance_scale": 2.0,
-    "num_samples": 20,
-    "batch_size": 8,
-    "seed": 4,
-    "trajectory_images": 2,
-    "trajectory_points": 3,
-}
+SPEC = sample_spec(
+    {
+        "sampler": {"name": "ddpm", "steps": 10},
+        "guidance_scale": 2.0,
+        "num_samples": 20,
+        "batch_size": 8,
+        "seed": 4,
+        "trajectory_images": 2,
+        "trajectory_points": 3,
+    }
+)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_dataset):
-    from tests.conftest import TINY_MODEL
-
     out = tmp_path_factory.mktemp("model")
-    spec = {**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 4}}
+    spec = model_spec({**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 4}})
     train_stage.run(spec, str(tiny_dataset), str(out), "cpu")
     return out / "ckpt" / "step0000004.pt"
 
@@ -47,7 +48,7 @@ def test_interrupted_sampling_resumes_to_identical_file(checkpoint, tmp_path, mo
     full = tmp_path / "full.h5"
     sample_stage.run(str(checkpoint), SPEC, str(full), "cpu")
 
-    real_sample = sample_stage.sample
+    real_sample = sampling.sample
     calls = {"n": 0}
 
     def dies_on_second_batch(*args, **kwargs):
@@ -57,20 +58,20 @@ def test_interrupted_sampling_resumes_to_identical_file(checkpoint, tmp_path, mo
         return real_sample(*args, **kwargs)
 
     out = tmp_path / "resumed.h5"
-    monkeypatch.setattr(sample_stage, "sample", dies_on_second_batch)
+    monkeypatch.setattr(sampling, "sample", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
     assert not out.exists()  # never looks complete
     with h5py.File(str(out) + ".partial", "r") as f:
         assert f.attrs["num_done"] == 8 and not f.attrs["complete"]
-    monkeypatch.setattr(sample_stage, "sample", real_sample)
+    monkeypatch.setattr(sampling, "sample", real_sample)
     sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
     with h5py.File(full, "r") as a, h5py.File(out, "r") as b:
         np.testing.assert_array_equal(a["samples/images"][:], b["samples/images"][:])
         np.testing.assert_array_equal(a["trajectory/images"][:], b["trajectory/images"][:])
 
 
-def test_partial_from_other_settings_is_discarded(checkpoint, tmp_path):
+def test_partial_from_other_settings_is_moved_aside_never_deleted(checkpoint, tmp_path):
     out = tmp_path / "s.h5"
     partial = tmp_path / "s.h5.partial"
     with h5py.File(partial, "w") as f:
@@ -79,16 +80,20 @@ def test_partial_from_other_settings_is_discarded(checkpoint, tmp_path):
     sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
     with h5py.File(out, "r") as f:
         assert f.attrs["num_done"] == 20
+    aside = list(tmp_path.glob("s.h5.partial.aside-*"))
+    assert len(aside) == 1
+    with h5py.File(aside[0], "r") as f:
+        assert f.attrs["resume_hash"] == "something else"  # the other run's file, intact
 
 
 def test_guidance_on_unconditional_model_is_refused(tiny_dataset, tmp_path):
-    from tests.conftest import TINY_MODEL
-
-    spec = {
-        **TINY_MODEL,
-        "net": {**TINY_MODEL["net"], "class_conditional": False},
-        "train": {**TINY_MODEL["train"], "steps": 1, "checkpoint_every": 1},
-    }
+    spec = model_spec(
+        {
+            **TINY_MODEL,
+            "net": {**TINY_MODEL["net"], "class_conditional": False},
+            "train": {**TINY_MODEL["train"], "steps": 1, "checkpoint_every": 1},
+        }
+    )
     train_stage.run(spec, str(tiny_dataset), str(tmp_path / "m"), "cpu")
     with pytest.raises(ValueError, match="class-conditional"):
         sample_stage.run(str(tmp_path / "m" / "ckpt" / "step0000001.pt"), SPEC, str(tmp_path / "s.h5"), "cpu")

@@ -3,9 +3,9 @@ import torch
 
 from core.diffusion import GaussianDiffusion, make_betas
 from core.nets.unet import UNet
-from core.sampling import SamplerSpec, guided_eps, make_timesteps, sample
+from core.sampling import guided_eps, label, make_timesteps, sample, sampler_spec, trajectory_recorder
 
-DIFF = GaussianDiffusion(make_betas("linear", 100))
+DIFF = GaussianDiffusion(make_betas("linear", 100, beta_start=1e-4, beta_end=0.02))
 
 
 class Oracle(torch.nn.Module):
@@ -42,19 +42,19 @@ def small_unet(num_classes: int = 0) -> UNet:
 @pytest.mark.parametrize(
     "spec",
     [
-        SamplerSpec("ddim", 10),
-        SamplerSpec("ddim", 100, eta=1.0),
-        SamplerSpec("ddpm", 100),
-        SamplerSpec("ddpm", 20, variance="fixed_large"),
-        SamplerSpec("ddim", 7, spacing="trailing"),
-        SamplerSpec("ddim", 13, spacing="linspace", eta=0.5),
+        sampler_spec("ddim", 10),
+        sampler_spec("ddim", 100, eta=1.0),
+        sampler_spec("ddpm", 100),
+        sampler_spec("ddpm", 20, variance="fixed_large"),
+        sampler_spec("ddim", 7, spacing="trailing"),
+        sampler_spec("ddim", 13, spacing="linspace", eta=0.5),
     ],
-    ids=lambda s: s.label,
+    ids=label,
 )
 def test_last_step_returns_x0_of_the_oracle(spec):
     target = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
     g = torch.Generator().manual_seed(0)
-    x, _ = sample(Oracle(target, DIFF), DIFF, torch.randn(3, 3, 8, 8, generator=g), spec, generator=g)
+    x = sample(Oracle(target, DIFF), DIFF, torch.randn(3, 3, 8, 8, generator=g), spec, generator=g)
     assert torch.allclose(x, target.expand_as(x), atol=1e-4)
 
 
@@ -71,8 +71,8 @@ def test_timestep_spacings():
 def test_ddim_eta0_is_deterministic_given_x_T():
     m = small_unet()
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    a, _ = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), generator=torch.Generator().manual_seed(2))
-    b, _ = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), generator=torch.Generator().manual_seed(3))
+    a = sample(m, DIFF, x_T, sampler_spec("ddim", 10), generator=torch.Generator().manual_seed(2))
+    b = sample(m, DIFF, x_T, sampler_spec("ddim", 10), generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
 
 
@@ -80,22 +80,20 @@ def test_ddim_eta0_is_deterministic_given_x_T():
 def test_ddpm_equals_ddim_eta1_on_all_steps(clip):
     m = small_unet()
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    a, _ = sample(
-        m, DIFF, x_T, SamplerSpec("ddpm", 100, clip_denoised=clip), generator=torch.Generator().manual_seed(5)
-    )
-    b, _ = sample(
+    a = sample(m, DIFF, x_T, sampler_spec("ddpm", 100, clip_denoised=clip), generator=torch.Generator().manual_seed(5))
+    b = sample(
         m,
         DIFF,
         x_T,
-        SamplerSpec("ddim", 100, eta=1.0, clip_denoised=clip),
+        sampler_spec("ddim", 100, eta=1.0, clip_denoised=clip),
         generator=torch.Generator().manual_seed(5),
     )
     assert torch.allclose(a, b, atol=1e-4)
-    c, _ = sample(
+    c = sample(
         m,
         DIFF,
         x_T,
-        SamplerSpec("ddim", 100, eta=0.0, clip_denoised=clip),
+        sampler_spec("ddim", 100, eta=0.0, clip_denoised=clip),
         generator=torch.Generator().manual_seed(5),
     )
     assert not torch.allclose(a, c, atol=1e-2)  # the comparison above is not vacuous
@@ -104,12 +102,12 @@ def test_ddpm_equals_ddim_eta1_on_all_steps(clip):
 def test_fixed_large_differs_from_fixed_small():
     m = small_unet()
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    a, _ = sample(m, DIFF, x_T, SamplerSpec("ddpm", 20), generator=torch.Generator().manual_seed(5))
-    b, _ = sample(
+    a = sample(m, DIFF, x_T, sampler_spec("ddpm", 20), generator=torch.Generator().manual_seed(5))
+    b = sample(
         m,
         DIFF,
         x_T,
-        SamplerSpec("ddpm", 20, variance="fixed_large"),
+        sampler_spec("ddpm", 20, variance="fixed_large"),
         generator=torch.Generator().manual_seed(5),
     )
     assert not torch.allclose(a, b, atol=1e-3)
@@ -140,14 +138,34 @@ def test_guidance_scale_one_samples_like_plain_conditional():
         def forward(self, x, t, yy=None):
             return m(x, t, yy)
 
-    a, _ = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), y=y, guidance_scale=1.0)
-    b, _ = sample(Plain(), DIFF, x_T, SamplerSpec("ddim", 10), y=y, guidance_scale=1.0)
+    a = sample(m, DIFF, x_T, sampler_spec("ddim", 10), y=y, guidance_scale=1.0)
+    b = sample(Plain(), DIFF, x_T, sampler_spec("ddim", 10), y=y, guidance_scale=1.0)
     assert torch.equal(a, b)
 
 
 def test_trajectory_records_snapshots_and_final_x0():
     m = small_unet()
     x_T = torch.randn(2, 3, 8, 8)
-    x, traj = sample(m, DIFF, x_T, SamplerSpec("ddim", 10), record=4)
+    record, traj = trajectory_recorder(4, 10)
+    x = sample(m, DIFF, x_T, sampler_spec("ddim", 10), callback=record)
     assert [t for t, _ in traj] == [90, 60, 30, 0, -1]
     assert torch.equal(traj[0][1], x_T) and torch.equal(traj[-1][1], x)
+
+
+def test_registry_schema_and_defaults_agree():
+    """A sampler is declared once: its function and label here, its options and defaults in the config schema."""
+    from core import config
+    from core.sampling import COMMON_OPTIONS, SAMPLERS
+
+    defs = config.load_schema()["$defs"]
+    assert defs["sampler_name"]["enum"] == list(SAMPLERS)
+    for name, entry in SAMPLERS.items():
+        schema = defs[f"sampler_{name}"]
+        assert schema["title"] == entry.title
+        assert set(schema["properties"]) == {*COMMON_OPTIONS, *entry.options}, name
+        assert set(defs["sampler"]["properties"]) >= set(schema["properties"])
+    spec = sampler_spec("dpmpp2m")
+    assert spec == {"name": "dpmpp2m", "steps": 20, "spacing": "trailing", "clip_denoised": True}
+    assert label(sampler_spec("ddim", 50)) == "DDIM-50 (η=0, leading)"
+    with pytest.raises(config.ConfigError, match=r"sampler: .*'eta' was unexpected"):
+        sampler_spec("ddpm", 10, eta=0.5)  # an option DDPM does not use is refused, not ignored

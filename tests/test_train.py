@@ -9,9 +9,11 @@ import time
 import pytest
 import torch
 
+from core import training
+from core.diffusion import GaussianDiffusion
 from core.models import load_checkpoint, load_denoiser
 from core.stages import train as train_stage
-from tests.conftest import ROOT, as_json
+from tests.conftest import ROOT, TINY_MODEL, as_json, model_spec
 
 
 def run_train(spec, data, out):
@@ -167,8 +169,12 @@ def test_ema_update_is_the_per_tensor_rule_on_every_parameter(tiny_spec):
 
 
 def early_spec(tiny_spec, **early):
-    train = {**tiny_spec["train"], "early_stopping": {"every": 2, "patience": 2, "num_images": 16, **early}}
-    return {**tiny_spec, "train": train}
+    """The tiny model with early stopping, completed from the schema as a study's model would be."""
+    entry = {
+        **TINY_MODEL,
+        "train": {**TINY_MODEL["train"], "early_stopping": {"every": 2, "patience": 2, "num_images": 16, **early}},
+    }
+    return model_spec(entry)
 
 
 def read_val_log(run):
@@ -202,8 +208,8 @@ def test_best_checkpoint_has_the_lowest_logged_validation_loss(tiny_spec, tiny_d
     assert best["step"] == int(best_row["step"]) == int(rows[-1]["best_step"])
     # the logged loss is the fixed-batch ε-loss of the saved weights, recomputed independently here
     model, _ = load_denoiser(run / "ckpt" / "best.pt", use_ema=False)
-    diffusion = train_stage.GaussianDiffusion.from_spec(spec["diffusion"])
-    val = train_stage.Validation(str(tiny_dataset), "images", 16, diffusion, torch.device("cpu"), None, 5)
+    diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
+    val = training.Validation(str(tiny_dataset), "images", 16, diffusion, torch.device("cpu"), None, 5)
     assert val.loss(model, 5) == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
 
 

@@ -28,12 +28,22 @@ def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+# A results folder no shell should see unquoted: a space, a command substitution, a semicolon and a quote. Every
+# path reaches every job's command quoted (or as an argument list: core.launch), so the run works and runs nothing.
+HOSTILE = "re sults$(touch INJECTED);'q"
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("wf") / "results"
+    results = tmp_path_factory.mktemp("wf") / HOSTILE
     target = f"{results}/tiny/report/table.md"
     snakemake(target, "--config", f"results_dir={results}")
     return results
+
+
+def test_hostile_results_dir_reaches_no_shell(tiny_run):
+    assert (tiny_run / "tiny" / "report" / "table.md").exists()
+    assert not list(tiny_run.parent.rglob("INJECTED")) and not (ROOT / "INJECTED").exists()
 
 
 def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
@@ -44,22 +54,22 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
     for name in ("table.csv", "fid_is.png", "loss.png", "grids.png", "trajectory.png", "curves.png"):
         assert (report / name).stat().st_size > 0, name
     # DDPM-CFG is evaluated at every checkpoint (10 and 20), DDIM at the last one only
-    assert sorted(p.name for p in (tiny_run / "tiny" / "metrics" / "DDPM-CFG").iterdir()) == [
+    assert sorted(p.name for p in (tiny_run / "tiny" / "metrics" / "DDPM-CFG" / "r0").iterdir()) == [
         "step0000010.json",
         "step0000020.json",
     ]
-    m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM" / "step0000020.json").read_text())
+    m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM" / "r0" / "step0000020.json").read_text())
     assert m["extractor"]["extractor"] == "classifier" and len(m["extractor"]["weights_sha256"]) == 64
     assert m["n_generated"] == 32 and m["n_real"] == 64
     assert m["fid"] >= 0 and 1.0 <= m["is_mean"] <= 5.0
-    with h5py.File(tiny_run / "tiny" / "samples" / "DDPM-CFG" / "step0000010.h5", "r") as f:
+    with h5py.File(tiny_run / "tiny" / "samples" / "DDPM-CFG" / "r0" / "step0000010.h5", "r") as f:
         assert f.attrs["complete"] and f.attrs["sampler"] == "ddpm" and f.attrs["guidance_scale"] == 2.0
         assert f.attrs["checkpoint_step"] == 10 and f["samples/images"].shape == (32, 8, 8, 3)
         assert list(f["samples/labels"][:6]) == [0, 1, 2, 3, 4, 0]
         assert f["trajectory/images"].shape[:2] == (2, 5)
     # the real images' statistics are computed once and reused by all evaluations and the autoencoder's
     assert len(list((tiny_run / "benchmarks" / "reference_stats").rglob("*.tsv"))) == 1
-    kept = len(list((tiny_run / "tiny" / "models" / "unet-vae-cfg" / "ckpt").glob("step*.pt")))
+    kept = len(list((tiny_run / "tiny" / "models" / "unet-vae-cfg" / "r0" / "ckpt").glob("step*.pt")))
     # 5 rows' checkpoints, 3 sweep points, and DDIM-VAE-CFG over the steps its early-stopping model kept
     assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5 + 3 + kept
     assert m["reference"]["path"].endswith("val-classifier-n0.npz")
@@ -79,7 +89,7 @@ def test_latent_rows_train_on_one_cache_and_write_decoded_pixels(tiny_run):
     with h5py.File(tiny_run / "latents" / "shapes-tiny-f2.h5", "r") as f:
         assert f["train/moments"].shape == (200, 6, 4, 4) and f["val/moments"].shape == (64, 6, 4, 4)
     for exp, tag in (("DDIM-VAE-CFG", "best"), ("DiT-VAE-CFG", "step0000020")):
-        with h5py.File(tiny_run / "tiny" / "samples" / exp / f"{tag}.h5", "r") as f:
+        with h5py.File(tiny_run / "tiny" / "samples" / exp / "r0" / f"{tag}.h5", "r") as f:
             assert f["samples/images"].shape == (32, 8, 8, 3)  # decoded to pixels, not 4×4×3 latents
             prov = json.loads(f.attrs["provenance"])
             assert prov["space"] == "latent" and prov["spec"]["sampler"]["clip_denoised"] is False
@@ -89,13 +99,13 @@ def test_latent_rows_train_on_one_cache_and_write_decoded_pixels(tiny_run):
 
 
 def test_early_stopping_model_is_sampled_at_its_best_validation_checkpoint(tiny_run):
-    model = tiny_run / "tiny" / "models" / "unet-vae-cfg"
+    model = tiny_run / "tiny" / "models" / "unet-vae-cfg" / "r0"
     with open(model / "val_log.csv") as fh:
         rows = list(csv.DictReader(fh))
     best_step = min(rows, key=lambda r: float(r["val_loss"]))["step"]
-    with h5py.File(tiny_run / "tiny" / "samples" / "DDIM-VAE-CFG" / "best.h5", "r") as f:
+    with h5py.File(tiny_run / "tiny" / "samples" / "DDIM-VAE-CFG" / "r0" / "best.h5", "r") as f:
         assert f.attrs["checkpoint_step"] == int(best_step)
-    m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG" / "best.json").read_text())
+    m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG" / "r0" / "best.json").read_text())
     assert m["samples"]["checkpoint_step"] == int(best_step)
 
 
@@ -107,25 +117,26 @@ def test_sweep_points_are_sampled_and_reported(tiny_run):
         "DDIM.nfe-ddim-5",
         "DDIM.nfe-dpmpp2m-5",
     ]
-    with h5py.File(tiny_run / "tiny" / "samples" / "DDIM.nfe-dpmpp2m-5" / "step0000020.h5", "r") as f:
+    with h5py.File(tiny_run / "tiny" / "samples" / "DDIM.nfe-dpmpp2m-5" / "r0" / "step0000020.h5", "r") as f:
         assert f.attrs["sampler"] == "dpmpp2m" and f.attrs["steps"] == 5 and f.attrs["guidance_scale"] == 1.0
     nfe = table.split("## Sweep: quality against sampler steps")[1].split("## ")[0]
-    assert "| DDIM | DDIM-10 (η=0) | 10 |" in nfe and "| DDIM.nfe-dpmpp2m-5 | DPM-Solver++(2M)-5 | 5 |" in nfe
+    assert "| DDIM | DDIM-10 (η=0, leading) | leading | 10 |" in nfe
+    assert "| DDIM.nfe-dpmpp2m-5 | DPM-Solver++(2M)-5 (trailing) | trailing | 5 |" in nfe
     guidance = table.split("## Sweep: guidance scale")[1].split("## ")[0]
     assert guidance.index("| DDIM-VAE-CFG.w1 | 1 |") < guidance.index("| DDIM-VAE-CFG | 2 |")
     assert "## Cost" in table and "| DDIM.nfe-ddim-5 |" in table.split("## Cost")[1]
 
 
 def test_curve_over_training_samples_every_checkpoint_an_early_stopping_model_kept(tiny_run):
-    kept = sorted(p.stem for p in (tiny_run / "tiny" / "models" / "unet-vae-cfg" / "ckpt").glob("step*.pt"))
+    kept = sorted(p.stem for p in (tiny_run / "tiny" / "models" / "unet-vae-cfg" / "r0" / "ckpt").glob("step*.pt"))
     assert kept  # the first checkpoint (step 10) is always kept
-    metrics = tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG.ckpts"
+    metrics = tiny_run / "tiny" / "metrics" / "DDIM-VAE-CFG.ckpts" / "r0"
     assert sorted(p.stem for p in metrics.glob("step*.json")) == kept
     index = json.loads((metrics / "checkpoints.json").read_text())
     assert index["steps"] == [int(k.removeprefix("step")) for k in kept]
     table = (tiny_run / "tiny" / "report" / "table.md").read_text()
     section = table.split("## Quality over training: DDIM-VAE-CFG")[1].split("## ")[0]
-    assert "DDIM-5 (η=0)" in section
+    assert "DDIM-5 (η=0, leading)" in section
     assert [
         line.split(" | ")[0].strip("| ") for line in section.splitlines() if line.startswith("| ") and "---" not in line
     ][1:] == [str(int(k.removeprefix("step"))) for k in kept]
@@ -162,7 +173,7 @@ def test_bad_config_fails_before_any_job_and_names_the_key(tmp_path):
 def test_target_at_a_step_without_checkpoint_is_refused_at_planning_time(tmp_path):
     results = tmp_path / "results"
     proc = snakemake(
-        "-n", f"{results}/tiny/samples/DDIM/step0000015.h5", "--config", f"results_dir={results}", check=False
+        "-n", f"{results}/tiny/samples/DDIM/r0/step0000015.h5", "--config", f"results_dir={results}", check=False
     )
     assert proc.returncode != 0
     assert "saves checkpoints only at steps [10, 20]" in proc.stdout + proc.stderr
@@ -205,10 +216,10 @@ def test_envmodules_are_loaded_before_each_job(tmp_path):
     assert (results / "data" / "shapes-tiny.h5").exists()
 
 
-def _config_with_folder_dataset(tmp_path, source: str, path: str) -> tuple:
+def _config_with_folder_dataset(tmp_path, source: str, path: str, **entry) -> tuple:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["results_dir"] = str(tmp_path / "results")
-    config["datasets"]["raw"] = {"source": source, "path": path, "image_size": 8, "workers": 1}
+    config["datasets"]["raw"] = {"source": source, "path": path, "image_size": 8, "workers": 1, **entry}
     study = copy.deepcopy(config["studies"]["tiny"])
     study["dataset"] = "raw"
     study["models"] = {"unet-cfg": study["models"]["unet-cfg"]}
@@ -238,13 +249,14 @@ def test_image_folder_dataset_is_ingested_by_the_workflow(tmp_path):
     root = tmp_path / "raw"
     for c, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
         (root / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (12, 10), colour).save(root / f"class{c}" / f"{i}.png")
+        for i in range(20):
+            Image.new("RGB", (12, 10), colour).save(root / f"class{c}" / f"{i:02d}.png")
     (root / "class0" / "notes.txt").write_text("not an image")
-    config, results = _config_with_folder_dataset(tmp_path, "folder", str(root))
+    # 30% of each class held out as val: 14 + 6 per class, enough for the study's batches and KID subsets
+    config, results = _config_with_folder_dataset(tmp_path, "folder", str(root), val_fraction=0.3)
     snakemake(f"{results}/data/raw.h5", "--configfile", str(config))
     with h5py.File(results / "data" / "raw.h5", "r") as f:
-        assert f["train/images"].shape == (12, 8, 8, 3)
-        assert list(f["train/labels"][:]) == [0] * 4 + [1] * 4 + [2] * 4
-        assert tuple(f["train/images"][5, 3, 3]) == (0, 255, 0)
+        assert f["train/images"].shape == (42, 8, 8, 3) and f["val/images"].shape == (18, 8, 8, 3)
+        assert list(f["train/labels"][:]) == [0] * 14 + [1] * 14 + [2] * 14
+        assert tuple(f["train/images"][15, 3, 3]) == (0, 255, 0)
         assert f["train"].attrs["skipped_non_image"] == 1

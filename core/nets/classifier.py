@@ -17,10 +17,10 @@ from torch import nn
 class Classifier(nn.Module):
     """conv–BN–ReLU stages that halve the resolution, global average pool, linear head."""
 
-    def __init__(self, num_classes: int, width: int = 32, depth: int = 3) -> None:
+    def __init__(self, num_classes: int, width: int = 32, depth: int = 3, in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        c_in = 3
+        c_in = in_channels
         for i in range(depth):
             c_out = width * 2**i
             layers += [
@@ -47,6 +47,6 @@ def load_classifier(path: str) -> tuple[Classifier, dict[str, Any]]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     meta = ckpt["meta"]
     spec = meta["spec"]
-    model = Classifier(int(meta["num_classes"]), int(spec["width"]), int(spec["depth"]))
+    model = Classifier(int(meta["num_classes"]), int(spec["width"]), int(spec["depth"]), int(meta["in_channels"]))
     model.load_state_dict(ckpt["model"])
     return model.eval(), meta

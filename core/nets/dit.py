@@ -20,23 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.nets.embeddings import check_conditioning, timestep_embedding
+from core.nets.zoo import DIT_CONFIGS
 
 FREQUENCY_EMBEDDING_SIZE = 256  # sinusoidal timestep features fed to the timestep MLP (paper, App. A)
-
-_ZOO_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-
-# The paper's model zoo (Table 1: depth, hidden size, heads; × patch 2/4/8) and the reference study's
-# configurations ("pixel-ref" is meant for 128² pixel input: 8×8 = 64 tokens).
-DIT_CONFIGS: dict[str, dict[str, int]] = {
-    **{
-        f"DiT-{size}/{p}": {"depth": d, "hidden_size": w, "num_heads": h, "patch_size": p}
-        for size, (d, w, h) in _ZOO_SIZES.items()
-        for p in (2, 4, 8)
-    },
-    "ref-12": {"depth": 12, "hidden_size": 768, "num_heads": 12, "patch_size": 2},
-    "ref-8": {"depth": 8, "hidden_size": 512, "num_heads": 8, "patch_size": 2},
-    "pixel-ref": {"depth": 8, "hidden_size": 512, "num_heads": 8, "patch_size": 16},
-}
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:

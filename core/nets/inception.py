@@ -202,10 +202,13 @@ def _tf1_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def preprocess(images: torch.Tensor, mode: str) -> torch.Tensor:
-    """uint8 NHWC images → float NCHW 299×299 network input, in one of ``PREPROCESSING_MODES``."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"Inception input must be uint8 images (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
-    x = images.permute(0, 3, 1, 2).float()
+    """uint8 NHWC images → float NCHW 299×299 network input, in one of ``PREPROCESSING_MODES``. Grey images
+    (C = 1) are replicated to the three channels the network was trained on."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Inception input must be uint8 images (N, H, W, 3 or 1), got {images.dtype} {tuple(images.shape)}"
+        )
+    x = images.permute(0, 3, 1, 2).float().expand(-1, 3, -1, -1)
     if mode == "pytorch-fid":
         x = F.interpolate(x / 255.0, size=(299, 299), mode="bilinear", align_corners=False)
         return x * 2 - 1

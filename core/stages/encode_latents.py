@@ -44,6 +44,7 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
                 provenance(
                     None,
                     dataset=str(data_path),
+                    dataset_sha256=data.content_sha256(src, data_path),
                     dataset_provenance=json.loads(src.attrs.get("provenance", "{}")),
                     autoencoder=str(autoencoder),
                     autoencoder_spec_hash=meta["spec_hash"],
@@ -54,6 +55,7 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
             f.attrs["scale_factor"] = float(meta["scale_factor"])
             f.attrs["autoencoder"] = str(autoencoder)
             f.attrs["autoencoder_sha256"] = file_sha256(autoencoder)
+            f.attrs["pixel_channels"] = int(meta["in_channels"])
             for split in splits:
                 with data.open_images(data_path, split) as check:
                     n = check[f"{split}/images"].shape[0]
@@ -65,9 +67,15 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
                 for i in range(0, n, batch_size):
                     x = data.to_model_range(src[f"{split}/images"][i : i + batch_size], device)
                     posterior = vae.encode(x)
-                    moments[i : i + len(x)] = torch.cat([posterior.mean, posterior.logvar], 1).float().cpu().numpy()
+                    rows_out = torch.cat([posterior.mean, posterior.logvar], 1).float()
+                    if not bool(torch.isfinite(rows_out).all()):
+                        raise FloatingPointError(
+                            f"{autoencoder} encodes images {i}– of split {split} to non-finite latents"
+                        )
+                    moments[i : i + len(x)] = rows_out.cpu().numpy()
                 f[split].attrs["count"] = n
                 print(f"[encode] {split}: {n} images → {c}×{h}×{w} latents", flush=True)
+            data.seal(f)
     print(f"[encode] wrote {out} in {time.time() - t0:.1f}s", flush=True)
 
 

@@ -1,14 +1,17 @@
 """Stage: metrics of one sample file against cached reference statistics, written as one JSON.
 
-    python -m core.stages.evaluate --samples results/demo-a/samples/DDIM/step0002000.h5 \
-        --reference results/refstats/shapes32/val-clf-n1000.npz --extractor '<JSON>' \
-        --out results/demo-a/metrics/DDIM/step0002000.json
+    python -m core.stages.evaluate --samples results/demo-a/samples/DDIM/r0/step0000800.h5 \
+        --reference results/refstats/shapes16/val-classifier-n1000.npz --extractor '<JSON>' --options '<JSON>' \
+        --out results/demo-a/metrics/DDIM/r0/step0000800.json
 
-Computes the Fréchet distance between Gaussian fits of extractor features (FID when the extractor is
-Inception, "FD_clf" with the dataset classifier), the Inception-Score-style score exp E[KL(p(y|x) ‖ p(y))]
-over ``is_splits`` splits, KID (unbiased MMD², cubic kernel) and improved precision/recall (k = 3).
-The JSON records what made each number: the extractor and its weights hash, the preprocessing, N real and
-N generated, the sample file's sampler settings and checkpoint, and the code version.
+The sample file is verified first (complete, and its images and labels match the checksums written when it was
+completed). Computes the Fréchet distance between Gaussian fits of extractor features (FID when the extractor is
+Inception, "FD_clf" with the dataset classifier), the Inception-Score-style score exp E[KL(p(y|x) ‖ p(y))] over
+``is_splits`` splits, KID (unbiased MMD², cubic kernel) and improved precision/recall (k = 3); with ``bootstrap``
+B > 0 also B seeded resamples of the generated images (reference fixed) of FD and IS, the 95% interval of a single
+run (``core.stats``; the resamples are kept for the report's differences between rows), and with ``fd_infinity``
+the extrapolated FD∞. The JSON records what made each number: the extractor and its weights hash, the
+preprocessing, N real and N generated, the sample file's settings, checksum and checkpoint, and the code.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ import argparse
 import json
 from typing import Any
 
-from core import data, distributed, metrics
+from core import data, distributed, metrics, stats
 from core.features import load_extractor, load_reference
-from core.provenance import provenance, write_json
+from core.provenance import code_fingerprint, provenance, write_json
+
+BOOTSTRAP_SEED = 20261202  # fixed: a rerun draws the same resamples
+
+
+def kid_subset_size(option: int | None, n_gen: int, n_real: int) -> int:
+    """``evaluation.kid_subset_size``, or (null) 1000, or fewer when fewer generated or real images exist."""
+    return int(option) if option is not None else min(1000, n_gen, n_real)
 
 
 def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
     """Fail before feature extraction when the sample counts cannot support the configured metrics."""
-    splits, kid = int(options.get("is_splits", 10)), int(options.get("kid_subset_size", 1000))
+    splits, kid = int(options["is_splits"]), kid_subset_size(options["kid_subset_size"], n_gen, n_real)
     if n_gen < splits:
         raise ValueError(f"{n_gen} generated images are fewer than evaluation.is_splits = {splits}")
     if kid > min(n_gen, n_real):
@@ -48,34 +58,30 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
     with data.open_images(samples, "samples") as f:
         if not f.attrs.get("complete", False):
             raise ValueError(f"{samples} is not a complete sample file (num_done={f.attrs.get('num_done')})")
+        data.verify(f, samples)
         check_counts(f["samples/images"].shape[0], len(ref["features"]), options)
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        checksums = {k: str(f[k].attrs["sha256"]) for k in ("samples/images", "samples/labels")}
         feats, logits = extractor.extract(
-            f["samples/images"], batch_size=int(options.get("batch_size", 200)), device=device, ctx=ctx
+            f["samples/images"], batch_size=int(options["batch_size"]), device=device, ctx=ctx
         )
     distributed.shutdown(ctx)
     if not ctx.is_main:
         return None
     n_gen, n_real = len(feats), len(ref["features"])
+    splits = int(options["is_splits"])
     mu, sigma = metrics.feature_statistics(feats)
     fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
-    is_mean, is_std = metrics.inception_score(logits, splits=int(options.get("is_splits", 10)))
-    kid_size = int(options.get("kid_subset_size", 1000))
+    is_mean, is_std = metrics.inception_score(logits, splits=splits)
+    kid_size = kid_subset_size(options["kid_subset_size"], n_gen, n_real)
     kid_mean, kid_std = metrics.kernel_inception_distance(
-        ref["features"], feats, num_subsets=int(options.get("kid_subsets", 100)), subset_size=kid_size
+        ref["features"], feats, num_subsets=int(options["kid_subsets"]), subset_size=kid_size
     )
     precision, recall = metrics.precision_recall(ref["features"], feats, k=3)
     n_tag = f"{n_gen // 1000}k" if n_gen >= 1000 and n_gen % 1000 == 0 else str(n_gen)
-    fd_name, is_name, kid_name = (
-        ("FID", "IS", "KID")
-        if extractor.is_inception
-        else (
-            f"FD_{extractor.label['display']}",
-            f"IS_{extractor.label['display']}",
-            f"KID_{extractor.label['display']}",
-        )
-    )
-    result = {
+    display = "" if extractor.is_inception else f"_{extractor.label['display']}"
+    fd_name, is_name, kid_name = "FID" if extractor.is_inception else f"FD{display}", f"IS{display}", f"KID{display}"
+    result: dict[str, Any] = {
         "fid": fd,
         "is_mean": is_mean,
         "is_std": is_std,
@@ -85,20 +91,47 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
         "recall": recall,
         "label": {
             "fid": f"{fd_name}@{n_tag}",
-            "is": f"{is_name} ({options.get('is_splits', 10)} splits)",
-            "kid": f"{kid_name} ({options.get('kid_subsets', 100)}×{kid_size})",
+            "is": f"{is_name} ({splits} splits)",
+            "kid": f"{kid_name} ({options['kid_subsets']}×{kid_size})",
         },
         "extractor": extractor.label,
         "n_generated": n_gen,
         "n_real": n_real,
-        "reference": {"path": reference, "split": ref_meta["split"], "dataset": ref_meta["dataset"]},
+        "reference": {
+            "path": reference,
+            "split": ref_meta["split"],
+            "dataset": ref_meta["dataset"],
+            "dataset_sha256": ref_meta.get("dataset_sha256"),
+        },
         "samples": {
             "path": samples,
+            "checksums": checksums,
             **{k: v for k, v in sample_attrs.items() if k not in ("provenance", "resume_hash")},
         },
         "sample_provenance": json.loads(sample_attrs.get("provenance", "{}")),
-        "provenance": provenance(None),
+        "provenance": provenance(None, code=code_fingerprint("evaluate")),
     }
+    resamples = int(options["bootstrap"])
+    if resamples > 0:
+        fd_boot = stats.bootstrap_fd(feats, ref["mu"], ref["sigma"], resamples, BOOTSTRAP_SEED)
+        is_boot = stats.bootstrap_is(logits, splits, resamples, BOOTSTRAP_SEED)
+        result["bootstrap"] = {
+            "resamples": resamples,
+            "seed": BOOTSTRAP_SEED,
+            "method": stats.BOOTSTRAP_METHOD,
+            "fid": fd_boot.tolist(),
+            "is_mean": is_boot.tolist(),
+            "fid_interval": stats.bootstrap_interval(fd, fd_boot).as_dict(),
+            "is_interval": stats.bootstrap_interval(is_mean, is_boot).as_dict(),
+        }
+    if options["fd_infinity"]:
+        fit = stats.fd_infinity(feats, ref["mu"], ref["sigma"], seed=BOOTSTRAP_SEED)
+        result["fd_infinity"] = {
+            "value": fit.fd_inf,
+            "slope": fit.slope,
+            "sizes": list(fit.sizes),
+            "values": list(fit.values),
+        }
     write_json(out, result)
     print(
         f"[evaluate] {samples}: {result['label']['fid']} = {fd:.3f}, {result['label']['is']} = "
@@ -113,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", required=True)
     p.add_argument("--reference", required=True)
     p.add_argument("--extractor", required=True, help="extractor spec as JSON: kind, weights")
-    p.add_argument("--options", default="{}", help="JSON: is_splits, kid_subsets, kid_subset_size")
+    p.add_argument("--options", required=True, help="JSON: core.config.Plan.evaluation_options")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     run(args.samples, args.reference, json.loads(args.extractor), args.out, json.loads(args.options))

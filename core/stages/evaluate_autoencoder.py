@@ -58,7 +58,9 @@ def save_grid(path: str, originals: np.ndarray, recons: np.ndarray, cols: int = 
     top, bottom = np.concatenate(list(originals[:n]), axis=1), np.concatenate(list(recons[:n]), axis=1)
     grid = np.concatenate([top, bottom], axis=0)
     scale = max(1, math.ceil(48 / originals.shape[1]))
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    )
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -31,7 +31,7 @@ def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], ou
         if n > available:
             raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
         feats, logits = extractor.extract(f[f"{split}/images"][:n], batch_size=batch_size, device=device, ctx=ctx)
-        data_prov = json.loads(f.attrs.get("provenance", "{}"))
+        data_sha256 = data.content_sha256(f, data_path)
     distributed.shutdown(ctx)
     if not ctx.is_main:
         return
@@ -39,7 +39,7 @@ def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], ou
     meta = provenance(
         None,
         dataset=str(data_path),
-        dataset_spec_hash=data_prov.get("spec_hash"),
+        dataset_sha256=data_sha256,
         split=split,
         num_images=n,
         extractor=extractor.label,

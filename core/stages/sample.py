@@ -1,23 +1,27 @@
-"""Stage: draw samples from a checkpoint into an HDF5 file (the layout of ``core.data``, split ``samples``).
+"""Stage: draw one replicate's samples from a checkpoint into an HDF5 file (``core.data``'s layout, split ``samples``).
 
-    python -m core.stages.sample --checkpoint results/demo-a/models/unet/ckpt/step0002000.pt \
-        --spec '<sampling spec JSON>' --out results/demo-a/samples/DDIM/step0002000.h5
+    python -m core.stages.sample --checkpoint results/demo-a/models/unet-cfg/r0/ckpt/step0000800.pt \
+        --spec '<sample spec JSON>' --out results/demo-a/samples/DDIM/r0/step0000800.h5
 
-Samples are written batch by batch into ``<out>.partial``; the root attribute ``num_done`` advances only
-after a batch is on disk. A rerun with the same spec continues from ``num_done``; each batch draws from its
-own generator seeded by (seed, batch index), so a resumed file equals an uninterrupted one. Only a complete
-file is renamed to ``<out>``. Conditional models get class-balanced labels (i mod num_classes).
-Latent models sample latents (never clipped) and the autoencoder given by ``--autoencoder`` (checked against
-the SHA-256 the model recorded) decodes z / scale_factor to pixels before anything is written.
-Under ``torchrun`` (several processes) rank r draws batches r, r + W, … into its own shard file and the main
-rank assembles ``<out>`` in batch order: the same file as one process writes.
-The first ``trajectory_images`` images are also stored at ``trajectory_points`` timesteps in
-``/trajectory/images`` (K, P, H, W, 3) with ``/trajectory/timesteps`` (−1 marks the final x₀).
+Samples are written batch by batch into ``<out>.partial`` (held under the lock ``.<name>.lock``: a second writer
+fails at once, naming the holder); the root attribute ``num_done`` advances only after a batch is on disk. A rerun
+with the same settings continues from ``num_done``; each batch draws from its own generator seeded by (seed, batch
+index), so a resumed file equals an uninterrupted one. A partial file made by other settings, or unreadable, is
+moved aside (never deleted). A batch with a non-finite value fails the job naming the batch and the checkpoint;
+only a complete file is sealed (checksums of its images and labels, ``core.data.seal``) and renamed to ``<out>``.
+
+Conditional models get class-balanced labels (i mod num_classes). Latent models sample latents (never clipped) and
+the autoencoder given by ``--autoencoder`` (checked against the SHA-256 the model recorded) decodes z/scale_factor
+to pixels before anything is written. Under ``torchrun`` rank r draws batches r, r + W, … into its own shard and the
+main rank assembles ``<out>`` in batch order: the same file as one process writes. The first ``trajectory_images``
+images are also stored at ``trajectory_points`` timesteps in ``/trajectory/images`` (K, P, H, W, C) with
+``/trajectory/timesteps`` (−1 marks the final x₀).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -29,26 +33,25 @@ import h5py
 import numpy as np
 import torch
 
-from core import data, distributed
+from core import data, distributed, sampling
 from core.diffusion import GaussianDiffusion
 from core.models import load_autoencoder, load_denoiser
-from core.provenance import code_version, file_sha256, spec_hash
-from core.sampling import SamplerSpec, sample
-
-
-def sampler_spec(spec: dict[str, Any]) -> SamplerSpec:
-    return SamplerSpec(**spec["sampler"])
+from core.provenance import code_fingerprint, code_version, exclusive, file_sha256, now_iso, spec_hash
 
 
 def _decoder(
-    checkpoint: str, latent: dict[str, Any] | None, autoencoder: str | None, sspec: SamplerSpec, device: torch.device
+    checkpoint: str,
+    latent: dict[str, Any] | None,
+    autoencoder: str | None,
+    sampler: dict[str, Any],
+    device: torch.device,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Identity for pixel models; for latent models, the checked autoencoder's decoder of z / scale_factor."""
     if latent is None:
         if autoencoder:
             raise ValueError(f"{checkpoint} is a pixel-space model; do not pass --autoencoder")
         return lambda x: x
-    if sspec.clip_denoised:
+    if sampler["clip_denoised"]:
         raise ValueError(
             f"{checkpoint} is a latent model: sampler.clip_denoised must be false (latents are not bounded by ±1; "
             "clipping them truncates the distribution)"
@@ -71,14 +74,34 @@ def _decoder(
     return decode
 
 
+def move_aside(path: Path, why: str) -> None:
+    aside = path.with_name(f"{path.name}.aside-{int(time.time())}")
+    print(f"[sample] {path} {why}: moved aside to {aside}", flush=True)
+    path.rename(aside)
+
+
 def run(
     checkpoint: str, spec: dict[str, Any], out: str, device_name: str = "auto", autoencoder: str | None = None
 ) -> None:
     device = distributed.device_for(device_name)
     ctx = distributed.init(device)
-    sspec = sampler_spec(spec)
-    model, meta = load_denoiser(checkpoint, use_ema=bool(spec.get("use_ema", True)), device=str(device))
-    guidance = float(spec.get("guidance_scale", 1.0))
+    out_path = Path(out)
+    lock = out_path.with_name(f".{out_path.name}.lock")
+    with exclusive(lock, f"sample file {out}") if ctx.is_main else contextlib.nullcontext():
+        _sample(checkpoint, spec, out_path, device, ctx, autoencoder or None)
+
+
+def _sample(
+    checkpoint: str,
+    spec: dict[str, Any],
+    out: Path,
+    device: torch.device,
+    ctx: distributed.Context,
+    autoencoder: str | None,
+) -> None:
+    sampler = spec["sampler"]
+    model, meta = load_denoiser(checkpoint, use_ema=bool(spec["use_ema"]), device=str(device))
+    guidance = float(spec["guidance_scale"])
     if meta["num_classes"] == 0 and guidance != 1.0:
         raise ValueError(
             f"guidance_scale = {guidance} needs a class-conditional model, but {checkpoint} is unconditional "
@@ -87,37 +110,39 @@ def run(
     diffusion = GaussianDiffusion.from_spec(meta["spec"]["diffusion"])
     n, batch = int(spec["num_samples"]), int(spec["batch_size"])
     size, seed = int(meta["image_size"]), int(spec["seed"])
-    latent = meta.get("latent")
-    decode = _decoder(checkpoint, latent, autoencoder, sspec, device)
+    latent = meta["latent"]
+    decode = _decoder(checkpoint, latent, autoencoder, sampler, device)
     pixel_size = int(latent["pixel_size"]) if latent else size
+    channels = int(latent["pixel_channels"]) if latent else int(meta["in_channels"])
     num_classes = int(meta["num_classes"])
     labels_all = np.arange(n) % num_classes if num_classes else np.full(n, -1)
-    record_images = min(int(spec.get("trajectory_images", 0)), batch, n)
-    record_points = int(spec.get("trajectory_points", 0)) if record_images else 0
+    record_images = min(int(spec["trajectory_images"]), batch, n)
+    record_points = int(spec["trajectory_points"]) if record_images else 0
     identity = {
         "spec": spec,
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_step": int(meta["step"]),
-        "model_spec_hash": meta["spec_hash"],
+        "model_identity": meta.get("identity_hash", meta["spec_hash"]),
     }
-    h = spec_hash(identity)
-
     prov = {
         "code_version": code_version(),
-        "experiment": spec.get("experiment"),
+        "code": code_fingerprint("sample"),
+        "model_code": meta.get("code"),
+        "experiment": spec["experiment"],
+        "replicate": spec["replicate"],
+        "model_replicate": spec["model_replicate"],
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_step": int(meta["step"]),
         "model_spec": meta["spec"],
+        "model_identity": identity["model_identity"],
         "model_code_version": meta["code_version"],
-        "sampler": sspec.name,
-        "sampler_label": sspec.label,
-        "steps": sspec.steps,
-        "eta": sspec.eta,
-        "spacing": sspec.spacing,
-        "variance": sspec.variance,
+        "sampler": sampler["name"],
+        "sampler_label": sampling.label(sampler),
+        "steps": sampler["steps"],
+        "spacing": sampler["spacing"],
         "guidance_scale": guidance,
         "seed": seed,
-        "use_ema": bool(spec.get("use_ema", True)),
+        "use_ema": bool(spec["use_ema"]),
         "space": "latent" if latent else "pixel",
         "autoencoder": latent,
         "spec": spec,
@@ -129,23 +154,23 @@ def run(
             try:
                 with h5py.File(path, "r") as f:
                     same = f.attrs.get("resume_hash") == resume_hash
+                why = "was made by other settings"
             except OSError:
-                same = False
+                same, why = False, "is unreadable"
             if not same:
-                print(f"[sample] {path} was made by other settings or is unreadable: starting again", flush=True)
-                path.unlink()
+                move_aside(path, why)
         if not path.exists():
             with h5py.File(path, "w") as f:
                 data.write_root_attrs(f, "samples", pixel_size, meta["class_names"], prov)
-                for key in ("experiment", "sampler", "spacing", "variance"):
+                for key in ("experiment", "sampler", "sampler_label", "spacing"):
                     f.attrs[key] = str(prov[key])
-                for key in ("checkpoint_step", "steps", "eta", "guidance_scale", "seed"):
+                for key in ("checkpoint_step", "steps", "guidance_scale", "seed", "replicate", "model_replicate"):
                     f.attrs[key] = prov[key]
                 f.attrs["code_version"] = prov["code_version"]
                 f.attrs["resume_hash"] = resume_hash
                 f.attrs["num_done"] = 0
                 f.attrs["complete"] = False
-                data.create_split(f, "samples", n, pixel_size)
+                data.create_split(f, "samples", n, pixel_size, channels=channels)
                 f["samples/labels"][:] = labels_all
         return h5py.File(path, "a")
 
@@ -157,8 +182,15 @@ def run(
         x_T = torch.randn((m, int(meta["in_channels"]), size, size), generator=gen, device=device)
         y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
         record = record_points if (start == 0 and record_images) else 0
-        x0, traj = sample(model, diffusion, x_T, sspec, y, guidance, gen, record=record)
-        f["samples/images"][start : start + m] = data.to_uint8(decode(x0))
+        callback, traj = sampling.trajectory_recorder(record, sampler["steps"]) if record else (None, [])
+        x0 = sampling.sample(model, diffusion, x_T, sampler, y, guidance, gen, callback)
+        try:
+            f["samples/images"][start : start + m] = data.to_uint8(decode(x0))
+        except FloatingPointError as err:
+            raise FloatingPointError(
+                f"batch {b} (images {start}–{start + m - 1}) sampled from {checkpoint} has {err}: the model's "
+                "weights or the sampler diverged; nothing of it was written"
+            ) from None
         if traj:
             stack = np.stack([data.to_uint8(decode(x[:record_images])) for _, x in traj], axis=1)
             if "trajectory" in f:
@@ -168,10 +200,19 @@ def run(
             g.create_dataset("timesteps", data=np.array([t for t, _ in traj], dtype=np.int64))
         return start + m
 
-    partial = Path(str(out) + ".partial")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    def finish(f: h5py.File, seconds: float) -> None:
+        f.attrs["num_done"] = n
+        f.attrs["complete"] = True
+        f["samples"].attrs["count"] = n
+        f.attrs["sampling_device_seconds"] = seconds
+        f.attrs["completed"] = now_iso()
+        data.seal(f)
+
+    partial = Path(f"{out}.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
     num_batches = -(-n // batch)
     t0 = time.time()
+    h = spec_hash(identity)
     if not ctx.enabled:
         with open_partial(partial, h) as f:
             done = int(f.attrs["num_done"])
@@ -183,9 +224,7 @@ def run(
                 f.flush()
                 rate = (end - done) / max(time.time() - t0, 1e-9)
                 print(f"[sample] {end}/{n} images ({rate:.1f} img/s)", flush=True)
-            f.attrs["complete"] = True
-            f["samples"].attrs["count"] = n
-            f.attrs["sampling_device_seconds"] = time.time() - t0  # this run's wall time × 1 process
+            finish(f, time.time() - t0)  # this run's wall time × 1 process
         os.replace(partial, out)
         print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
         return
@@ -210,10 +249,7 @@ def run(
                     f["samples/images"][rows] = src["samples/images"][rows]
                     if b == 0 and "trajectory" in src:
                         src.copy("trajectory", f)
-            f.attrs["num_done"] = n
-            f.attrs["complete"] = True
-            f["samples"].attrs["count"] = n
-            f.attrs["sampling_device_seconds"] = (time.time() - t0) * ctx.world_size
+            finish(f, (time.time() - t0) * ctx.world_size)
         os.replace(partial, out)
         for shard in shards:
             shard.unlink()
@@ -225,9 +261,9 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--spec", required=True, help="sampling spec as JSON (resolved from config.yaml)")
+    p.add_argument("--spec", required=True, help="sample spec as JSON (core.config.Plan.sample_spec)")
     p.add_argument("--out", required=True)
-    p.add_argument("--autoencoder", default=None, help="latent models: the vae.pt whose latents they learned")
+    p.add_argument("--autoencoder", default="", help="latent models: the vae.pt whose latents they learned")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)

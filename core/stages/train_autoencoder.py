@@ -36,12 +36,12 @@ LOG_FIELDS = ["step", "loss", "rec_l1", "kl", "elapsed_s", "input_wait_s"]
 
 def import_weights(vae: torch.nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """Load the user's checkpoint into ``vae`` after checking its hash; errors name the config key."""
-    key = f"autoencoders.{spec.get('name', '?')}.checkpoint"
+    key = f"autoencoders.{spec['name']}.checkpoint"
     path = Path(spec["checkpoint"])
     if not path.is_file():
         raise FileNotFoundError(f"config key {key}: {path} does not exist")
     digest = file_sha256(path)
-    want = spec.get("checkpoint_sha256")
+    want = spec["checkpoint_sha256"]
     if want and digest != want:
         raise ValueError(f"config key {key}: {path} has SHA-256 {digest}, but checkpoint_sha256 is {want}")
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -59,7 +59,7 @@ def import_weights(vae: torch.nn.Module, spec: dict[str, Any]) -> dict[str, Any]
     ]
     if missing or unexpected or shapes:
         raise ValueError(
-            f"config key {key}: {path} does not fit the configured net (autoencoders.{spec.get('name', '?')}.net); "
+            f"config key {key}: {path} does not fit the configured net (autoencoders.{spec['name']}.net); "
             f"missing keys {missing[:5]}{'…' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}, "
             f"other shapes {shapes[:3]}{'…' if len(shapes) > 3 else ''}"
@@ -72,7 +72,7 @@ def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, lo
     """Train ``vae`` in place; write the per-step log to ``log_path``."""
     cfg = spec["train"]
     steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
-    kl_weight = float(cfg.get("kl_weight", 1e-6))
+    kl_weight = float(cfg["kl_weight"])
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
     noise = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 2)
     loader = data.Prefetcher(data.ImageBatches(data_path, "train", batch, gen))
@@ -127,11 +127,12 @@ def scale_factor_from_data(vae: torch.nn.Module, data_path: str, num: int, seed:
 def run(spec: dict[str, Any], data_path: str, out: str, log_path: str, device_name: str = "auto") -> dict[str, Any]:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
     with data.open_images(data_path, "train") as f:
-        image_size = int(f["train/images"].shape[1])
+        image_size, channels = int(f["train/images"].shape[1]), int(f["train/images"].shape[3])
         data_prov = json.loads(f.attrs.get("provenance", "{}"))
+        data_sha256 = data.content_sha256(f, data_path)
     torch.manual_seed(int(spec["train"]["seed"]))
-    vae = build_autoencoder(spec["net"], image_size).to(device)
-    if spec.get("checkpoint"):
+    vae = build_autoencoder(spec["net"], image_size, channels).to(device)
+    if spec["checkpoint"]:
         source = import_weights(vae, spec)
         vae.to(device).eval()
     else:
@@ -139,21 +140,22 @@ def run(spec: dict[str, Any], data_path: str, out: str, log_path: str, device_na
     factor = scale_factor_from_data(vae, data_path, int(spec["scale_images"]), int(spec["train"]["seed"]), device)
     f = vae.downsampling_factor
     meta = {
-        "name": spec.get("name"),
+        "name": spec["name"],
         "spec": spec,
         "spec_hash": spec_hash(spec),
         "net": spec["net"],
         "image_size": image_size,
+        "in_channels": channels,
         "latent_shape": [vae.embed_dim, image_size // f, image_size // f],
         "downsampling_factor": f,
         "scale_factor": factor,
         "num_parameters": sum(p.numel() for p in vae.parameters()),
         "code_version": code_version(),
-        "data": {"path": str(data_path), "provenance": data_prov},
+        "data": {"path": str(data_path), "content_sha256": data_sha256, "provenance": data_prov},
         **source,
     }
     save_checkpoint(out, {"model": vae.state_dict(), "meta": meta})
-    if spec.get("checkpoint"):  # an imported model has no training log; say so in the file the rule declares
+    if spec["checkpoint"]:  # an imported model has no training log; say so in the file the rule declares
         with atomic_path(log_path) as tmp:
             Path(tmp).write_text(",".join(LOG_FIELDS) + "\n")
     print(

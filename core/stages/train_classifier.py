@@ -24,7 +24,9 @@ def run(data_path: str, spec: dict[str, Any], out: str) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(int(spec["seed"]))
     with data.open_images(data_path, "train") as f:
         names = data.class_names(f)
-    model = Classifier(len(names), int(spec["width"]), int(spec["depth"]))
+        channels = int(f["train/images"].shape[3])
+        data_sha256 = data.content_sha256(f, data_path)
+    model = Classifier(len(names), int(spec["width"]), int(spec["depth"]), channels)
     opt = torch.optim.AdamW(model.parameters(), lr=float(spec["lr"]), weight_decay=1e-4)
     loader = data.ImageBatches(data_path, "train", int(spec["batch_size"]), gen)
     t0 = time.time()
@@ -54,6 +56,8 @@ def run(data_path: str, spec: dict[str, Any], out: str) -> dict[str, Any]:
         kind="classifier",
         num_classes=len(names),
         class_names=names,
+        in_channels=channels,
+        data_sha256=data_sha256,
         feature_dim=model.feature_dim,
         val_accuracy=accuracy,
         train_seconds=round(time.time() - t0, 1),

@@ -1,0 +1,163 @@
+"""A study's results as the report reads them: metrics files grouped by experiment, replicate and checkpoint, and
+each row's numbers with their 95% intervals (``core.stats``).
+
+A row (an experiment) reports one checkpoint step: its only one, or — evaluated at several — the step whose FD,
+averaged over the replicates, is lowest; its IS is that same step's. Over R ≥ 2 replicates a number is the mean
+with a Student t interval; a single run carries the bootstrap interval over its generated images written by
+``core.stages.evaluate``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import stats
+from core.provenance import read_json
+
+METRICS = {"fid": "fid_interval", "is": "is_interval"}
+VALUE_KEY = {"fid": "fid", "is": "is_mean"}
+
+
+@dataclass
+class Run:
+    """One metrics file: an experiment replicate's sample file at one checkpoint."""
+
+    path: str
+    m: dict[str, Any]
+
+    @property
+    def experiment(self) -> str:
+        return self.m["samples"]["experiment"]
+
+    @property
+    def replicate(self) -> int:
+        return int(self.m["samples"]["replicate"])
+
+    @property
+    def step(self) -> int:
+        return int(self.m["samples"]["checkpoint_step"])
+
+    @property
+    def tag(self) -> str:
+        return Path(self.path).stem  # step0000800 or best
+
+    def value(self, metric: str) -> float:
+        return float(self.m[VALUE_KEY[metric]])
+
+    def resamples(self, metric: str) -> list[float] | None:
+        boot = self.m.get("bootstrap")
+        return None if boot is None else boot[VALUE_KEY[metric]]
+
+    def interval(self, metric: str) -> stats.Interval | None:
+        boot = self.m.get("bootstrap")
+        return None if boot is None else stats.Interval.from_dict(boot[METRICS[metric]])
+
+
+@dataclass
+class Row:
+    """An experiment's runs (per replicate, sorted by step) and the step it reports."""
+
+    name: str
+    runs: dict[int, list[Run]]
+    step: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for runs in self.runs.values():
+            for r in runs:
+                by_step[r.step].append(r.value("fid"))
+        full = [s for s, v in by_step.items() if len(v) == len(self.runs)]  # steps every replicate reached
+        self.step = min(full or by_step, key=lambda s: (float(np.mean(by_step[s])), s))
+
+    @property
+    def replicates(self) -> list[int]:
+        return sorted(self.runs)
+
+    def at(self, replicate: int, step: int | None = None) -> Run | None:
+        step = self.step if step is None else step
+        return next((r for r in self.runs[replicate] if r.step == step), None)
+
+    def reported(self) -> list[Run]:
+        """The run of each replicate at the reported step."""
+        return [r for rep in self.replicates if (r := self.at(rep)) is not None]
+
+    def steps(self) -> list[int]:
+        return sorted({r.step for runs in self.runs.values() for r in runs})
+
+    @property
+    def first(self) -> Run:
+        return self.reported()[0]
+
+    def last_step(self) -> int:
+        return self.steps()[-1]
+
+    def values(self, metric: str, step: int | None = None) -> stats.RowValues:
+        """Per-replicate values at a step (default: the reported one), with replicate 0's resamples."""
+        runs = {rep: r for rep in self.replicates if (r := self.at(rep, step)) is not None}
+        r0 = runs.get(0)
+        return stats.RowValues({rep: r.value(metric) for rep, r in runs.items()}, r0.resamples(metric) if r0 else None)
+
+    def interval(self, metric: str, step: int | None = None) -> stats.Interval | None:
+        """The number a table shows for this row: mean and 95% interval over replicates, or the single run's
+        bootstrap interval (None when neither exists: one run evaluated without resamples)."""
+        runs = [r for rep in self.replicates if (r := self.at(rep, step)) is not None]
+        if len(runs) >= 2:
+            return stats.t_interval([r.value(metric) for r in runs])
+        return runs[0].interval(metric) if runs else None
+
+    def estimate(self, metric: str, step: int | None = None) -> float:
+        runs = [r for rep in self.replicates if (r := self.at(rep, step)) is not None]
+        return float(np.mean([r.value(metric) for r in runs])) if runs else math.nan
+
+
+def load_runs(metric_files: list[str]) -> dict[str, Row]:
+    """Metrics files → rows by experiment (replicates and steps sorted)."""
+    grouped: dict[str, dict[int, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for path in metric_files:
+        run = Run(path, read_json(path))
+        grouped[run.experiment][run.replicate].append(run)
+    rows = {}
+    for exp, reps in grouped.items():
+        for runs in reps.values():
+            runs.sort(key=lambda r: r.step)
+        rows[exp] = Row(exp, dict(sorted(reps.items())))
+    return rows
+
+
+@dataclass
+class Finding:
+    """A claim of the study tested on its rows."""
+
+    claim: dict[str, Any]
+    difference: stats.Interval | None
+    verdict: str
+    published: str | None
+    published_values: tuple[float, float] | None
+    note: str = ""
+
+
+def test_claim(claim: dict[str, Any], rows: dict[str, Row], experiments: dict[str, Any]) -> Finding:
+    """Δ = a − b on the claim's metric with its 95% interval (paired over shared replicates where both rows have
+    them), the verdict, and the direction of the reference study's published numbers where both rows have one."""
+    a, b, metric = claim["a"], claim["b"], claim["metric"]
+    expect, margin = claim["expect"], claim.get("margin")
+    published = pub_values = None
+    pa, pb = (experiments.get(x, {}).get("published") or {} for x in (a, b))
+    key = VALUE_KEY[metric]
+    if key in pa and key in pb:
+        pub_values = (float(pa[key]), float(pb[key]))
+        published = stats.published_direction(pub_values[0], pub_values[1], expect, margin)
+    if a not in rows or b not in rows:
+        missing = ", ".join(x for x in (a, b) if x not in rows)
+        return Finding(claim, None, "not resolved", published, pub_values, f"no results for {missing}")
+    try:
+        iv = stats.difference_interval(rows[a].values(metric), rows[b].values(metric))
+    except ValueError as err:  # e.g. a single run evaluated without bootstrap resamples
+        return Finding(claim, None, "not resolved", published, pub_values, str(err))
+    return Finding(claim, iv, stats.verdict(iv, expect, margin), published, pub_values)
