@@ -43,7 +43,7 @@ def stand_in(root: Path) -> Path:
     (root / "inception.pth").touch()
     overlay = {
         "results_dir": str(root / "results"),
-        "default_studies": ["full-a", "full-b"],
+        "studies_to_run": ["full-a", "full-b"],
         "datasets": {"imagenet100": {"path": str(root / "imagenet100")}, "sysu-shapes": {"path": str(root / "sysu")}},
         "metrics": {"inception_weights": str(root / "inception.pth")},
     }

@@ -116,7 +116,15 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
 
 
 def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
-        meta = json.loads(str(z["meta"]))
+    """Reference statistics written by ``core.stages.reference_stats``; ValueError naming the file if unreadable."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("features", "logits", "mu", "sigma")}
+            meta = json.loads(str(z["meta"]))
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # a truncated or overwritten .npz: zipfile, pickle or key errors
+        raise ValueError(
+            f"reference statistics {path} are unreadable ({type(err).__name__}: {err}); delete the file and rerun"
+        ) from None
     return arrays, meta

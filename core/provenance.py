@@ -114,18 +114,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def raise_if_disk_full(err: BaseException, path: str | os.PathLike[str]) -> None:
     """Re-raise a write error caused by a full disk (or quota) as OSError(ENOSPC) naming ``path`` and the free
-    space; torch and HDF5 report it as "basic_ios::clear: iostream error" or "file write failed"."""
-    nospace = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    space. torch and HDF5 report it as "basic_ios::clear: iostream error", "file write failed" or "unexpected pos":
+    the space left on the file system (the partial file still on it) decides."""
     folder = Path(path).parent
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = -1
-    if (
-        nospace
-        or (0 <= free < 64 << 20 and "write" in str(err).lower() + type(err).__name__.lower())
-        or (0 <= free < 64 << 20 and "iostream" in str(err))
-    ):
+    chain, e = [], err
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__context__
+    nospace = any(isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT) for x in chain)
+    wording = any(w in str(x) for x in chain for w in ("iostream error", "write failed", "unexpected pos"))
+    if nospace or (0 <= free < 1 << 20) or (wording and 0 <= free < 64 << 20):
         raise OSError(
             errno.ENOSPC,
             f"no space left on device while writing {path} ({free / 2**20:.1f} MiB free in {folder}); free some "
@@ -228,7 +230,13 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's content; ValueError naming the file when it is not valid JSON (e.g. truncated)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}): it was truncated or changed; delete it and rerun"
+        ) from None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from core import folders, paths
+from core.provenance import code_fingerprint
 from core.config import ConfigError, Plan, check_duplicate_keys
 from core.paths import checkpoint_steps
 
@@ -28,6 +29,15 @@ wildcard_constraints:
     ae=NAME,
     replicate=r"r\d+",
     step=r"step\d{7}|best",
+
+
+def code_param(stage):
+    """With ``code_changes: rerun``, the hash of the code the stage runs (a parameter: changing that code reruns
+    exactly the jobs that ran it, and what depends on them); with ``flag`` nothing (the report marks rows instead).
+    """
+    return (
+        code_fingerprint(stage)["sha256"] if config["code_changes"] == "rerun" else ""
+    )
 
 
 def spec_json(obj):

@@ -16,6 +16,7 @@ rule make_dataset:
         mem_mb=4000,
         runtime=120,
     params:
+        code=code_param("make_dataset"),
         spec=lambda w: spec_json(PLAN.dataset_spec(w.dataset)),
         requirements=lambda w: spec_json(PLAN.dataset_requirements(w.dataset)),
         fingerprint=dataset_fingerprint,

@@ -17,6 +17,7 @@ rule train_classifier:
         mem_mb=4000,
         runtime=60,
     params:
+        code=code_param("train_classifier"),
         spec=lambda w: spec_json(PLAN.classifier_spec(w.dataset)),
     shell:
         "python -m core.stages.train_classifier --data {input.data:q} --spec {params.spec:q}"
@@ -46,6 +47,7 @@ rule reference_stats:
         runtime=60,
         gpu=config["metrics"]["gpus"],
     params:
+        code=code_param("reference_stats"),
         gpus=config["metrics"]["gpus"],
         extractor=lambda w: spec_json(PLAN.extractor_for_tag(w.dataset, w.extractor)),
         batch_size=config["metrics"]["batch_size"],
@@ -77,6 +79,7 @@ rule evaluate:
         runtime=60,
         gpu=config["metrics"]["gpus"],
     params:
+        code=code_param("evaluate"),
         gpus=config["metrics"]["gpus"],
         extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),
         options=lambda w: spec_json(PLAN.evaluation_options(w.study)),

@@ -17,6 +17,7 @@ rule train_autoencoder:
         mem_mb=8000,
         runtime=1440,
     params:
+        code=code_param("train_autoencoder"),
         spec=lambda w: spec_json(PLAN.autoencoder_spec(w.ae)),
     shell:
         "python -m core.stages.train_autoencoder --spec {params.spec:q} --data {input.data:q}"
@@ -41,6 +42,8 @@ rule encode_latents:
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        code=code_param("encode_latents"),
     shell:
         "python -m core.stages.encode_latents --data {input.data:q} --autoencoder {input.vae:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
@@ -68,6 +71,7 @@ rule evaluate_autoencoder:
         mem_mb=4000,
         runtime=60,
     params:
+        code=code_param("evaluate_autoencoder"),
         split=lambda w: PLAN.study(w.study)["evaluation"]["reference_split"],
         num=lambda w: PLAN.study(w.study)["evaluation"]["reference_num"],
         extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),

@@ -26,6 +26,7 @@ rule report:
         mem_mb=2000,
         runtime=30,
     params:
+        code=code_param("report"),
         study=lambda w: spec_json(report_study(w.study)),
         out_dir=lambda w: paths.report_dir(R, w.study),
         autoencoders=lambda w, input: [
@@ -56,6 +57,8 @@ rule collect_checkpoints:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        code=code_param("collect_checkpoints"),
     shell:
         "python -m core.stages.collect_checkpoints --metrics {input.metrics:q} --samples {input.samples:q}"
         " --out {output:q} > {log:q} 2>&1"

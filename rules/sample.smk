@@ -17,6 +17,7 @@ rule sample:
         runtime=240,
         gpu=lambda w: PLAN.sample_gpus(w.study, w.experiment),
     params:
+        code=code_param("sample"),
         spec=lambda w: spec_json(PLAN.sample_spec(w.study, w.experiment, rep(w))),
         gpus=lambda w: PLAN.sample_gpus(w.study, w.experiment),
         checkpoint=checkpoint_file,

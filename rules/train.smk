@@ -22,6 +22,7 @@ checkpoint train:
         nodes=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
         tasks=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
     params:
+        code=code_param("train"),
         spec=lambda w: spec_json(PLAN.train_spec(w.study, w.model, rep(w))),
         gpus=lambda w: PLAN.train_resources(w.study, w.model)["gpus"],
         nodes=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
