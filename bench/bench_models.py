@@ -46,12 +46,13 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config
+from core.config import sampler_spec
 from core.diffusion import GaussianDiffusion
 from core.features import Extractor
 from core.models import EMA, build_model
 from core.nets import inception
 from core.provenance import write_json
-from core.sampling import sample, sampler_spec
+from core.sampling import sample
 from core.training import Levers, train_step
 
 # Dense bf16 tensor-core peaks (FLOP/s, 2 per multiply-add) for the MFU column; --peak-tflops overrides.

@@ -96,8 +96,11 @@ def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
 
 def fill(instance: Any, schema: dict[str, Any]) -> Any:
     """``instance`` with the schema's ``default`` values inserted where keys are absent, recursively (following
-    ``$ref`` and ``additionalProperties``; not into ``allOf``/``if`` branches: those are completed explicitly)."""
+    ``$ref``, ``additionalProperties`` and array ``items``; not into ``allOf``/``if`` branches: those are completed
+    explicitly)."""
     schema = _resolve(schema)
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [fill(item, schema["items"]) for item in instance]
     if not isinstance(instance, dict):
         return instance
     out = dict(instance)
@@ -174,6 +177,11 @@ def complete_sampler(sampler: dict[str, Any], where: list[str] | None = None) ->
     schema = defs_ref(f"sampler_{sampler['name']}")
     check(sampler, schema, where)
     return fill(sampler, schema)
+
+
+def sampler_spec(name: str, steps: int | None = None, **options: Any) -> dict[str, Any]:
+    """A complete sampler spec: ``options`` (and ``steps``) over the sampler's defaults (tests, benchmarks)."""
+    return complete_sampler({"name": name, **({"steps": steps} if steps is not None else {}), **options})
 
 
 def _fill_top_level(config: dict[str, Any]) -> dict[str, Any]:

@@ -22,8 +22,8 @@ Timestep spacing for K of T steps (as named in Lin et al. 2024, Table 2): ``lead
 Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε_u + w (ε_c − ε_u), with ε_u from the learned null class;
 both halves in one batched forward pass. w = 1 is plain conditional sampling, w = 0 unconditional.
 
-A sampler's options and their defaults are the config schema's ``$defs/sampler_<name>`` (``sampler_spec`` completes
-a partial one from there); a new sampler is one function here, one ``SAMPLERS`` entry and its schema entry
+A sampler's options and their defaults are the config schema's ``$defs/sampler_<name>`` (``core.config.sampler_spec``
+completes a partial one from there); a new sampler is one function here, one ``SAMPLERS`` entry and its schema entry
 (tests/test_sampling.py checks that they agree).
 """
 
@@ -162,14 +162,6 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp2m": Sampler(dpmpp2m, "DPM-Solver++(2M)", {}),
 }
 COMMON_OPTIONS = ("name", "steps", "spacing", "clip_denoised")
-
-
-def sampler_spec(name: str, steps: int | None = None, **options: Any) -> dict[str, Any]:
-    """A complete sampler spec: ``options`` (and ``steps``) over the sampler's defaults from the config schema."""
-    from core.config import complete_sampler
-
-    given = {"name": name, **({"steps": steps} if steps is not None else {}), **options}
-    return complete_sampler(given)
 
 
 def label(spec: dict[str, Any]) -> str:

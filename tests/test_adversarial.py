@@ -524,7 +524,7 @@ def test_planning_refuses_conditional_models_on_one_class_and_studies_without_a_
     c["results_dir"] = str(tmp_path / "results")
     c["datasets"]["mine"] = {"source": "folder", "path": str(root), "image_size": 8}
     study = copy.deepcopy(c["studies"]["tiny"])
-    study.update(dataset="mine", sweeps={})
+    study.update(dataset="mine", sweeps={}, claims=[])
     study["models"] = {"unet-cfg": study["models"]["unet-cfg"]}
     study["experiments"] = {"DDIM": study["experiments"]["DDIM"]}
     c["studies"]["mine"] = study

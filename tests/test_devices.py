@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from core import data
+from core.config import sampler_spec
 from core.diffusion import GaussianDiffusion
 from core.models import build_model, load_checkpoint
-from core.sampling import sample, sampler_spec
+from core.sampling import sample
 from core.stages import train as train_stage
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from core import config
+from core.config import sampler_spec
 from core.diffusion import GaussianDiffusion
-from core.sampling import label, make_timesteps, sample, sampler_spec, trajectory_recorder
+from core.sampling import label, make_timesteps, sample, trajectory_recorder
 
 MU, S = 0.3, 0.5  # data x_0 ~ N(MU, S²) in every coordinate
 

@@ -123,8 +123,9 @@ def test_latent_model_trains_on_cache_and_samples_decoded_pixels(autoencoder, la
         first = f["samples/images"][:4]
     # the decoder sees z / scale_factor: decoding the same latent sample by hand gives the same pixels
     vae, _ = load_autoencoder(autoencoder[0])
+    from core.config import sampler_spec
     from core.diffusion import GaussianDiffusion
-    from core.sampling import sample, sampler_spec
+    from core.sampling import sample
 
     gen = torch.Generator().manual_seed(0 * 1_000_003 + 0)
     x_T = torch.randn((4, 3, 4, 4), generator=gen)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from core.config import sampler_spec
 from core.diffusion import GaussianDiffusion, make_betas
 from core.nets.unet import UNet
-from core.sampling import guided_eps, label, make_timesteps, sample, sampler_spec, trajectory_recorder
+from core.sampling import guided_eps, label, make_timesteps, sample, trajectory_recorder
 
 DIFF = GaussianDiffusion(make_betas("linear", 100, beta_start=1e-4, beta_end=0.02))
 

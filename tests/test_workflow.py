@@ -70,8 +70,10 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
     # the real images' statistics are computed once and reused by all evaluations and the autoencoder's
     assert len(list((tiny_run / "benchmarks" / "reference_stats").rglob("*.tsv"))) == 1
     kept = len(list((tiny_run / "tiny" / "models" / "unet-vae-cfg" / "r0" / "ckpt").glob("step*.pt")))
-    # 5 rows' checkpoints, 3 sweep points, and DDIM-VAE-CFG over the steps its early-stopping model kept
-    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == 5 + 3 + kept
+    # the rows' checkpoints (unet-cfg's rows and sweep points twice: its two replicates), the sweep points, and
+    # DDIM-VAE-CFG over the steps its early-stopping model kept
+    rows, sweeps = 2 * 2 + 2 + 1 + 1, 2 + 2 + 1
+    assert len(list((tiny_run / "benchmarks" / "evaluate").rglob("*.tsv"))) == rows + sweeps + kept
     assert m["reference"]["path"].endswith("val-classifier-n0.npz")
     for rule in ("train", "sample", "evaluate", "report"):
         assert any((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
@@ -225,6 +227,7 @@ def _config_with_folder_dataset(tmp_path, source: str, path: str, **entry) -> tu
     study["models"] = {"unet-cfg": study["models"]["unet-cfg"]}
     study["experiments"] = {"DDIM": study["experiments"]["DDIM"]}
     study.pop("sweeps")
+    study.pop("claims")
     config["studies"]["raw-study"] = study
     path_ = tmp_path / "config.yaml"
     path_.write_text(yaml.safe_dump(config))
@@ -260,3 +263,33 @@ def test_image_folder_dataset_is_ingested_by_the_workflow(tmp_path):
         assert list(f["train/labels"][:]) == [0] * 14 + [1] * 14 + [2] * 14
         assert tuple(f["train/images"][15, 3, 3]) == (0, 255, 0)
         assert f["train"].attrs["skipped_non_image"] == 1
+
+
+def test_replicates_fan_out_and_carry_intervals_and_findings(tiny_run):
+    """unet-cfg has two replicates: two trained copies (seeds 0 and 1), two sample sets per row of it, and its
+    rows show the mean and t interval over both; the Findings table tests the preset's claims."""
+    models = tiny_run / "tiny" / "models"
+    assert sorted(p.name for p in (models / "unet-cfg").iterdir()) == ["r0", "r1"]
+    assert sorted(p.name for p in (models / "dit-vae-cfg").iterdir()) == ["r0"]
+    seeds = [
+        json.loads(json.dumps(torch_meta(models / "unet-cfg" / r / "ckpt" / "step0000020.pt")))["spec"]["train"]["seed"]
+        for r in ("r0", "r1")
+    ]
+    assert seeds == [0, 1]
+    for r in ("r0", "r1"):
+        with h5py.File(tiny_run / "tiny" / "samples" / "DDIM" / r / "step0000020.h5", "r") as f:
+            assert f.attrs["replicate"] == int(r[1]) and f.attrs["model_replicate"] == int(r[1])
+    table = (tiny_run / "tiny" / "report" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| DDIM |"))
+    assert "| 2 |" in row
+    findings = table.split("## Findings")[1]
+    assert "paired t over 2 replicates" in findings and "bootstrap (centred) of the difference" in findings
+    with open(tiny_run / "tiny" / "report" / "table.csv", newline="") as fh:
+        ddim = [r for r in csv.DictReader(fh) if r["experiment"] == "DDIM"]
+    assert sorted(r["replicate"] for r in ddim) == ["0", "1"]
+
+
+def torch_meta(path):
+    import torch
+
+    return torch.load(path, weights_only=False)["meta"]
