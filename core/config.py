@@ -356,7 +356,7 @@ class Plan:
         s = self.config["studies"][study]
         where = ["studies", study, "experiments", experiment]
         merged = merge_experiment(s["defaults"].get("experiment", {}), s["experiments"][experiment])
-        check(merged, defs_ref("experiment_complete"), where)
+        check(fill(merged, defs_ref("experiment")), defs_ref("experiment_complete"), where)
         if merged["model"] not in s["models"]:
             raise ConfigError(
                 f"config key {_key([*where, 'model'])}: model '{merged['model']}' is not defined under "

@@ -8,6 +8,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from core import data
@@ -40,6 +41,7 @@ def test_buffered_streaming_returns_the_former_row_reads_batches(tmp_path):
     old.close()
 
 
+@pytest.mark.slow
 def test_bench_loader_writes_its_table(tmp_path):
     out = tmp_path / "loader.json"
     args = ["--images", "128", "--size", "16", "--batch", "8", "--batches", "2", "--train-images", "256"]
@@ -55,6 +57,7 @@ def test_bench_loader_writes_its_table(tmp_path):
     assert latent["encoder_parameters"] > 20e6 and latent["encode_ms_per_batch"] > latent["cache_ms_per_batch"] > 0
 
 
+@pytest.mark.slow
 def test_bench_models_quick_writes_ours_and_the_levers(tmp_path):
     out = tmp_path / "models.json"
     cmd = [sys.executable, "bench/bench_models.py", "--quick", "--wait-quiet", "0", "--parts", "train"]

@@ -17,6 +17,8 @@ from core import launch
 from core.distributed import Context
 from tests.conftest import ROOT, sample_spec
 
+pytestmark = pytest.mark.slow
+
 
 def _train(spec: dict, data: str, out: str, nproc: int) -> None:
     head = [sys.executable, "-m", "core.stages.train"]

@@ -108,3 +108,40 @@ def test_full_study_needs_inception_weights_when_targeted(tmp_path, study):
     proc, out = dry_run(f"{tmp_path}/results/{study}/report/table.md", "--configfile", "config.yaml", str(overlay))
     assert proc.returncode != 0
     assert f"studies.{study}.evaluation.extractor: 'inception' needs metrics.inception_weights" in out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--config", "metrics={inception_weights: INCEPTION}"],
+        ["--config", "threads=2", "metrics={inception_weights: INCEPTION}"],
+    ],
+    ids=["configfile", "configfile and --config", "configfile and two --config values"],
+)
+def test_the_slurm_profile_plans_the_full_study_whatever_is_overridden(tmp_path, extra):
+    """Without a target the slurm profile builds default_studies.cluster: the documented overrides (docs/full-study.md)
+    — a paths file, the Inception weights on the command line — keep it (a --config used to replace the profile's
+    study selection and quietly plan the CPU demo)."""
+    overlay = stand_in_data(tmp_path)
+    spec = yaml.safe_load(overlay.read_text())
+    spec.pop("studies_to_run")
+    if extra:
+        spec.pop("metrics")
+    overlay.write_text(yaml.safe_dump(spec))
+    args = [a.replace("INCEPTION", str(tmp_path / "inception.pth")) for a in extra]
+    proc, out = dry_run("--profile", "profiles/slurm", "--configfile", str(overlay), *args)
+    assert proc.returncode == 0, out[-3000:]
+    assert sum(job_counts(out).values()) == 363
+    values = [a for a in args if a != "--config"]
+    proc, out = dry_run(
+        "--profile", "profiles/slurm", "--configfile", str(overlay), "--config", *values, "studies_to_run=[full-b]"
+    )
+    assert proc.returncode == 0, out[-3000:]
+    assert job_counts(out)["train"] == 5  # an explicit selection wins
+
+
+def test_a_local_run_builds_the_demo_by_default(tmp_path):
+    proc, out = dry_run("--config", f"results_dir={tmp_path}/results")
+    assert proc.returncode == 0, out[-3000:]
+    assert "demo-a" in out and "full-a" not in out

@@ -5,6 +5,7 @@ made by other code."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -244,3 +245,12 @@ def test_rows_made_by_other_code_are_marked(tmp_path):
     table = run_report(tmp_path, study({"old": exp(), "new": exp()}), runs)
     assert "| old † |" in table and "| new |" in table
     assert "| old | evaluate (r0): core.metrics |" in table.split("## Made by other code")[1]
+
+
+def test_fd_infinity_is_a_column_when_evaluated(tmp_path):
+    metrics, samples = fake_run(tmp_path, 10, 10.0, 2.0)
+    m = json.loads(Path(metrics).read_text())
+    m["fd_infinity"] = {"value": 8.5, "slope": 300.0, "sizes": [2, 4], "values": [9.0, 8.8]}
+    Path(metrics).write_text(json.dumps(m))
+    table = run_report(tmp_path, study({"run": exp()}), [(metrics, samples)])
+    assert "FD∞ ↓ (Chong & Forsyth 2020) |" in table and table.split("\n")[4].endswith("| 8.50 |")

@@ -83,6 +83,7 @@ def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(tiny_spec, tin
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGKILL])
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_state(tiny_spec, tiny_dataset, tmp_path, sig):
     """SIGTERM/SIGUSR1 (SLURM's warnings) checkpoint and exit 75; SIGKILL loses the steps since the last
     checkpoint. Either way a rerun ends bitwise equal to a run that was never interrupted (CPU, 1 thread)."""
@@ -263,6 +264,7 @@ def test_prefetch_trains_on_the_same_batches_and_logs_the_input_wait(tiny_spec, 
     assert len(waits) == 12 and all(0 <= w < 5 for w in waits)
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_model_and_keeps_its_cache(tiny_spec, tiny_dataset, tmp_path):
     """``train.compile`` through the stage's command line, as the rule runs it: the compiled network follows
     the eager losses, and Inductor's cache lands in ``--compile-cache`` for the next job to reuse."""

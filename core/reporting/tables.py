@@ -56,6 +56,7 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
     first = rows[names[0]].first.m
     fd_h, is_h = f"{first['label']['fid']} ↓ [95% CI]", f"{first['label']['is']} ↑ [95% CI]"
     pub = any(exps[n].get("published") for n in names)
+    fd_inf = any("fd_infinity" in run.m for n in names for run in rows[n].reported())
     out = []
     for n in names:
         r, exp = rows[n], exps[n]
@@ -83,6 +84,9 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
             vae = f"yes ({model['autoencoder']})" if model["space"] == "latent" else "no"
             cells = [name, vae, guidance_cell(exp, model), model["label"], sampler, r.step, len(r.replicates), fd, is_]
             cells += published_cells(exp.get("published")) if pub else []
+        if fd_inf:
+            values = [run.m["fd_infinity"]["value"] for run in r.reported() if "fd_infinity" in run.m]
+            cells.append(number(float(np.mean(values))) if values else "–")
         out.append(cells)
     if study["layout"] == "ablation":
         headers = [
@@ -100,6 +104,8 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
     else:
         headers = ["name", "VAE", "CFG", "backbone", "sampler", "step", "replicates", fd_h, is_h]
         headers += ["published FID", "published IS"] if pub else []
+    if fd_inf:
+        headers.append("FD∞ ↓ (Chong & Forsyth 2020)")
     return md_table(headers, out)
 
 
