@@ -8,20 +8,12 @@ import pytest
 import scipy.stats
 
 from core import metrics, stats
+from tests.test_bench import load_script
 
 
 def gaussian_population(d: int, shift: float, scale: float, seed: int):
-    """Reference (μ_r, Σ_r) and generated (μ_g, Σ_g) Gaussian statistics, as in bench/bench_stats.py."""
-    rng = np.random.default_rng(seed)
-    lam = 1.0 / np.arange(1, d + 1)
-    lam *= d / lam.sum()
-    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    sigma_r = (q * lam) @ q.T
-    mu_r = rng.standard_normal(d)
-    u = rng.standard_normal(d)
-    rot, _ = np.linalg.qr(np.eye(d) + 0.4 / np.sqrt(d) * rng.standard_normal((d, d)))
-    sigma_g = scale * rot @ sigma_r @ rot.T
-    return mu_r, sigma_r, mu_r + shift * u / np.linalg.norm(u), (sigma_g + sigma_g.T) / 2
+    """Reference (μ_r, Σ_r) and generated (μ_g, Σ_g) Gaussian statistics: bench/bench_stats.py's population."""
+    return load_script("bench_stats").population(d, shift, scale, seed)
 
 
 def features(n: int, d: int, seed: int, offset: float = 0.3) -> np.ndarray:

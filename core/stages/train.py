@@ -36,6 +36,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,65 +142,58 @@ def publish(out: Path, keep_steps: list[int], best: bool = False) -> None:
         clone(out / "state" / log, out / log)
 
 
-def run(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str = "auto") -> None:
-    out = Path(out_dir)
-    state_dir = out / "state"
-    device = distributed.device_for(device_name)
-    ctx = distributed.init(device)
-    lock = exclusive(out / ".lock", f"model {out}") if ctx.is_main else contextlib.nullcontext()
-    with lock:
-        _train(spec, data_path, out, state_dir, device, ctx)
+@dataclass
+class Setup:
+    """Everything a run is made of, built from its spec and its data (``setup``)."""
+
+    state: training.TrainState
+    net: torch.nn.Module
+    diffusion: GaussianDiffusion
+    levers: training.Levers
+    recipe: training.BatchRecipe
+    share: slice
+    validation: training.Validation | None
+    identity_hash: str
 
 
-def _train(
-    spec: dict[str, Any], data_path: str, out: Path, state_dir: Path, device: torch.device, ctx: distributed.Context
-) -> None:
-    # ---- setup: data, model, optimizer, identity -----------------------------------------------------------
+def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distributed.Context) -> Setup:
+    """The model (with DDP and the levers), EMA, optimizer, loader, validation batch and the run's identity (the
+    spec and the training data's content)."""
     train = spec["train"]
-    state_dir.mkdir(parents=True, exist_ok=True)
-    share = ctx.shard(int(train["batch_size"]))
-    total_steps, keep_steps = int(train["steps"]), checkpoint_steps(train)
     latent = spec["space"] == "latent"
     rows_key = "moments" if latent else "images"
     data_meta = read_data_meta(data_path, latent)
     num_classes = len(data_meta["class_names"]) if spec["net"]["class_conditional"] else 0
     identity = {"spec_hash": spec_hash(spec), "data_sha256": data_meta["content_sha256"]}
-    identity_hash = spec_hash(identity)
-
     torch.manual_seed(int(train["seed"]))
     levers = training.Levers.from_spec(train)
-    model = levers.apply(
-        build_model(spec, data_meta["image_size"], data_meta["in_channels"], num_classes).to(device), device
-    )
+    model = build_model(spec, data_meta["image_size"], data_meta["in_channels"], num_classes)
+    model = levers.apply(model.to(device), device)
     net: torch.nn.Module = model
     if ctx.enabled:  # gradients averaged over ranks; the EMA and checkpoints use the unwrapped model
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    net = levers.wrap(net)
     ema_spec = train["ema"]
     ema = EMA(model, float(ema_spec["decay"]), int(ema_spec["update_every"]), float(ema_spec["warmup_power"]))
     diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
+    data_gen = torch.Generator().manual_seed(int(train["seed"]) + 1)
     loader: data.ImageBatches | data.Prefetcher = data.ImageBatches(
-        data_path,
-        "train",
-        int(train["batch_size"]),
-        torch.Generator().manual_seed(int(train["seed"]) + 1),
-        key=rows_key,
+        data_path, "train", int(train["batch_size"]), data_gen, key=rows_key
     )
     if train["prefetch"]:
         loader = data.Prefetcher(loader)
-    early = training.EarlyStopping(train["early_stopping"]) if "early_stopping" in train else None
     scale = data_meta["latent"]["scale_factor"] if latent else None
-    validation = None
-    if early:
+    early, validation = None, None
+    if "early_stopping" in train:
+        early = training.EarlyStopping(train["early_stopping"])
         n_val = int(train["early_stopping"]["num_images"])
         validation = training.Validation(data_path, rows_key, n_val, diffusion, device, scale, num_classes)
     meta = {
         "spec": spec,
         "spec_hash": identity["spec_hash"],
         "identity": identity,
-        "identity_hash": identity_hash,
+        "identity_hash": spec_hash(identity),
         "code_version": code_version(),
         "code": code_fingerprint("train"),
         "image_size": data_meta["image_size"],
@@ -207,90 +201,167 @@ def _train(
         "num_classes": num_classes,
         "latent": data_meta["latent"],
         "class_names": data_meta["class_names"],
-        "data": {
-            "path": str(data_path),
-            "content_sha256": data_meta["content_sha256"],
-            "provenance": data_meta["provenance"],
-        },
+        "data": {"path": str(data_path), **{k: data_meta[k] for k in ("content_sha256", "provenance")}},
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "world_size": ctx.world_size,
     }
-    state = training.TrainState(
-        model,
-        ema,
-        levers.optimizer(model, train),
-        loader,
-        torch.Generator(device=device).manual_seed(int(train["seed"]) + 2),
-        device,
-        meta,
-        early,
-    )
+    noise_gen = torch.Generator(device=device).manual_seed(int(train["seed"]) + 2)
+    state = training.TrainState(model, ema, levers.optimizer(model, train), loader, noise_gen, device, meta, early)
     recipe = training.BatchRecipe(scale, bool(train["hflip"]), num_classes, float(train["label_dropout"]))
-
-    # ---- resume: the newest readable state, if made by the same spec and data ----------------------------------
-    found = newest_readable_state(state_dir, device, move_aside=ctx.is_main)
-    distributed.barrier(ctx)
-    if found is not None:
-        path, ckpt = found
-        if ckpt["meta"].get("identity_hash") != identity_hash:
-            stale = out / f"state.stale-{ckpt['meta'].get('identity_hash', ckpt['meta']['spec_hash'])}"
-            if ctx.is_main:
-                why = "spec" if ckpt["meta"]["spec_hash"] != identity["spec_hash"] else "training data"
-                print(f"[train] {path} was made by another {why}; moving the old state to {stale}", flush=True)
-                shutil.rmtree(stale, ignore_errors=True)
-                state_dir.rename(stale)
-                state_dir.mkdir(parents=True)
-            distributed.barrier(ctx)
-        else:
-            state.load_state_dict(ckpt)
-            print(f"[train] resuming from {path} at step {state.step}", flush=True)
-
-    # only the main rank writes files; the others log to /dev/null
-    log_path = restart_log(state_dir / "train_log.csv", LOG_FIELDS, state.step) if ctx.is_main else Path(os.devnull)
-    val_path = (
-        restart_log(state_dir / "val_log.csv", VAL_FIELDS, state.step) if ctx.is_main and early else Path(os.devnull)
+    return Setup(
+        state,
+        levers.wrap(net),
+        diffusion,
+        levers,
+        recipe,
+        ctx.shard(int(train["batch_size"])),
+        validation,
+        meta["identity_hash"],
     )
 
-    def save(path: Path) -> None:
-        ckpt = state.state_dict(train)  # every rank checks the weights are finite; the main rank writes
-        if ctx.is_main:
-            save_checkpoint(path, ckpt)
 
+def resume(s: Setup, out: Path, ctx: distributed.Context) -> None:
+    """Continue from the newest readable live state if it has this run's identity; move another's aside."""
+    state_dir = out / "state"
+    found = newest_readable_state(state_dir, s.state.device, move_aside=ctx.is_main)
+    distributed.barrier(ctx)
+    if found is None:
+        return
+    path, ckpt = found
+    made_by = ckpt["meta"].get("identity_hash", ckpt["meta"]["spec_hash"])
+    if made_by == s.identity_hash:
+        s.state.load_state_dict(ckpt)
+        print(f"[train] resuming from {path} at step {s.state.step}", flush=True)
+        return
+    stale = out / f"state.stale-{made_by}"
+    if ctx.is_main:
+        why = "spec" if ckpt["meta"]["spec_hash"] != s.state.meta["spec_hash"] else "training data"
+        print(f"[train] {path} was made by another {why}; moving the old state to {stale}", flush=True)
+        shutil.rmtree(stale, ignore_errors=True)
+        state_dir.rename(stale)
+        state_dir.mkdir(parents=True)
+    distributed.barrier(ctx)
+
+
+class Logs:
+    """``train_log.csv`` (a row per step) and ``val_log.csv`` in the live state, restarted at the resumed step;
+    progress lines on stdout. Only the main rank writes."""
+
+    def __init__(self, state_dir: Path, step: int, early: bool, ctx: distributed.Context, every: int, cuda: bool):
+        self.main, self.every, self.cuda = ctx.is_main, every, cuda
+        train_path = restart_log(state_dir / "train_log.csv", LOG_FIELDS, step) if self.main else Path(os.devnull)
+        val_path = restart_log(state_dir / "val_log.csv", VAL_FIELDS, step) if self.main and early else None
+        self.train = open(train_path, "a", newline="")  # noqa: SIM115 (closed by close())
+        self.writer = csv.DictWriter(self.train, LOG_FIELDS)
+        self.val_path = val_path or Path(os.devnull)
+        self.t_start = self.t_window = time.time()
+        self.window_images = 0
+
+    def step(self, step: int, total: int, result: training.StepResult, lr: float, images: int, wait: float) -> None:
+        now = time.time()
+        self.window_images += images
+        rate = self.window_images / max(now - self.t_window, 1e-9)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else 0.0
+        self.writer.writerow(
+            {
+                "step": step,
+                "loss": f"{result.loss:.6g}",
+                "lr": f"{lr:.6g}",
+                "grad_norm": f"{result.grad_norm:.6g}",
+                "images_per_s": f"{rate:.2f}",
+                "elapsed_s": f"{now - self.t_start:.2f}",
+                "peak_mem_mb": f"{peak:.1f}",
+                "input_wait_s": f"{wait:.6f}",
+            }
+        )
+        if self.main and (step % self.every == 0 or step == total):
+            self.train.flush()
+            print(f"[train] step {step}/{total} loss {result.loss:.4f} lr {lr:.2e} {rate:.1f} img/s", flush=True)
+            self.t_window, self.window_images = now, 0
+
+    def validation(self, step: int, val_loss: float, early: training.EarlyStopping) -> None:
+        best = early.best
+        with open(self.val_path, "a", newline="") as vh:
+            csv.DictWriter(vh, VAL_FIELDS).writerow(
+                {
+                    "step": step,
+                    "val_loss": f"{val_loss:.6g}",
+                    "best_step": best["step"],
+                    "best_val_loss": f"{best['val_loss']:.6g}",
+                }
+            )
+        if self.main:
+            print(
+                f"[train] step {step}: validation ε-loss {val_loss:.5f} (best {best['val_loss']:.5f} at step "
+                f"{best['step']}, {best['bad']}/{early.patience} without improvement)",
+                flush=True,
+            )
+
+    def flush(self) -> None:
+        self.train.flush()
+
+    def __enter__(self) -> Logs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.train.close()
+
+
+def run(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str = "auto") -> None:
+    out = Path(out_dir)
+    device = distributed.device_for(device_name)
+    ctx = distributed.init(device)
+    with exclusive(out / ".lock", f"model {out}") if ctx.is_main else contextlib.nullcontext():
+        train_run(spec, data_path, out, device, ctx)
+
+
+def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.device, ctx: distributed.Context) -> None:
+    """Set up, resume, loop over steps (batch, step, log, validate, checkpoint, stop when asked), publish."""
+    train = spec["train"]
+    state_dir = out / "state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    total_steps, keep_steps = int(train["steps"]), checkpoint_steps(train)
+    s = setup(spec, data_path, device, ctx)
+    state, early = s.state, s.state.early
+    resume(s, out, ctx)
+    logs = Logs(state_dir, state.step, early is not None, ctx, int(train["log_every"]), device.type == "cuda")
     preempt = Preemption()
     if ctx.is_main:
         print(
-            f"[train] {spec['name']} replicate {spec['replicate']}: {meta['num_parameters'] / 1e6:.2f}M parameters, "
-            f"{total_steps} steps, batch {train['batch_size']} over {ctx.world_size} process(es), device {device}, "
-            f"code {meta['code_version']}",
+            f"[train] {spec['name']} replicate {spec['replicate']}: {state.meta['num_parameters'] / 1e6:.2f}M "
+            f"parameters, {total_steps} steps, batch {train['batch_size']} over {ctx.world_size} process(es), "
+            f"device {device}, code {state.meta['code_version']}",
             flush=True,
         )
 
-    # ---- the loop ------------------------------------------------------------------------------------------------
-    model.train()
-    t_start = t_window = time.time()
-    window_images = 0
+    def save(path: Path) -> None:
+        ckpt = state.state_dict(train)  # every rank checks that the weights are finite; the main rank writes
+        if ctx.is_main:
+            save_checkpoint(path, ckpt)
+
+    state.model.train()
     waiting = data.InputWait(device)
-    with open(log_path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, LOG_FIELDS)
+    with logs:
         while state.step < total_steps:
+            # ---- a step
             waiting.before_batch()
-            rows, labels = loader.next()
-            x0, y = training.make_batch(rows, labels, recipe, share, state.noise_gen, device)
+            rows, labels = state.loader.next()
+            x0, y = training.make_batch(rows, labels, s.recipe, s.share, state.noise_gen, device)
             waiting.batch_ready()
             lr = training.lr_at(state.step, train)
             try:
                 result = training.train_step(
-                    net,
-                    model,
-                    diffusion,
+                    s.net,
+                    state.model,
+                    s.diffusion,
                     state.optimizer,
-                    ema,
+                    state.ema,
                     x0,
                     y,
                     len(rows),
-                    share,
+                    s.share,
                     state.noise_gen,
-                    levers,
+                    s.levers,
                     train["grad_clip"],
                     lr,
                     state.step,
@@ -303,58 +374,20 @@ def _train(
                 ) from None
             state.step += 1
             step = state.step
-            input_wait = waiting.step_done()
-            window_images += len(rows)
-            now = time.time()
-            writer.writerow(
-                {
-                    "step": step,
-                    "loss": f"{result.loss:.6g}",
-                    "lr": f"{lr:.6g}",
-                    "grad_norm": f"{result.grad_norm:.6g}",
-                    "images_per_s": f"{window_images / max(now - t_window, 1e-9):.2f}",
-                    "elapsed_s": f"{now - t_start:.2f}",
-                    "peak_mem_mb": f"{torch.cuda.max_memory_allocated() / 2**20 if device.type == 'cuda' else 0.0:.1f}",
-                    "input_wait_s": f"{input_wait:.6f}",
-                }
-            )
-            if ctx.is_main and (step % int(train["log_every"]) == 0 or step == total_steps):
-                fh.flush()
-                print(
-                    f"[train] step {step}/{total_steps} loss {result.loss:.4f} lr {lr:.2e} "
-                    f"{window_images / max(now - t_window, 1e-9):.1f} img/s",
-                    flush=True,
-                )
-                t_window, window_images = now, 0
+            logs.step(step, total_steps, result, lr, len(rows), waiting.step_done())
 
             # ---- validation and early stopping
             improved = converged = False
-            if validation is not None and early is not None and early.due(step, total_steps):
-                weights = ema.model if early.weights == "ema" else model
-                with levers.autocast(device):
-                    val_loss = validation.loss(weights, int(train["batch_size"]))
-                improved = early.update(step, val_loss)
-                converged = early.converged
-                best = early.best
-                with open(val_path, "a", newline="") as vh:
-                    csv.DictWriter(vh, VAL_FIELDS).writerow(
-                        {
-                            "step": step,
-                            "val_loss": f"{val_loss:.6g}",
-                            "best_step": best["step"],
-                            "best_val_loss": f"{best['val_loss']:.6g}",
-                        }
-                    )
-                if ctx.is_main:
-                    print(
-                        f"[train] step {step}: validation ε-loss {val_loss:.5f} (best {best['val_loss']:.5f} at "
-                        f"step {best['step']}, {best['bad']}/{early.patience} without improvement)",
-                        flush=True,
-                    )
+            if s.validation is not None and early is not None and early.due(step, total_steps):
+                weights = state.ema.model if early.weights == "ema" else state.model
+                with s.levers.autocast(device):
+                    val_loss = s.validation.loss(weights, int(train["batch_size"]))
+                improved, converged = early.update(step, val_loss), early.converged
+                logs.validation(step, val_loss, early)
 
-            # ---- checkpoints
+            # ---- checkpoints: the live state, the kept steps, the best state
             if step % int(train["checkpoint_every"]) == 0 or step == total_steps or improved or converged:
-                fh.flush()
+                logs.flush()
                 save(state_dir / "latest.pt")
                 if step in keep_steps and ctx.is_main:
                     clone(state_dir / "latest.pt", state_dir / checkpoint_name(step))
@@ -369,9 +402,9 @@ def _train(
                     )
                 break
 
-            # ---- preemption
+            # ---- preemption: checkpoint and exit 75 (SLURM retries; the next attempt resumes)
             if result.stop:
-                fh.flush()
+                logs.flush()
                 save(state_dir / "latest.pt")
                 print(
                     f"[train] rank {ctx.rank}: signal {preempt.signal} (or another rank's) at step {step}: "
@@ -381,10 +414,12 @@ def _train(
                 distributed.barrier(ctx)
                 distributed.shutdown(ctx)
                 sys.exit(EXIT_PREEMPTED)
-    loader.close()
+
+    # ---- publish
+    state.loader.close()
     if ctx.is_main:
         publish(out, [s for s in keep_steps if s <= state.step], best=early is not None)
-        print(f"[train] done in {time.time() - t_start:.1f}s", flush=True)
+        print(f"[train] done in {time.time() - logs.t_start:.1f}s", flush=True)
     distributed.barrier(ctx)
     distributed.shutdown(ctx)
 

@@ -70,14 +70,14 @@ def import_weights(vae: torch.nn.Module, spec: dict[str, Any]) -> dict[str, Any]
 
 def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, log_path: str, device: torch.device):
     """Train ``vae`` in place; write the per-step log to ``log_path``."""
-    cfg = spec["train"]
-    steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
-    kl_weight = float(cfg["kl_weight"])
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
-    noise = torch.Generator(device=device).manual_seed(int(cfg["seed"]) + 2)
+    train = spec["train"]
+    steps, batch = int(train["steps"]), int(train["batch_size"])
+    kl_weight = float(train["kl_weight"])
+    gen = torch.Generator().manual_seed(int(train["seed"]) + 1)
+    noise = torch.Generator(device=device).manual_seed(int(train["seed"]) + 2)
     loader = data.Prefetcher(data.ImageBatches(data_path, "train", batch, gen))
     waiting = data.InputWait(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=float(train["lr"]), weight_decay=0.0)
     vae.train()
     t0 = time.time()
     with atomic_path(log_path) as tmp, open(tmp, "w", newline="") as fh:
