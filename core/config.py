@@ -1,10 +1,7 @@
-"""The workflow's configuration: validation, defaults, and the resolved plan of every study.
+"""The workflow's configuration: the schema (``config.schema.yaml``, the one source of defaults), validation that
+names the key to fix, completion of entries with their defaults, and duplicate-key detection. ``core.plan.Plan``
+builds on it.
 
-``Plan(config)`` checks the config against ``config.schema.yaml`` (the one source of defaults), fills its defaults,
-expands sweeps, merges each study's ``defaults`` under its models and experiments, completes them (per backbone,
-per sampler, sizes by image size), cross-checks them, and then answers what the rules and stages need: the specs
-passed to ``python -m core.stages.<stage> --spec``, the replicates, the checkpoints sampled, the extractor. Every
-problem is a ``ConfigError`` naming the key to fix (``studies.demo-a.models.unet.train.lr``) before any job runs.
 Free of heavy imports (planning imports it; jsonschema is imported where a config is validated).
 """
 
@@ -12,15 +9,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from core import paths
 from core.nets import zoo
-from core.paths import checkpoint_steps
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # Keys of a model or experiment that say how it runs or is shown, not what it is: left out of the stage's spec, so
@@ -61,12 +55,12 @@ def merge_experiment(defaults: dict[str, Any], experiment: dict[str, Any]) -> di
     return merged
 
 
-def _key(path: Any) -> str:
+def key_path(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
 def _error_line(e: Any, where: list[str]) -> str:
-    key = _key([*where, *e.absolute_path])
+    key = key_path([*where, *e.absolute_path])
     if "propertyNames" in e.schema_path:
         return f"config key {key}: the name {e.instance!r} is not allowed: {name_rule()}"
     if e.validator == "additionalProperties":
@@ -86,7 +80,7 @@ def check(instance: Any, schema: dict[str, Any], where: list[str]) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines[:10]))
 
 
-def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
+def resolve_ref(schema: dict[str, Any]) -> dict[str, Any]:
     defs = load_schema()["$defs"]
     while "$ref" in schema:
         extra = {k: v for k, v in schema.items() if k != "$ref"}
@@ -98,7 +92,7 @@ def fill(instance: Any, schema: dict[str, Any]) -> Any:
     """``instance`` with the schema's ``default`` values inserted where keys are absent, recursively (following
     ``$ref``, ``additionalProperties`` and array ``items``; not into ``allOf``/``if`` branches: those are completed
     explicitly)."""
-    schema = _resolve(schema)
+    schema = resolve_ref(schema)
     if isinstance(instance, list) and isinstance(schema.get("items"), dict):
         return [fill(item, schema["items"]) for item in instance]
     if not isinstance(instance, dict):
@@ -106,7 +100,7 @@ def fill(instance: Any, schema: dict[str, Any]) -> Any:
     out = dict(instance)
     props = schema.get("properties", {})
     for name, sub in props.items():
-        sub = _resolve(sub)
+        sub = resolve_ref(sub)
         if name not in out and "default" in sub:
             out[name] = copy.deepcopy(sub["default"])
         if name in out:
@@ -132,7 +126,7 @@ def complete_model(spec: dict[str, Any], input_size: int, where: list[str] | Non
     spec = fill(spec, defs_ref("model"))
     net_schema = load_schema()["$defs"][f"net_{spec['backbone']}"] if spec.get("backbone") in ("unet", "dit") else {}
     spec["net"] = fill(spec.get("net", {}), net_schema)
-    spec["resources"] = fill(spec.get("resources", {}), _resolve(defs_ref("model"))["properties"]["resources"])
+    spec["resources"] = fill(spec.get("resources", {}), resolve_ref(defs_ref("model"))["properties"]["resources"])
     spec.setdefault("label", net_schema.get("title", spec.get("backbone")))
     check(spec, defs_ref("model_complete"), where)
     if spec["backbone"] == "unet":
@@ -147,22 +141,22 @@ def complete_model(spec: dict[str, Any], input_size: int, where: list[str] | Non
     if problems:
         key, what = problems[0]
         raise ConfigError(
-            f"config key {_key([*where, 'net', key])}: {what} (input {input_size}×{input_size}; check the study's "
+            f"config key {key_path([*where, 'net', key])}: {what} (input {input_size}×{input_size}; check the study's "
             "defaults.model.net too)"
         )
     d = spec["diffusion"]
     if d["schedule"] == "linear" and not d["beta_start"] < d["beta_end"]:
         raise ConfigError(
-            f"config key {_key([*where, 'diffusion', 'beta_end'])}: {d['beta_end']} must exceed beta_start "
+            f"config key {key_path([*where, 'diffusion', 'beta_end'])}: {d['beta_end']} must exceed beta_start "
             f"{d['beta_start']} (β grows along the linear schedule)"
         )
     if d["schedule"] == "sigmoid" and not d["start"] < d["end"]:
-        raise ConfigError(f"config key {_key([*where, 'diffusion', 'end'])}: must exceed diffusion.start")
+        raise ConfigError(f"config key {key_path([*where, 'diffusion', 'end'])}: must exceed diffusion.start")
     world = max(1, spec["resources"]["gpus"]) * spec["resources"]["nodes"]
     if spec["train"]["batch_size"] % world:
         raise ConfigError(
-            f"config key {_key([*where, 'train', 'batch_size'])}: {spec['train']['batch_size']} (the global batch) is "
-            f"not divisible by the {world} data-parallel processes (resources.gpus × resources.nodes)"
+            f"config key {key_path([*where, 'train', 'batch_size'])}: {spec['train']['batch_size']} (the global "
+            f"batch) is not divisible by the {world} data-parallel processes (resources.gpus × resources.nodes)"
         )
     return spec
 
@@ -173,7 +167,7 @@ def complete_sampler(sampler: dict[str, Any], where: list[str] | None = None) ->
     where = where or ["sampler"]
     check(sampler, defs_ref("sampler"), where)
     if "name" not in sampler:
-        raise ConfigError(f"config key {_key(where)}: 'name' is required")
+        raise ConfigError(f"config key {key_path(where)}: 'name' is required")
     schema = defs_ref(f"sampler_{sampler['name']}")
     check(sampler, schema, where)
     return fill(sampler, schema)
@@ -182,29 +176,6 @@ def complete_sampler(sampler: dict[str, Any], where: list[str] | None = None) ->
 def sampler_spec(name: str, steps: int | None = None, **options: Any) -> dict[str, Any]:
     """A complete sampler spec: ``options`` (and ``steps``) over the sampler's defaults (tests, benchmarks)."""
     return complete_sampler({"name": name, **({"steps": steps} if steps is not None else {}), **options})
-
-
-def _fill_top_level(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with its defaults filled, except inside a study's models, experiments and defaults (completed
-    after the merge: a default filled before it would override the study's defaults) and per dataset source."""
-    held = {
-        s: {k: study[k] for k in ("models", "experiments", "defaults") if k in study}
-        for s, study in config["studies"].items()
-    }
-    bare = {
-        **config,
-        "studies": {s: {k: v for k, v in st.items() if k not in held[s]} for s, st in config["studies"].items()},
-    }
-    bare["datasets"] = {}
-    out = fill(bare, load_schema())
-    for s, parts in held.items():
-        out["studies"][s].update(copy.deepcopy(parts))
-        out["studies"][s].setdefault("defaults", {})
-    out["datasets"] = {
-        name: fill(ds, defs_ref("dataset_shapes" if ds["source"] == "shapes" else "dataset_folder"))
-        for name, ds in config["datasets"].items()
-    }
-    return out
 
 
 # ---- duplicate keys -------------------------------------------------------------------------------------------
@@ -237,510 +208,3 @@ def check_duplicate_keys(files: list[str | Path]) -> None:
     for f in files:
         with open(f) as fh:
             yaml.load(fh, Loader=_StrictLoader)
-
-
-# ---- the plan ----------------------------------------------------------------------------------------------------
-
-
-class Plan:
-    """A validated config, resolved: every study's models and experiments as complete specs."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        check(config, load_schema(), [])
-        self.config = config
-        filled = _fill_top_level(config)
-        config.clear()
-        config.update(filled)  # Snakemake's `config` object is shared: fill it in place
-        self.root: str = config["results_dir"]
-        self.models: dict[str, dict[str, dict[str, Any]]] = {}
-        self.experiments: dict[str, dict[str, dict[str, Any]]] = {}
-        for name in [*(config["studies_to_run"] or []), *config["default_studies"]["local"]]:
-            self._known_study(name, "studies_to_run" if name in (config["studies_to_run"] or []) else "default_studies")
-        for name in config["default_studies"]["cluster"]:
-            self._known_study(name, "default_studies.cluster")
-        self._check_datasets()
-        if config["metrics"]["inception_weights"] and not Path(config["metrics"]["inception_weights"]).is_file():
-            raise ConfigError(_missing_inception(config["metrics"]["inception_weights"]))
-        for study in config["studies"]:
-            self._resolve_study(study)
-        for name, ds in config["datasets"].items():
-            if ds["source"] == "shapes":  # the built-in data's split sizes are known now: check them now
-                from core import folders
-
-                try:
-                    folders.check_requirements(ds["splits"], self.dataset_requirements(name), name)
-                except ValueError as err:
-                    raise ConfigError(str(err)) from None
-
-    # -- checks and resolution
-
-    def _known_study(self, name: str, key: str) -> None:
-        if name not in self.config["studies"]:
-            raise ConfigError(f"config key {key}: study '{name}' is not defined under 'studies'")
-
-    def _check_datasets(self) -> None:
-        for name, ae in self.config["autoencoders"].items():
-            if ae["dataset"] not in self.config["datasets"]:
-                raise ConfigError(f"config key autoencoders.{name}.dataset: dataset '{ae['dataset']}' is not defined")
-            factor = 2 ** (len(ae["net"]["ch_mult"]) - 1)
-            size = self.config["datasets"][ae["dataset"]]["image_size"]
-            if size % factor:
-                raise ConfigError(
-                    f"config key autoencoders.{name}.net.ch_mult: downsampling factor {factor} does not divide the "
-                    f"image size {size} of dataset '{ae['dataset']}'"
-                )
-
-    def _resolve_study(self, study: str) -> None:
-        s = self.config["studies"][study]
-        where = ["studies", study]
-        if s["dataset"] not in self.config["datasets"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'dataset'])}: dataset '{s['dataset']}' is not defined under 'datasets'"
-            )
-        self.models[study] = {m: self._resolve_model(study, m) for m in s["models"]}
-        expand_sweeps(self.config, study)
-        self.experiments[study] = {e: self._resolve_experiment(study, e) for e in s["experiments"]}
-        for i, c in enumerate(s["claims"]):
-            for side in ("a", "b"):
-                if c[side] not in s["experiments"]:
-                    raise ConfigError(
-                        f"config key {_key([*where, 'claims', i, side])}: '{c[side]}' is not one of the study's "
-                        "experiments"
-                    )
-        ev = s["evaluation"]
-        if ev["reference_num"] and ev["kid_subset_size"] and ev["kid_subset_size"] > ev["reference_num"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'evaluation', 'kid_subset_size'])}: {ev['kid_subset_size']} exceeds the "
-                f"{ev['reference_num']} reference images (evaluation.reference_num)"
-            )
-
-    def input_size(self, study: str, spec: dict[str, Any]) -> int:
-        """The side of what a model sees: the dataset's images, or its autoencoder's latents."""
-        size = self.config["datasets"][self.config["studies"][study]["dataset"]]["image_size"]
-        if spec.get("space") == "latent" and spec.get("autoencoder") in self.config["autoencoders"]:
-            size //= 2 ** (len(self.config["autoencoders"][spec["autoencoder"]]["net"]["ch_mult"]) - 1)
-        return size
-
-    def _resolve_model(self, study: str, model: str) -> dict[str, Any]:
-        s = self.config["studies"][study]
-        where = ["studies", study, "models", model]
-        merged = deep_merge(s["defaults"].get("model", {}), s["models"][model])
-        merged.setdefault("replicates", s["replicates"])
-        self._check_space(study, model, fill(merged, defs_ref("model")))  # first: it decides the input size
-        return complete_model(merged, self.input_size(study, merged), where)
-
-    def _check_space(self, study: str, model: str, spec: dict[str, Any]) -> None:
-        """A latent model names an autoencoder trained on the study's dataset; a pixel model names none."""
-        where = ["studies", study, "models", model]
-        name = spec.get("autoencoder")
-        if spec["space"] == "pixel":
-            if name is not None:
-                raise ConfigError(
-                    f"config key {_key([*where, 'autoencoder'])}: only latent models (space: latent) use one"
-                )
-            return
-        if name is None:
-            raise ConfigError(f"config key {_key([*where, 'autoencoder'])}: a latent model needs an autoencoder")
-        if name not in self.config["autoencoders"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'autoencoder'])}: autoencoder '{name}' is not defined under 'autoencoders'"
-            )
-        dataset = self.config["studies"][study]["dataset"]
-        if self.config["autoencoders"][name]["dataset"] != dataset:
-            raise ConfigError(
-                f"config key autoencoders.{name}.dataset: '{self.config['autoencoders'][name]['dataset']}' differs "
-                f"from the dataset '{dataset}' of study '{study}', whose model '{model}' uses it"
-            )
-
-    def _resolve_experiment(self, study: str, experiment: str) -> dict[str, Any]:
-        s = self.config["studies"][study]
-        where = ["studies", study, "experiments", experiment]
-        merged = merge_experiment(s["defaults"].get("experiment", {}), s["experiments"][experiment])
-        check(fill(merged, defs_ref("experiment")), defs_ref("experiment_complete"), where)
-        if merged["model"] not in s["models"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'model'])}: model '{merged['model']}' is not defined under "
-                f"{_key(['studies', study, 'models'])}"
-            )
-        model = self.models[study][merged["model"]]
-        if model["space"] == "latent" and merged["sampler"].get("clip_denoised", False):
-            raise ConfigError(
-                f"config key {_key([*where, 'sampler', 'clip_denoised'])}: model '{merged['model']}' is a latent "
-                "model; latents are not bounded by ±1 and clipping them truncates the distribution (the "
-                "reference study's bug). Remove the key or set it to false"
-            )
-        spec = fill(merged, defs_ref("experiment"))
-        spec["sampler"] = complete_sampler(spec["sampler"], [*where, "sampler"])
-        if model["space"] == "latent":  # latents are never clipped to ±1
-            spec["sampler"]["clip_denoised"] = False
-        spec.setdefault("replicates", model["replicates"])
-        early, which = "early_stopping" in model["train"], spec["checkpoints"]
-        if early and which == "final":
-            raise ConfigError(
-                f"config key {_key([*where, 'checkpoints'])}: model '{spec['model']}' stops early "
-                "(train.early_stopping), so its last step is known only after training: sample its "
-                "best-validation state with checkpoints: best (or every saved one with checkpoints: all)"
-            )
-        if which == "best" and not early:
-            raise ConfigError(
-                f"config key {_key([*where, 'checkpoints'])}: 'best' needs train.early_stopping in model "
-                f"'{spec['model']}'"
-            )
-        if spec["num_samples"] < s["evaluation"]["is_splits"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'num_samples'])}: {spec['num_samples']} samples cannot be split into "
-                f"evaluation.is_splits = {s['evaluation']['is_splits']} parts of study '{study}'"
-            )
-        kid = s["evaluation"]["kid_subset_size"]
-        if kid is not None and kid > spec["num_samples"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'num_samples'])}: {spec['num_samples']} samples are fewer than "
-                f"evaluation.kid_subset_size = {kid} of study '{study}'"
-            )
-        if spec["sampler"]["steps"] > model["diffusion"]["timesteps"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'sampler', 'steps'])}: {spec['sampler']['steps']} steps exceed the "
-                f"model's diffusion.timesteps = {model['diffusion']['timesteps']}"
-            )
-        if spec["guidance_scale"] != 1.0 and not model["net"]["class_conditional"]:
-            raise ConfigError(
-                f"config key {_key([*where, 'guidance_scale'])}: guidance needs a class-conditional model, "
-                f"but model '{spec['model']}' has net.class_conditional false"
-            )
-        return spec
-
-    # -- what the rules and stages ask
-
-    def studies(self) -> list[str]:
-        return list(self.config["studies"])
-
-    def default_studies(self, on_cluster: bool) -> list[str]:
-        """The studies ``snakemake`` builds without a target (``studies_to_run``, else ``default_studies``)."""
-        chosen = self.config["studies_to_run"]
-        if chosen is not None:
-            return list(chosen)
-        return list(self.config["default_studies"]["cluster" if on_cluster else "local"])
-
-    def study(self, study: str) -> dict[str, Any]:
-        return self.config["studies"][study]
-
-    def dataset_of(self, study: str) -> str:
-        return self.config["studies"][study]["dataset"]
-
-    def model(self, study: str, model: str) -> dict[str, Any]:
-        """A model's complete spec, as written in the config (bookkeeping keys included)."""
-        return self.models[study][model]
-
-    def experiment(self, study: str, experiment: str) -> dict[str, Any]:
-        return self.experiments[study][experiment]
-
-    def model_replicates(self, study: str, model: str) -> list[int]:
-        return list(range(self.models[study][model]["replicates"]))
-
-    def experiment_replicates(self, study: str, experiment: str) -> list[int]:
-        return list(range(self.experiments[study][experiment]["replicates"]))
-
-    def model_replicate_of(self, study: str, experiment: str, replicate: int) -> int:
-        """The model replicate that experiment replicate ``replicate`` samples (k mod the model's replicates)."""
-        exp = self.experiments[study][experiment]
-        return replicate % self.models[study][exp["model"]]["replicates"]
-
-    def train_spec(self, study: str, model: str, replicate: int) -> dict[str, Any]:
-        """What ``core.stages.train`` gets: the model's spec with its replicate's seed (seed + replicate)."""
-        spec = {k: v for k, v in copy.deepcopy(self.models[study][model]).items() if k not in MODEL_BOOKKEEPING}
-        spec["train"]["seed"] += replicate
-        return {"name": model, "study": study, "replicate": replicate, **spec}
-
-    def train_resources(self, study: str, model: str) -> dict[str, int]:
-        """GPUs per node and nodes of a model's training job (data-parallel when more than one GPU in all)."""
-        return dict(self.models[study][model]["resources"])
-
-    def sample_spec(self, study: str, experiment: str, replicate: int) -> dict[str, Any]:
-        """What ``core.stages.sample`` gets: the experiment's sampling settings with its replicate's seed."""
-        exp = self.experiments[study][experiment]
-        spec = {k: v for k, v in copy.deepcopy(exp).items() if k not in EXPERIMENT_BOOKKEEPING}
-        spec["seed"] += replicate
-        return {
-            "experiment": experiment,
-            "study": study,
-            "replicate": replicate,
-            "model_replicate": self.model_replicate_of(study, experiment, replicate),
-            **spec,
-        }
-
-    def sample_gpus(self, study: str, experiment: str) -> int:
-        return int(self.experiments[study][experiment]["gpus"])
-
-    def eval_steps(self, study: str, experiment: str) -> list[int | str]:
-        """The checkpoints an experiment samples: steps, or ``"best"`` (early stopping's best-validation state)."""
-        exp = self.experiments[study][experiment]
-        if exp["checkpoints"] == "best":
-            return ["best"]
-        steps = checkpoint_steps(self.models[study][exp["model"]]["train"])
-        return list(steps) if exp["checkpoints"] == "all" else steps[-1:]
-
-    def steps_known_after_training(self, study: str, experiment: str) -> bool:
-        """Whether the experiment samples every checkpoint of an early-stopping model: which exist is known only
-        once training has ended (the workflow re-plans then; ``eval_steps`` lists the steps it may save)."""
-        exp = self.experiments[study][experiment]
-        return exp["checkpoints"] == "all" and "early_stopping" in self.models[study][exp["model"]]["train"]
-
-    def train_data(self, study: str, model: str) -> str:
-        """What a model trains on: the study's dataset, or its autoencoder's latent cache for a latent model."""
-        spec = self.models[study][model]
-        if spec["space"] == "latent":
-            return paths.latents(self.root, spec["autoencoder"])
-        return paths.dataset(self.root, self.dataset_of(study))
-
-    def study_autoencoders(self, study: str) -> list[str]:
-        """The autoencoders the study's latent models use, in config order."""
-        names = [m.get("autoencoder") for m in self.models[study].values()]
-        return list(dict.fromkeys(n for n in names if n))
-
-    def autoencoder_spec(self, name: str) -> dict[str, Any]:
-        return {"name": name, **self.config["autoencoders"][name]}
-
-    def dataset_spec(self, name: str) -> dict[str, Any]:
-        return {"name": name, **self.config["datasets"][name]}
-
-    def extractor_kind(self, study: str) -> str:
-        """``inception`` or ``classifier``, resolving ``auto`` by whether Inception weights are configured."""
-        kind = self.config["studies"][study]["evaluation"]["extractor"]
-        if kind == "auto":
-            return "inception" if self.config["metrics"]["inception_weights"] else "classifier"
-        return kind
-
-    def extractor_tag(self, study: str) -> str:
-        """The extractor as named in reference-statistics file names, e.g. ``inception-pytorch-fid``."""
-        if self.extractor_kind(study) == "inception":
-            return f"inception-{self.config['metrics']['preprocessing']}"
-        return "classifier"
-
-    def extractor_spec(self, study: str) -> dict[str, Any]:
-        """What ``core.features.load_extractor`` needs for the study's extractor (Inception weights checked)."""
-        if self.extractor_kind(study) == "inception":
-            m = self.config["metrics"]
-            if not m["inception_weights"]:
-                raise ConfigError(
-                    f"config key studies.{study}.evaluation.extractor: 'inception' needs metrics.inception_weights, "
-                    "the path of pt_inception-2015-12-05-6726825d.pth: set it in your config file (metrics: "
-                    "{inception_weights: /path/to/it}) or add --config metrics='{inception_weights: /path/to/it}' "
-                    "after your target"
-                )
-            return {
-                "kind": "inception",
-                "weights": m["inception_weights"],
-                "sha256": m["inception_sha256"],
-                "preprocessing": m["preprocessing"],
-            }
-        return {"kind": "classifier", "weights": paths.classifier(self.root, self.dataset_of(study))}
-
-    def extractor_for_tag(self, dataset: str, tag: str) -> dict[str, Any]:
-        """The extractor spec behind a reference-statistics file name (``classifier`` or ``inception-<mode>``)."""
-        if tag == "classifier":
-            return {"kind": "classifier", "weights": paths.classifier(self.root, dataset)}
-        m = self.config["metrics"]
-        return {
-            "kind": "inception",
-            "weights": m["inception_weights"],
-            "sha256": m["inception_sha256"],
-            "preprocessing": tag.removeprefix("inception-"),
-        }
-
-    def classifier_spec(self, dataset: str) -> dict[str, Any]:
-        """The classifier of a dataset: that of the first study (in config order) evaluated on it."""
-        study = next(s for s, st in self.config["studies"].items() if st["dataset"] == dataset)
-        return dict(self.config["studies"][study]["evaluation"]["classifier"])
-
-    def reference_file(self, study: str) -> str:
-        ev = self.config["studies"][study]["evaluation"]
-        return paths.reference(
-            self.root, self.dataset_of(study), ev["reference_split"], self.extractor_tag(study), ev["reference_num"]
-        )
-
-    def evaluation_options(self, study: str) -> dict[str, Any]:
-        ev = self.config["studies"][study]["evaluation"]
-        keys = ("is_splits", "kid_subsets", "kid_subset_size", "bootstrap", "fd_infinity")
-        return {**{k: ev[k] for k in keys}, "batch_size": self.config["metrics"]["batch_size"]}
-
-    def dataset_requirements(self, dataset: str) -> list[dict[str, Any]]:
-        """What the studies on ``dataset`` need of its splits (``core.folders.check_requirements``): checked at
-        planning for the built-in data and by the ingestion job for image folders, before any training."""
-        reqs: list[dict[str, Any]] = []
-        for study, s in self.config["studies"].items():
-            if s["dataset"] != dataset:
-                continue
-            ev, key = s["evaluation"], f"studies.{study}.evaluation"
-            split = ev["reference_split"]
-            reqs.append(
-                {
-                    "key": f"{key}.reference_num",
-                    "split": split,
-                    "min": max(2, ev["reference_num"]),
-                    "why": "reference images",
-                }
-            )
-            if ev["kid_subset_size"]:
-                reqs.append(
-                    {
-                        "key": f"{key}.kid_subset_size",
-                        "split": split,
-                        "min": ev["kid_subset_size"],
-                        "why": "KID subsets",
-                    }
-                )
-            if self.extractor_kind(study) == "classifier":
-                c = ev["classifier"]
-                reqs.append(
-                    {
-                        "key": f"{key}.classifier.batch_size",
-                        "split": "train",
-                        "min": c["batch_size"],
-                        "why": "the classifier's training batches",
-                    }
-                )
-                reqs.append(
-                    {
-                        "key": f"{key}.extractor",
-                        "split": "val",
-                        "min": 1,
-                        "why": "the classifier extractor's validation accuracy; add val images or set "
-                        f"datasets.{dataset}.val_fraction",
-                    }
-                )
-            for m, spec in self.models[study].items():
-                t = spec["train"]
-                if spec["space"] == "pixel":
-                    reqs.append(
-                        {
-                            "key": f"studies.{study}.models.{m}.train.batch_size",
-                            "split": "train",
-                            "min": t["batch_size"],
-                            "why": "training batches",
-                        }
-                    )
-                if "early_stopping" in t:
-                    reqs.append(
-                        {
-                            "key": f"studies.{study}.models.{m}.train.early_stopping",
-                            "split": "val",
-                            "min": 1,
-                            "why": "the validation loss",
-                        }
-                    )
-        for name, ae in self.config["autoencoders"].items():
-            if ae["dataset"] == dataset and not ae["checkpoint"]:
-                reqs.append(
-                    {
-                        "key": f"autoencoders.{name}.train.batch_size",
-                        "split": "train",
-                        "min": ae["train"]["batch_size"],
-                        "why": "the autoencoder's training batches",
-                    }
-                )
-        return reqs
-
-    def class_conditional_models(self, dataset: str) -> list[str]:
-        """Config keys of the class-conditional models trained on ``dataset`` (they need ≥ 2 classes)."""
-        return [
-            f"studies.{study}.models.{m}.net.class_conditional"
-            for study, s in self.config["studies"].items()
-            if s["dataset"] == dataset
-            for m, spec in self.models[study].items()
-            if spec["net"]["class_conditional"]
-        ]
-
-
-def _missing_inception(weights: str) -> str:
-    return (
-        f"config key metrics.inception_weights: {weights} does not exist. Put the FID Inception weights "
-        "pt_inception-2015-12-05-6726825d.pth there (SHA-256 6726825d…, 95,628,359 bytes; the file "
-        "pytorch-fid and torch-fidelity download), or set the key to null to use the dataset classifier"
-    )
-
-
-# ---- sweeps --------------------------------------------------------------------------------------------------
-
-
-def _sweep_sampler(base: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
-    """A sweep point's sampler: DDPM and DDIM keep the base row's spacing (and its η or variance when the base is
-    the same sampler); DPM-Solver++(2M) takes its own defaults (trailing spacing)."""
-    sampler: dict[str, Any] = {"name": name, "steps": steps}
-    if "clip_denoised" in base:
-        sampler["clip_denoised"] = base["clip_denoised"]
-    if name in ("ddpm", "ddim") and "spacing" in base:
-        sampler["spacing"] = base["spacing"]
-    if name == base.get("name"):
-        sampler.update({k: v for k, v in base.items() if k in ("eta", "variance")})
-    return sampler
-
-
-def sweep_name(kind: str, base: str, **point: Any) -> str:
-    """``<base>.nfe-<sampler>-<steps>``, ``<base>.w<scale>`` or ``<base>.ckpts``."""
-    if kind == "nfe":
-        return f"{base}.nfe-{point['sampler']}-{point['steps']}"
-    if kind == "guidance":
-        return f"{base}.w{point['scale']:g}"
-    return f"{base}.ckpts"
-
-
-def expand_sweeps(config: dict[str, Any], study: str) -> None:
-    """Add the experiments of ``studies.<study>.sweeps`` to the study's experiments (idempotent).
-
-    A point whose sampling settings equal its base experiment's is not repeated: the base stands for it in the
-    sweep. A base evaluated at every checkpoint is swept at its last one.
-    """
-    s = config["studies"][study]
-    pattern = re.compile(load_schema()["$defs"]["name"]["pattern"])
-    for kind, entries in s["sweeps"].items():
-        for i, entry in enumerate(entries):
-            where = _key(["studies", study, "sweeps", kind, i, "base"])
-            base_name = entry["base"]
-            if base_name not in s["experiments"] or "sweep" in s["experiments"][base_name]:
-                raise ConfigError(f"config key {where}: '{base_name}' is not one of the study's experiments")
-            base = merge_experiment(s["defaults"].get("experiment", {}), s["experiments"][base_name])
-            base_sampler = base.get("sampler", {"name": "ddim"})
-            points: dict[str, dict[str, Any]] = {}
-            if kind == "nfe":
-                for sampler, steps_list in entry["samplers"].items():
-                    for steps in steps_list:
-                        name = sweep_name(kind, base_name, sampler=sampler, steps=steps)
-                        points[name] = {"sampler": _sweep_sampler(base_sampler, sampler, steps)}
-            elif kind == "guidance":
-                for w in entry["scales"]:
-                    points[sweep_name(kind, base_name, scale=w)] = {"guidance_scale": float(w)}
-            else:
-                change = {k: entry[k] for k in ("num_samples", "batch_size", "sampler") if k in entry}
-                points[sweep_name(kind, base_name)] = {**change, "checkpoints": "all"}
-            for name, change in points.items():
-                if not pattern.match(name):
-                    raise ConfigError(
-                        f"config key {where}: the sweep point name '{name}' is not allowed: {name_rule()}"
-                    )
-                point = {
-                    **copy.deepcopy(s["experiments"][base_name]),
-                    **change,
-                    "sweep": {"kind": kind, "base": base_name},
-                }
-                point.pop("published", None)
-                if kind != "checkpoints" and base.get("checkpoints") == "all":
-                    point["checkpoints"] = "final"
-                merged = merge_experiment(s["defaults"].get("experiment", {}), point)
-                if kind == "checkpoints" or _sampling_settings(merged) != _sampling_settings(base):
-                    s["experiments"].setdefault(name, point)
-
-
-def _sampling_settings(exp: dict[str, Any]) -> dict[str, Any]:
-    """What makes an experiment's samples, completed with the defaults: all but its bookkeeping keys."""
-    out = fill(
-        {k: v for k, v in exp.items() if k not in (*EXPERIMENT_BOOKKEEPING, "checkpoints")}, defs_ref("experiment")
-    )
-    out["sampler"] = fill(out["sampler"], defs_ref(f"sampler_{out['sampler']['name']}"))  # as complete_sampler
-    out["guidance_scale"] = float(out["guidance_scale"])
-    return out
-
-
-def sweep_experiments(plan: Plan, study: str, kind: str | None = None) -> list[str]:
-    """The study's experiments made by a sweep (of ``kind``), in config order."""
-    exps = plan.config["studies"][study]["experiments"]
-    return [e for e, x in exps.items() if "sweep" in x and (kind is None or x["sweep"]["kind"] == kind)]

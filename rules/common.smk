@@ -1,4 +1,4 @@
-"""Helpers shared by the rules: the validated plan (core.config.Plan), the results layout (core.paths), and each
+"""Helpers shared by the rules: the validated plan (core.plan.Plan), the results layout (core.paths), and each
 rule's inputs and parameters. Planning imports nothing heavy (no torch, numpy or h5py).
 """
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from core import folders, paths
 from core.provenance import code_fingerprint
-from core.config import ConfigError, Plan, check_duplicate_keys
+from core.config import ConfigError, check_duplicate_keys
+from core.plan import Plan
 from core.paths import checkpoint_steps
 
 try:

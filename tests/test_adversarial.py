@@ -25,6 +25,7 @@ import yaml
 from core import config as cfg
 from core import data, folders, launch, paths, provenance
 from core.models import EMA, load_checkpoint
+from core.plan import Plan
 from core.stages import evaluate as evaluate_stage
 from core.stages import report as report_stage
 from core.stages import sample as sample_stage
@@ -184,7 +185,7 @@ HOSTILE = [
 @pytest.mark.parametrize(("what", "change", "error"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_config_is_refused_naming_the_key(what, change, error):
     with pytest.raises(cfg.ConfigError, match=error):
-        cfg.Plan(with_change(change))
+        Plan(with_change(change))
 
 
 def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -589,7 +590,7 @@ def test_source_folder_changes_are_seen_and_a_path_to_a_file_is_not_a_folder(tmp
 def test_nothing_is_written_outside_results_dir_for_a_name_with_dots(tmp_path):
     for name in ("..", "../x", ".", "a/b", "a\\b"):
         with pytest.raises(cfg.ConfigError, match="is not allowed"):
-            cfg.Plan(with_change(lambda c, n=name: rename(c["studies"]["tiny"]["experiments"], "DDIM", n)))
+            Plan(with_change(lambda c, n=name: rename(c["studies"]["tiny"]["experiments"], "DDIM", n)))
     root = "/results"
     for path in (paths.samples(root, "s", "e.w1.5", 0, 10), paths.metrics(root, "s", "e", 3, "best")):
         assert Path(path).resolve().is_relative_to(root)

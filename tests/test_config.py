@@ -7,6 +7,7 @@ from core import config as cfg
 from core import paths
 from core.nets import inception
 from core.paths import checkpoint_steps
+from core.plan import Plan, sweep_experiments
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -17,7 +18,7 @@ def fresh():
 
 
 def validate(c):
-    return cfg.Plan(c)
+    return Plan(c)
 
 
 def test_shipped_config_is_valid_and_resolves():
@@ -139,7 +140,7 @@ def test_sweeps_expand_into_experiments_once_without_repeating_the_base():
     }
     v = validate(c)
     # DDPM-50 at w=3 is DDPM-CFG itself, and w=3 is DDIM-CFG's own scale: neither is sampled twice
-    assert cfg.sweep_experiments(v, "demo-a") == [
+    assert sweep_experiments(v, "demo-a") == [
         "DDPM-CFG.nfe-ddpm-10",
         "DDPM-CFG.nfe-ddim-50",
         "DDPM-CFG.nfe-dpmpp2m-20",
@@ -152,7 +153,7 @@ def test_sweeps_expand_into_experiments_once_without_repeating_the_base():
     assert ddim["model"] == "unet-cfg" and ddim["sweep"] == {"kind": "nfe", "base": "DDPM-CFG"}
     assert v.sample_spec("demo-a", "DDPM-CFG.nfe-ddim-50", 0).keys().isdisjoint({"sweep", "published", "replicates"})
     assert v.experiment("demo-a", "DDIM-CFG.w1.5")["guidance_scale"] == 1.5
-    assert len(cfg.sweep_experiments(validate(v.config), "demo-a")) == 5  # validating again adds nothing
+    assert len(sweep_experiments(validate(v.config), "demo-a")) == 5  # validating again adds nothing
     c = fresh()
     c["studies"]["demo-a"]["sweeps"] = {"guidance": [{"base": "nope", "scales": [1]}]}
     with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.sweeps\.guidance\.0\.base: 'nope'"):

@@ -10,6 +10,7 @@ import torch
 from core import config
 from core.config import sampler_spec
 from core.diffusion import GaussianDiffusion
+from core.plan import Plan
 from core.sampling import label, make_timesteps, sample, trajectory_recorder
 
 MU, S = 0.3, 0.5  # data x_0 ~ N(MU, S²) in every coordinate
@@ -156,7 +157,7 @@ def test_the_nfe_sweeps_dpm_solver_is_fair_and_four_times_more_accurate_than_ddi
             }
         },
     }
-    plan = config.Plan(plan_cfg)
+    plan = Plan(plan_cfg)
     ddim = plan.experiment("s", f"base.nfe-ddim-{steps}")["sampler"]
     dpm = plan.experiment("s", f"base.nfe-dpmpp2m-{steps}")["sampler"]
     assert (ddim["spacing"], dpm["spacing"]) == ("leading", "trailing")

@@ -35,7 +35,7 @@ def write_samples(path, images):
 
 
 def opts(**kw: object) -> dict:
-    """Evaluation options as the workflow passes them (core.config.Plan.evaluation_options)."""
+    """Evaluation options as the workflow passes them (core.plan.Plan.evaluation_options)."""
     base = {"is_splits": 10, "kid_subsets": 100, "kid_subset_size": None, "bootstrap": 20, "fd_infinity": False}
     return {**base, "batch_size": 8, **kw}
 

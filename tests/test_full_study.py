@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from core import config as cfg
+from core.plan import Plan, sweep_experiments
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -58,15 +58,15 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
     overlay = stand_in_data(tmp_path)
     proc, out = dry_run("--configfile", "config.yaml", str(overlay))
     assert proc.returncode == 0, out[-3000:]
-    c = cfg.Plan(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    sweeps_a, sweeps_b = len(cfg.sweep_experiments(c, "full-a")), len(cfg.sweep_experiments(c, "full-b"))
+    c = Plan(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    sweeps_a, sweeps_b = len(sweep_experiments(c, "full-a")), len(sweep_experiments(c, "full-b"))
     # A: 8 rows, each sampled at its best-validation checkpoint; sweeps: DDPM-CFG over 15 sampler settings and
     # 5 guidance scales, DiT-VAE-CFG-12 over 5 scales, every row over training.
     # B: 5 runs × 25 checkpoints (every 4k of 100k steps); 8 sweep points.
     assert (sweeps_a, sweeps_b) == (15 + 5 + 5 + 8, 8)
     # the eight curves over training (`<row>.ckpts`) sample the checkpoints an early-stopping model kept, known
     # once it has trained: each is one collect_checkpoints job now; its samples are planned after training
-    curves = len(cfg.sweep_experiments(c, "full-a", "checkpoints"))
+    curves = len(sweep_experiments(c, "full-a", "checkpoints"))
     assert curves == 8
     samples = 8 + sweeps_a - curves + 5 * 25 + sweeps_b
     assert job_counts(out) == {

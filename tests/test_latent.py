@@ -14,6 +14,7 @@ import torch
 from core import config as cfg
 from core import data
 from core.models import build_autoencoder, load_autoencoder, load_denoiser
+from core.plan import Plan
 from core.provenance import file_sha256
 from core.stages.encode_latents import run as encode
 from core.stages.evaluate_autoencoder import psnr
@@ -203,13 +204,13 @@ def _config() -> dict:
 
 def test_config_checks_for_latent_models():
     c = _config()
-    plan = cfg.Plan(copy.deepcopy(c))
+    plan = Plan(copy.deepcopy(c))
     assert plan.experiment("tiny", "DDIM-VAE-CFG")["sampler"]["clip_denoised"] is False  # never clipped
     assert plan.train_data("tiny", "unet-vae-cfg").endswith("latents/shapes-tiny-f2.h5")
 
     def refused(bad: dict, pattern: str) -> None:
         with pytest.raises(cfg.ConfigError, match=pattern):
-            cfg.Plan(bad)
+            Plan(bad)
 
     bad = copy.deepcopy(c)
     bad["studies"]["tiny"]["experiments"]["DDIM-VAE-CFG"]["sampler"]["clip_denoised"] = True

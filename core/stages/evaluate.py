@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", required=True)
     p.add_argument("--reference", required=True)
     p.add_argument("--extractor", required=True, help="extractor spec as JSON: kind, weights")
-    p.add_argument("--options", required=True, help="JSON: core.config.Plan.evaluation_options")
+    p.add_argument("--options", required=True, help="JSON: core.plan.Plan.evaluation_options")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     run(args.samples, args.reference, json.loads(args.extractor), args.out, json.loads(args.options))

@@ -261,7 +261,7 @@ def _sample(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--spec", required=True, help="sample spec as JSON (core.config.Plan.sample_spec)")
+    p.add_argument("--spec", required=True, help="sample spec as JSON (core.plan.Plan.sample_spec)")
     p.add_argument("--out", required=True)
     p.add_argument("--autoencoder", default="", help="latent models: the vae.pt whose latents they learned")
     p.add_argument("--device", default="auto")

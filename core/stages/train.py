@@ -426,7 +426,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--spec", required=True, help="train spec as JSON (core.config.Plan.train_spec)")
+    p.add_argument("--spec", required=True, help="train spec as JSON (core.plan.Plan.train_spec)")
     p.add_argument("--data", required=True, help="HDF5 dataset (or latent cache) with a 'train' split")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default="auto")
