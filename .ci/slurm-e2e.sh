@@ -58,7 +58,7 @@ t2=$(date +%s)
 (
     set +e
     # timeout leads its own process group: cleanup() can end it and snakemake together
-    timeout 600 snakemake --profile profiles/slurm-ci "$BAD/tiny/models/unet-cfg/train_log.csv" \
+    timeout 600 snakemake --profile profiles/slurm-ci "$BAD/tiny/models/unet-cfg/r0/train_log.csv" \
         --slurm-logdir "$TMP/slurm_logs_bad" --config results_dir="$BAD" >"$TMP/run2.log" 2>&1 &
     echo $! >"$TMP/run2.pid"
     wait $!
@@ -116,6 +116,9 @@ t_run2=$(cat "$TMP/run2.seconds")
 bad_id=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\).*/\1/p' "$TMP/run2.log" | head -n1)
 [ -n "$bad_id" ] || fail "run 2 failed before submitting anything (expected a failure at run time)"
 grep -Eq "Error in (rule|checkpoint) train" "$TMP/run2.log" || fail "run 2 log does not name the failed rule train"
+# the failure names the job's sbatch log (where SLURM's own messages are), not only "check log file(s)"
+grep -Eq "slurm_logs_bad/rule_train/.*[0-9]+\.log" "$TMP/run2.log" || fail "run 2 log does not name the sbatch log"
+grep -q "Traceback\|Error" "$TMP/run2.log" || fail "run 2 does not show the failed job's log"
 state=$(scontrol show job "$bad_id" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
 [ "$state" = FAILED ] || fail "SLURM job $bad_id is '${state:-unknown}', not FAILED"
 log "run 2 ok: snakemake exited $rc after ${t_run2}s; SLURM job $bad_id FAILED"
