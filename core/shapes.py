@@ -1,4 +1,10 @@
-"""The built-in ``shapes`` dataset: coloured shapes on varied backgrounds, five classes, fully synthetic.
+"""The built-in ``shapes`` dataset: coloured shapes on plain backgrounds, five classes, fully synthetic.
+
+Each image is one vivid shape (circle, square, triangle, star or cross) of one of seven palette colours, near
+the centre, on a plain muted background; its size and position are jittered and it is turned by at most
+``MAX_TILT_DEGREES`` from its upright pose (a square sits on an edge, a triangle and a star point up, a
+cross is a plus sign). Upright shapes on flat backgrounds are what a few CPU minutes of diffusion training
+can learn to draw with recognisable outlines, at 16² and even 12².
 
 Each image is a pure function of (seed, split, index): it is drawn with its own ``numpy`` generator, so
 any subset can be regenerated in any order and the dataset needs no download. Shapes are drawn at 4× the
@@ -16,6 +22,9 @@ from PIL import Image, ImageDraw
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross"]
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 SUPERSAMPLE = 4
+MAX_TILT_DEGREES = 15.0
+# the rotation (radians) at which each polygon is upright; the circle's is irrelevant
+UPRIGHT = {"circle": 0.0, "square": math.pi / 4, "triangle": -math.pi / 2, "star": -math.pi / 2, "cross": 0.0}
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -56,7 +65,7 @@ def _rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
 
 
-# vivid foreground colours (RGB); backgrounds are muted gradients, so shapes always stand out
+# vivid foreground colours (RGB); backgrounds are plain muted colours, so shapes always stand out
 PALETTE = np.array(
     [
         [230, 40, 40],
@@ -74,23 +83,17 @@ PALETTE = np.array(
 def render(rng: np.random.Generator, label: int, image_size: int) -> np.ndarray:
     """One uint8 (H, W, 3) image of class ``label``."""
     size = image_size * SUPERSAMPLE
-    # background: a linear gradient between two muted colours in a random direction
-    h0 = rng.random()
-    c0 = _rgb(h0, rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.9))
-    c1 = _rgb(h0 + rng.uniform(-0.1, 0.1), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.9))
-    theta = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
-    ramp = ((xx - 0.5) * math.cos(theta) + (yy - 0.5) * math.sin(theta)) / math.sqrt(0.5) * 0.5 + 0.5
-    bg = c0[None, None] * (1 - ramp[..., None]) + c1[None, None] * ramp[..., None]
-    img = Image.fromarray(bg.clip(0, 255).astype(np.uint8))
+    # background: one plain muted colour (low saturation, any hue, mid to high value)
+    bg = _rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.9))
+    img = Image.new("RGB", (size, size), tuple(int(c) for c in bg.clip(0, 255)))
     # foreground: a palette colour, darkened on light backgrounds so the shape keeps its contrast
     fg_rgb = PALETTE[rng.integers(len(PALETTE))] * (0.55 if float(bg.mean()) > 170 else 1.0)
     fg = tuple(int(c) for c in fg_rgb)
     r = rng.uniform(0.32, 0.42) * size
     cx, cy = rng.uniform(0.5 * size - 0.08 * size, 0.5 * size + 0.08 * size, size=2)
-    angle = rng.uniform(0, 2 * math.pi)
-    draw = ImageDraw.Draw(img)
     kind = CLASS_NAMES[label]
+    angle = UPRIGHT[kind] + math.radians(rng.uniform(-MAX_TILT_DEGREES, MAX_TILT_DEGREES))
+    draw = ImageDraw.Draw(img)
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
     else:
