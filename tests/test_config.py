@@ -34,8 +34,8 @@ def test_shipped_config_is_valid_and_resolves():
 
 def test_mistyped_key_is_named():
     c = fresh()
-    c["studies"]["demo-a"]["models"]["unet"]["train"] = {"learning_rate": 1e-3}
-    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.models\.unet\.train.*learning_rate"):
+    c["studies"]["demo-a"]["models"]["unet-cfg"]["train"] = {"learning_rate": 1e-3}
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.models\.unet-cfg\.train.*learning_rate"):
         validate(c)
 
 
@@ -52,8 +52,8 @@ def test_cross_references_are_checked():
     with pytest.raises(cfg.ConfigError, match=r"experiments\.DDIM\.model.*'nope'"):
         validate(c)
     c = fresh()
-    c["studies"]["demo-a"]["experiments"]["DDIM"]["guidance_scale"] = 3.0
-    with pytest.raises(cfg.ConfigError, match="class-conditional"):
+    c["studies"]["demo-b"]["experiments"]["baseline"]["guidance_scale"] = 3.0
+    with pytest.raises(cfg.ConfigError, match=r"demo-b\.experiments\.baseline\.guidance_scale: .*class-conditional"):
         validate(c)
     c = fresh()
     c["default_studies"] = ["nonexistent"]
@@ -117,18 +117,19 @@ def test_dit_models_need_a_zoo_name_or_their_sizes():
 
 def test_early_stopping_models_are_sampled_at_their_best_checkpoint():
     c = fresh()
-    c["studies"]["demo-a"]["models"]["unet"]["train"] = {"early_stopping": {"every": 100, "patience": 3}}
-    with pytest.raises(cfg.ConfigError, match=r"experiments\.DDPM\.checkpoints: .*checkpoints: best"):
+    c["studies"]["demo-a"]["models"]["unet-vae-cfg"]["train"] = {"early_stopping": {"every": 100, "patience": 3}}
+    with pytest.raises(cfg.ConfigError, match=r"experiments\.DDPM-VAE\.checkpoints: .*checkpoints: best"):
         validate(copy.deepcopy(c))
-    for e in ("DDPM", "DDIM"):
+    for e in ("DDPM-VAE", "DDPM-VAE-CFG", "DDIM-VAE-CFG"):
         c["studies"]["demo-a"]["experiments"][e]["checkpoints"] = "best"
     v = validate(c)
-    assert v.eval_steps("demo-a", "DDIM") == ["best"]
-    assert paths.samples(v.root, "demo-a", "DDIM", 0, "best").endswith("demo-a/samples/DDIM/r0/best.h5")
-    assert v.model("demo-a", "unet")["train"]["early_stopping"]["num_images"] == 1000  # schema default
+    assert v.eval_steps("demo-a", "DDIM-VAE-CFG") == ["best"]
+    path = paths.samples(v.root, "demo-a", "DDIM-VAE-CFG", 0, "best")
+    assert path.endswith("demo-a/samples/DDIM-VAE-CFG/r0/best.h5")
+    assert v.model("demo-a", "unet-vae-cfg")["train"]["early_stopping"]["num_images"] == 1000  # schema default
     c = fresh()
-    c["studies"]["demo-a"]["experiments"]["DDIM-CFG"]["checkpoints"] = "best"
-    with pytest.raises(cfg.ConfigError, match=r"DDIM-CFG\.checkpoints: 'best' needs train\.early_stopping"):
+    c["studies"]["demo-a"]["experiments"]["DiT-VAE-CFG-8"]["checkpoints"] = "best"
+    with pytest.raises(cfg.ConfigError, match=r"DiT-VAE-CFG-8\.checkpoints: 'best' needs train\.early_stopping"):
         validate(c)
 
 
@@ -159,6 +160,6 @@ def test_sweeps_expand_into_experiments_once_without_repeating_the_base():
     with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.sweeps\.guidance\.0\.base: 'nope'"):
         validate(c)
     c = fresh()
-    c["studies"]["demo-a"]["sweeps"] = {"guidance": [{"base": "DDIM", "scales": [2]}]}  # unconditional model
-    with pytest.raises(cfg.ConfigError, match=r"DDIM\.w2\.guidance_scale: guidance needs a class-conditional"):
+    c["studies"]["demo-b"]["sweeps"] = {"guidance": [{"base": "baseline", "scales": [2]}]}  # unconditional model
+    with pytest.raises(cfg.ConfigError, match=r"baseline\.w2\.guidance_scale: guidance needs a class-conditional"):
         validate(c)

@@ -222,8 +222,8 @@ def test_config_checks_for_latent_models():
     bad["studies"]["tiny"]["models"]["unet-vae-cfg"]["autoencoder"] = "nope"
     refused(bad, "autoencoder 'nope' is not defined")
     bad = copy.deepcopy(c)
-    bad["autoencoders"]["shapes-tiny-f2"]["dataset"] = "shapes16"
-    refused(bad, r"autoencoders.shapes-tiny-f2.dataset: 'shapes16' differs")
+    bad["autoencoders"]["shapes-tiny-f2"]["dataset"] = "shapes12"
+    refused(bad, r"autoencoders.shapes-tiny-f2.dataset: 'shapes12' differs")
     bad = copy.deepcopy(c)
     bad["autoencoders"]["shapes-tiny-f2"]["net"]["ch_mult"] = [1, 2, 2, 2, 2]
     refused(bad, "downsampling factor 16 does not divide the image size 8")

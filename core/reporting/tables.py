@@ -180,9 +180,11 @@ def findings_table(findings: list[Finding], rows: dict[str, Row]) -> str:
         + "\nA claim **holds** when the 95% interval of the difference lies entirely on the expected side of zero "
         "(for ≈: inside ±margin), is **reversed** when it lies entirely on the other side (for ≈: outside the margin), "
         "and is **not resolved** otherwise. Rows with the same replicates are compared pairwise (a paired t interval "
-        "over replicate k of each: shared seeds, and for two rows of one model the same trained copy); rows with a "
-        "single run by the bootstrap of the difference. The reference study's direction is read off its published "
-        "single numbers (no interval).\n"
+        "over replicate k of each: shared seeds, and for two rows of one model the same trained copy), rows with "
+        "different replicates by Welch's t interval, and a row with a single run by the bootstrap of the difference "
+        "of replicate 0 of each. A bootstrap interval covers the noise of drawing the generated images, not the "
+        "spread between training seeds, so a verdict it resolves is weaker than one over replicates. The reference "
+        "study's direction is read off its published single numbers (no interval).\n"
     )
 
 

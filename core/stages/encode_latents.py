@@ -1,7 +1,7 @@
 """Stage: encode a dataset once into its latent cache, which every latent experiment then trains from.
 
-    python -m core.stages.encode_latents --data results/data/shapes16.h5 \
-        --autoencoder results/autoencoders/shapes16-f2/vae.pt --out results/latents/shapes16-f2.h5
+    python -m core.stages.encode_latents --data results/data/shapes12.h5 \
+        --autoencoder results/autoencoders/shapes12-f2/vae.pt --out results/latents/shapes12-f2.h5
 
 For every split of the dataset, ``/<split>/moments`` holds the posterior's mean and log-variance
 (float32, N × 2C × h × w, unscaled) and ``/<split>/labels`` the labels (layout ``core.data.LATENT_LAYOUT``).

@@ -1,7 +1,7 @@
 """Stage: metrics of one sample file against cached reference statistics, written as one JSON.
 
     python -m core.stages.evaluate --samples results/demo-a/samples/DDIM/r0/step0000800.h5 \
-        --reference results/refstats/shapes16/val-classifier-n1000.npz --extractor '<JSON>' --options '<JSON>' \
+        --reference results/refstats/shapes12/val-classifier-n1000.npz --extractor '<JSON>' --options '<JSON>' \
         --out results/demo-a/metrics/DDIM/r0/step0000800.json
 
 The sample file is verified first (complete, and its images and labels match the checksums written when it was

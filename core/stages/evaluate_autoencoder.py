@@ -1,9 +1,9 @@
 """Stage: how well an autoencoder reconstructs a study's reference images (PSNR, Fréchet distance, a grid).
 
-    python -m core.stages.evaluate_autoencoder --autoencoder results/autoencoders/shapes16-f2/vae.pt \
-        --data results/data/shapes16.h5 --split val --num-images 1000 \
-        --reference results/refstats/shapes16/val-classifier-n1000.npz --extractor '<JSON>' \
-        --out results/demo-a/autoencoders/shapes16-f2.json --grid results/demo-a/autoencoders/shapes16-f2.png
+    python -m core.stages.evaluate_autoencoder --autoencoder results/autoencoders/shapes12-f2/vae.pt \
+        --data results/data/shapes12.h5 --split val --num-images 1000 \
+        --reference results/refstats/shapes12/val-classifier-n1000.npz --extractor '<JSON>' \
+        --out results/demo-a/autoencoders/shapes12-f2.json --grid results/demo-a/autoencoders/shapes12-f2.png
 
 The first ``num`` images of ``split`` (the images behind the study's reference statistics) are encoded, their
 posterior mean decoded, and the reconstructions rounded to uint8 as samples are. Reported: PSNR in dB over

@@ -1,7 +1,7 @@
 """Stage: write a dataset into the HDF5 image layout (``core.data``).
 
     python -m core.stages.make_dataset --spec '<datasets entry JSON, with its name>' \
-        --requirements '<JSON>' --out results/data/shapes16.h5
+        --requirements '<JSON>' --out results/data/shapes12.h5
 
 The built-in source ``shapes`` is generated procedurally from the spec's seed; the image-folder sources
 (``imagenet100``, ``sysu-shapes``, ``folder``) are decoded and resized by ``core.ingest``. This is the first job

@@ -1,6 +1,6 @@
 """Stage: train one replicate of a denoiser on an HDF5 dataset (or a latent cache), resumably.
 
-    python -m core.stages.train --spec '<train spec JSON>' --data results/data/shapes16.h5 \
+    python -m core.stages.train --spec '<train spec JSON>' --data results/data/shapes12.h5 \
         --out-dir results/demo-a/models/unet-cfg/r0
 
 A latent model (``space: latent``) trains on the latent cache of ``core.stages.encode_latents``: each step draws

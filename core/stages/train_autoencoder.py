@@ -1,7 +1,7 @@
 """Stage: the KL autoencoder of the latent rows, trained on a dataset or imported from a checkpoint.
 
-    python -m core.stages.train_autoencoder --spec '<autoencoders entry JSON>' --data results/data/shapes16.h5 \
-        --out results/autoencoders/shapes16-f2/vae.pt --log results/autoencoders/shapes16-f2/train_log.csv
+    python -m core.stages.train_autoencoder --spec '<autoencoders entry JSON>' --data results/data/shapes12.h5 \
+        --out results/autoencoders/shapes12-f2/vae.pt --log results/autoencoders/shapes12-f2/train_log.csv
 
 Training minimises ``core.nets.vae.vae_loss`` (L1 reconstruction + ``kl_weight`` · KL; no perceptual or adversarial
 term) with AdamW on random batches of the ``train`` split. With ``checkpoint`` set, no training happens: the
