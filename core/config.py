@@ -21,6 +21,8 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # that changing them neither restarts training nor redraws samples.
 MODEL_BOOKKEEPING = ("resources", "replicates", "label")
 EXPERIMENT_BOOKKEEPING = ("gpus", "replicates", "published", "sweep")
+# A claim's metric (`claims[].metric`) → the key of its value in a metrics file and in an experiment's `published`.
+METRIC_VALUE_KEY = {"fid": "fid", "is": "is_mean"}
 
 
 class ConfigError(ValueError):
@@ -124,20 +126,12 @@ def complete_model(spec: dict[str, Any], input_size: int, where: list[str] | Non
     Tests and benchmarks complete their specs here too."""
     where = where or ["model"]
     spec = fill(spec, defs_ref("model"))
-    net_schema = load_schema()["$defs"][f"net_{spec['backbone']}"] if spec.get("backbone") in ("unet", "dit") else {}
+    net_schema = load_schema()["$defs"].get(f"net_{spec.get('backbone')}", {})
     spec["net"] = fill(spec.get("net", {}), net_schema)
     spec["resources"] = fill(spec.get("resources", {}), resolve_ref(defs_ref("model"))["properties"]["resources"])
     spec.setdefault("label", net_schema.get("title", spec.get("backbone")))
     check(spec, defs_ref("model_complete"), where)
-    if spec["backbone"] == "unet":
-        net = spec["net"]
-        if net["channel_mult"] is None:
-            net["channel_mult"] = zoo.unet_channel_mult(input_size)
-        if net["attention_resolutions"] is None:
-            net["attention_resolutions"] = zoo.unet_attention_resolutions(input_size, net["channel_mult"])
-        problems = zoo.check_unet(net, input_size)
-    else:
-        problems = zoo.check_dit(spec["net"], input_size)
+    problems = zoo.PLAN_NET[spec["backbone"]](spec["net"], input_size)
     if problems:
         key, what = problems[0]
         raise ConfigError(

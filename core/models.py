@@ -31,7 +31,8 @@ def _dit(net: dict[str, Any], image_size: int, in_channels: int, num_classes: in
 
 
 # The denoisers by ``backbone``: each builds from its ``net`` options ($defs/net_<backbone> of the config schema,
-# which holds their defaults; tests/test_config.py checks that the two agree).
+# which holds their defaults; core.nets.zoo.PLAN_NET completes and checks them at planning time). A new backbone is
+# its net module, an entry here and in PLAN_NET, and its schema; tests/test_config.py checks that they agree.
 BACKBONES = {"unet": _unet, "dit": _dit}
 
 

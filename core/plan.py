@@ -16,6 +16,7 @@ from typing import Any
 from core import paths
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
+    METRIC_VALUE_KEY,
     MODEL_BOOKKEEPING,
     ConfigError,
     check,
@@ -76,6 +77,7 @@ class Plan:
             raise ConfigError(_missing_inception(config["metrics"]["inception_weights"]))
         for study in config["studies"]:
             self._resolve_study(study)
+        self.claims = {study: self._resolve_claims(study) for study in config["studies"]}
         for name, ds in config["datasets"].items():
             if ds["source"] == "shapes":  # the built-in data's split sizes are known now: check them now
                 from core import folders
@@ -126,6 +128,47 @@ class Plan:
                 f"config key {key_path([*where, 'evaluation', 'kid_subset_size'])}: {ev['kid_subset_size']} exceeds "
                 f"the {ev['reference_num']} reference images (evaluation.reference_num)"
             )
+
+    def _resolve_claims(self, study: str) -> list[dict[str, Any]]:
+        """The study's claims, each ``reference`` (the same claim in another study) resolved to that claim's rows,
+        expectation, margin and published numbers, which the report's Findings show beside the claim's verdict."""
+        claims = copy.deepcopy(self.config["studies"][study]["claims"])
+        for i, c in enumerate(claims):
+            if "reference" not in c:
+                continue
+            key = key_path(["studies", study, "claims", i, "reference"])
+            ref_study, text = c["reference"]["study"], c["reference"]["claim"]
+            if ref_study not in self.config["studies"]:
+                raise ConfigError(f"config key {key}.study: study '{ref_study}' is not defined under 'studies'")
+            other = self.config["studies"][ref_study]
+            found = [r for r in other["claims"] if r["claim"] == text]
+            if not found:
+                known = "; ".join(f"'{r['claim']}'" for r in other["claims"]) or "none"
+                raise ConfigError(
+                    f"config key {key}.claim: study '{ref_study}' has no claim '{text}' (its claims: {known})"
+                )
+            ref = found[0]
+            if ref["metric"] != c["metric"]:
+                raise ConfigError(
+                    f"config key {key}: the claim is on {c['metric']}, the referenced claim on {ref['metric']}"
+                )
+            value_key = METRIC_VALUE_KEY[ref["metric"]]
+            published = {}
+            for side in ("a", "b"):
+                pub = other["experiments"][ref[side]].get("published") or {}
+                if value_key not in pub:
+                    raise ConfigError(
+                        f"config key {key}: experiment '{ref[side]}' of study '{ref_study}' has no published "
+                        f"{value_key} (studies.{ref_study}.experiments.{ref[side]}.published.{value_key})"
+                    )
+                published[side] = pub[value_key]
+            c["reference"] = {
+                "study": ref_study,
+                "claim": text,
+                **{k: ref[k] for k in ("a", "b", "expect", "margin") if k in ref},
+                "published": published,
+            }
+        return claims
 
     def input_size(self, study: str, spec: dict[str, Any]) -> int:
         """The side of what a model sees: the dataset's images, or its autoencoder's latents."""

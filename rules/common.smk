@@ -224,7 +224,7 @@ def report_study(study):
         "title": s["title"] or study,
         "layout": s["layout"],
         "published_protocol": s["published_protocol"],
-        "claims": s["claims"],
+        "claims": PLAN.claims[study],
         "models": PLAN.models[study],
         "experiments": PLAN.experiments[study],
         "experiment_order": list(PLAN.experiments[study]),

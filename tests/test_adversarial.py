@@ -50,6 +50,13 @@ def tiny(c: dict) -> dict:
     return c["studies"]["tiny"]
 
 
+def claim_naming(c: dict, study: str, claim: str, added: dict | None = None) -> None:
+    """The tiny study's one claim names ``claim`` of ``study`` as its reference (``added`` to that study first)."""
+    if added:
+        c["studies"][study]["claims"].append(added)
+    tiny(c)["claims"] = [{"claim": "x", "a": "DDIM", "b": "DDPM-CFG", "reference": {"study": study, "claim": claim}}]
+
+
 # (what, change to config.yaml, the error it must raise): checked at planning time, before any job
 HOSTILE = [
     (
@@ -173,6 +180,30 @@ HOSTILE = [
         "a claim about an unknown row",
         lambda c: tiny(c).update(claims=[{"claim": "x", "a": "DDIM", "b": "nope"}]),
         r"studies\.tiny\.claims\.0\.b: 'nope' is not one of the study's experiments",
+    ),
+    (
+        "a claim naming a claim of an unknown study",
+        lambda c: claim_naming(c, "no", "x"),
+        r"studies\.tiny\.claims\.0\.reference\.study: study 'no' is not defined under 'studies'",
+    ),
+    (
+        "a claim naming an unknown claim of the full study",
+        lambda c: claim_naming(c, "full-a", "x"),
+        r"claims\.0\.reference\.claim: study 'full-a' has no claim 'x' \(its claims: 'guidance improves FID",
+    ),
+    (
+        "a claim on FD naming a claim on IS",
+        lambda c: claim_naming(c, "full-b", "y", {"claim": "y", "a": "baseline", "b": "exp1-low-lr", "metric": "is"}),
+        r"studies\.tiny\.claims\.0\.reference: the claim is on fid, the referenced claim on is",
+    ),
+    (
+        "a claim naming a claim whose rows have no published numbers",
+        lambda c: (
+            claim_naming(c, "full-b", "y", {"claim": "y", "a": "baseline", "b": "exp1-low-lr"}),
+            c["studies"]["full-b"]["experiments"]["exp1-low-lr"].pop("published"),
+        ),
+        r"reference: experiment 'exp1-low-lr' of study 'full-b' has no published fid "
+        r"\(studies\.full-b\.experiments\.exp1-low-lr\.published\.fid\)",
     ),
     (
         "a batch not divisible by the GPUs",

@@ -1,11 +1,12 @@
 import copy
 
 import pytest
+import torch
 import yaml
 
 from core import config as cfg
 from core import paths
-from core.nets import inception
+from core.nets import inception, zoo
 from core.paths import checkpoint_steps
 from core.plan import Plan, sweep_experiments
 from tests.conftest import ROOT
@@ -113,6 +114,28 @@ def test_dit_models_need_a_zoo_name_or_their_sizes():
     c["studies"]["demo-a"]["models"]["dit"]["net"] = {"patch_size": 2, "class_conditional": True}
     with pytest.raises(cfg.ConfigError, match=r"studies\.demo-a\.models\.dit"):
         validate(c)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "net"),
+    [
+        ("unet", {"base_channels": 8, "norm_groups": 4, "num_heads": 2}),
+        ("dit", {"patch_size": 2, "hidden_size": 32, "depth": 1, "num_heads": 2}),
+    ],
+)
+def test_a_backbone_is_declared_once_and_its_schema_builder_and_planning_check_agree(backbone, net):
+    """A backbone is its net module plus one entry in core.models.BACKBONES, core.nets.zoo.PLAN_NET and the schema
+    (enum and $defs/net_<backbone>): the three name the same backbones, and the schema's completed options build."""
+    from core.models import BACKBONES, build_model
+
+    defs = cfg.load_schema()["$defs"]
+    assert defs["model"]["properties"]["backbone"]["enum"] == list(BACKBONES) == list(zoo.PLAN_NET)
+    spec = cfg.complete_model({"backbone": backbone, "net": net, "train": {"steps": 10}}, 8)
+    assert set(spec["net"]) <= set(defs[f"net_{backbone}"]["properties"])
+    model = build_model(spec, 8, 3, 0)  # every option the schema filled in is one the builder takes
+    assert model(torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.long)).shape == (1, 3, 8, 8)
+    with pytest.raises(cfg.ConfigError, match=r"model\.net\.num_heads: "):
+        cfg.complete_model({"backbone": backbone, "net": {**net, "num_heads": 3}, "train": {"steps": 10}}, 8)
 
 
 def test_early_stopping_models_are_sampled_at_their_best_checkpoint():

@@ -40,6 +40,7 @@ def opts(**kw: object) -> dict:
     return {**base, "batch_size": 8, **kw}
 
 
+@pytest.mark.slow  # the full-size Inception network over 48 images at 299², five 2048-d Fréchet distances
 def test_inception_reference_and_evaluation_are_labelled(tiny_dataset, inception_spec, tmp_path):
     ref = tmp_path / "ref.npz"
     reference_stats(str(tiny_dataset), "val", 16, inception_spec, str(ref), batch_size=8)

@@ -144,7 +144,7 @@ def test_the_slurm_profile_plans_the_full_study_whatever_is_overridden(tmp_path,
 def test_a_local_run_builds_the_demo_by_default(tmp_path):
     proc, out = dry_run("--config", f"results_dir={tmp_path}/results")
     assert proc.returncode == 0, out[-3000:]
-    assert "demo-a" in out and "full-a" not in out
+    assert f"{tmp_path}/results/demo-a/" in out and f"{tmp_path}/results/full-a/" not in out  # no full-study job
 
 
 def test_replicates_fan_out_in_the_plan(tmp_path):

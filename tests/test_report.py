@@ -11,10 +11,13 @@ import h5py
 import numpy as np
 import pytest
 import scipy.stats
+import yaml
 
 from core import data, stats
+from core.plan import Plan
 from core.provenance import code_fingerprint
 from core.stages import report
+from tests.conftest import ROOT
 
 MODEL = {
     "backbone": "unet",
@@ -176,6 +179,20 @@ def test_claims_get_verdicts_paired_over_replicates_and_the_published_direction(
     assert f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]" in lines["guidance helps"]
     assert "holds (94.2 vs 150)" in lines["guidance helps"]  # the reference's published numbers agree
     assert "reversed (94.2 vs 150)" in lines["guidance hurts"] and lines["pixel beats latent"].endswith("| – |")
+
+
+def test_a_claim_naming_the_full_studys_claim_shows_that_claims_published_direction(tmp_path):
+    claims = Plan(yaml.safe_load((ROOT / "config.yaml").read_text())).claims["demo-a"]  # as the rules pass them
+    guided = next(c for c in claims if (c["a"], c["b"]) == ("DDPM-CFG", "DDPM"))
+    equal = next(c for c in claims if c["expect"] == "equal")  # DDIM-25 ≈ DDPM-50 within 2; full-a's within 10
+    runs = [
+        fake_run(tmp_path, 10, fd, 2.0, e, spread=0.5) for e, fd in (("DDPM-CFG", 10.0), ("DDPM", 20.0), ("DDIM", 25.0))
+    ]
+    table = run_report(tmp_path, study({e: exp() for e in ("DDPM-CFG", "DDPM", "DDIM")}, claims=[guided, equal]), runs)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert lines[guided["claim"]].endswith("| **holds** | holds (full-a: DDPM-CFG vs DDPM, 94.2 vs 150) |")
+    # the demo's own margin (2) decides the demo's verdict, the full study's (10) the reference's direction
+    assert lines[equal["claim"]].endswith("| **reversed** | holds (full-a: DDIM vs DDPM, 152.1 vs 150, \\|Δ\\| < 10) |")
 
 
 def test_a_single_run_claim_uses_the_bootstrap_of_the_difference(tmp_path):

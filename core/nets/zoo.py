@@ -109,3 +109,18 @@ def check_dit(net: dict[str, Any], size: int) -> list[tuple[str, str]]:
     if s["hidden_size"] % 4:
         problems.append(("hidden_size", f"{s['hidden_size']} is not divisible by 4 (the 2-D position embedding)"))
     return problems
+
+
+def complete_unet(net: dict[str, Any], size: int) -> list[tuple[str, str]]:
+    """A UNet net spec's size-dependent defaults filled for input ``size`` (a null ``channel_mult`` and
+    ``attention_resolutions``), then its problems (``check_unet``)."""
+    if net["channel_mult"] is None:
+        net["channel_mult"] = unet_channel_mult(size)
+    if net["attention_resolutions"] is None:
+        net["attention_resolutions"] = unet_attention_resolutions(size, net["channel_mult"])
+    return check_unet(net, size)
+
+
+# Per backbone (``core.models.BACKBONES``, the schema's ``backbone`` enum): complete its net spec for an input side
+# and list its problems, at planning time.
+PLAN_NET = {"unet": complete_unet, "dit": check_dit}

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from core import stats
+from core.config import METRIC_VALUE_KEY as VALUE_KEY
 from core.provenance import read_json
 
 METRICS = {"fid": "fid_interval", "is": "is_interval"}
-VALUE_KEY = {"fid": "fid", "is": "is_mean"}
 
 
 @dataclass
@@ -142,17 +142,29 @@ class Finding:
     note: str = ""
 
 
+def published_verdict(
+    claim: dict[str, Any], experiments: dict[str, Any]
+) -> tuple[str | None, tuple[float, float] | None]:
+    """The reference study's direction on a claim, read off its published numbers: those of the claim's own rows,
+    or, for a claim with a ``reference`` (resolved by ``core.plan``), those of the claim it names, with that claim's
+    expectation and margin. (None, None) where a row has no published number."""
+    if ref := claim.get("reference"):
+        values = (float(ref["published"]["a"]), float(ref["published"]["b"]))
+        return stats.published_direction(*values, ref["expect"], ref.get("margin")), values
+    pa, pb = (experiments.get(x, {}).get("published") or {} for x in (claim["a"], claim["b"]))
+    key = VALUE_KEY[claim["metric"]]
+    if key not in pa or key not in pb:
+        return None, None
+    values = (float(pa[key]), float(pb[key]))
+    return stats.published_direction(*values, claim["expect"], claim.get("margin")), values
+
+
 def test_claim(claim: dict[str, Any], rows: dict[str, Row], experiments: dict[str, Any]) -> Finding:
     """Δ = a − b on the claim's metric with its 95% interval (paired over shared replicates where both rows have
-    them), the verdict, and the direction of the reference study's published numbers where both rows have one."""
+    them), the verdict, and the reference study's published direction (``published_verdict``)."""
     a, b, metric = claim["a"], claim["b"], claim["metric"]
     expect, margin = claim["expect"], claim.get("margin")
-    published = pub_values = None
-    pa, pb = (experiments.get(x, {}).get("published") or {} for x in (a, b))
-    key = VALUE_KEY[metric]
-    if key in pa and key in pb:
-        pub_values = (float(pa[key]), float(pb[key]))
-        published = stats.published_direction(pub_values[0], pub_values[1], expect, margin)
+    published, pub_values = published_verdict(claim, experiments)
     if a not in rows or b not in rows:
         missing = ", ".join(x for x in (a, b) if x not in rows)
         return Finding(claim, None, "not resolved", published, pub_values, f"no results for {missing}")

@@ -166,11 +166,13 @@ def findings_table(findings: list[Finding], rows: dict[str, Row]) -> str:
         diff = signed_interval(f.difference) if f.difference else "–"
         method = f.difference.method if f.difference else f.note
         verdict = f"**{f.verdict}**"
+        published = "–"
         if f.published:
             pa, pb = f.published_values
             published = f"{f.published} ({pa:g} vs {pb:g})"
-        else:
-            published = "–"
+            if ref := c.get("reference"):
+                within = f", |Δ| < {ref['margin']:g}" if ref["expect"] == "equal" else ""
+                published = f"{f.published} ({ref['study']}: {ref['a']} vs {ref['b']}, {pa:g} vs {pb:g}{within})"
         out.append([c["claim"], f"{metric}: {expected}", diff, method, verdict, published])
     return (
         "\n## Findings\n\n"
@@ -184,7 +186,8 @@ def findings_table(findings: list[Finding], rows: dict[str, Row]) -> str:
         "different replicates by Welch's t interval, and a row with a single run by the bootstrap of the difference "
         "of replicate 0 of each. A bootstrap interval covers the noise of drawing the generated images, not the "
         "spread between training seeds, so a verdict it resolves is weaker than one over replicates. The reference "
-        "study's direction is read off its published single numbers (no interval).\n"
+        "study's direction is read off its published single numbers (no interval); a claim that names the same claim "
+        "in another study (its `reference`, e.g. the full study's) shows that claim's rows, numbers and margin.\n"
     )
 
 
