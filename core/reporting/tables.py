@@ -169,10 +169,10 @@ def findings_table(findings: list[Finding], rows: dict[str, Row]) -> str:
         published = "–"
         if f.published:
             pa, pb = f.published_values
-            published = f"{f.published} ({pa:g} vs {pb:g})"
-            if ref := c.get("reference"):
-                within = f", |Δ| < {ref['margin']:g}" if ref["expect"] == "equal" else ""
-                published = f"{f.published} ({ref['study']}: {ref['a']} vs {ref['b']}, {pa:g} vs {pb:g}{within})"
+            ref = c.get("reference")  # another study's claim: name its rows and margin
+            rows_of = f"{ref['study']}: {ref['a']} vs {ref['b']}, " if ref else ""
+            within = f", |Δ| < {ref['margin']:g}" if ref and ref["expect"] == "equal" else ""
+            published = f"{f.published} ({rows_of}{pa:g} vs {pb:g}{within})"
         out.append([c["claim"], f"{metric}: {expected}", diff, method, verdict, published])
     return (
         "\n## Findings\n\n"
