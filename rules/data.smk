@@ -22,4 +22,4 @@ rule make_dataset:
         fingerprint=dataset_fingerprint,
     shell:
         "python -m core.stages.make_dataset --spec {params.spec:q} --requirements {params.requirements:q}"
-        " --workers {threads} --out {output:q} > {log:q} 2>&1"
+        " --workers {threads:q} --out {output:q} > {log:q} 2>&1"

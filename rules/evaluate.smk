@@ -21,7 +21,7 @@ rule train_classifier:
         spec=lambda w: spec_json(PLAN.classifier_spec(w.dataset)),
     shell:
         "python -m core.stages.train_classifier --data {input.data:q} --spec {params.spec:q}"
-        " --out {output.weights:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output.weights:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule reference_stats:
@@ -52,9 +52,9 @@ rule reference_stats:
         extractor=lambda w: spec_json(PLAN.extractor_for_tag(w.dataset, w.extractor)),
         batch_size=config["metrics"]["batch_size"],
     shell:
-        "python -m core.launch --gpus {params.gpus} reference_stats --data {input.data:q}"
-        " --split {wildcards.split} --num-images {wildcards.num} --extractor {params.extractor:q}"
-        " --batch-size {params.batch_size} --out {output:q} > {log:q} 2>&1"
+        "python -m core.launch --gpus {params.gpus:q} reference_stats --data {input.data:q}"
+        " --split {wildcards.split:q} --num-images {wildcards.num:q} --extractor {params.extractor:q}"
+        " --batch-size {params.batch_size:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -84,6 +84,6 @@ rule evaluate:
         extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),
         options=lambda w: spec_json(PLAN.evaluation_options(w.study)),
     shell:
-        "python -m core.launch --gpus {params.gpus} evaluate --samples {input.samples:q}"
+        "python -m core.launch --gpus {params.gpus:q} evaluate --samples {input.samples:q}"
         " --reference {input.reference:q} --extractor {params.extractor:q} --options {params.options:q}"
         " --out {output:q} > {log:q} 2>&1"

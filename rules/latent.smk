@@ -21,7 +21,7 @@ rule train_autoencoder:
         spec=lambda w: spec_json(PLAN.autoencoder_spec(w.ae)),
     shell:
         "python -m core.stages.train_autoencoder --spec {params.spec:q} --data {input.data:q}"
-        " --out {output.vae:q} --log {output.log:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output.vae:q} --log {output.log:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule encode_latents:
@@ -46,7 +46,7 @@ rule encode_latents:
         code=code_param("encode_latents"),
     shell:
         "python -m core.stages.encode_latents --data {input.data:q} --autoencoder {input.vae:q}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule evaluate_autoencoder:
@@ -78,6 +78,6 @@ rule evaluate_autoencoder:
         batch_size=config["metrics"]["batch_size"],
     shell:
         "python -m core.stages.evaluate_autoencoder --autoencoder {input.vae:q} --data {input.data:q}"
-        " --split {params.split:q} --num-images {params.num} --reference {input.reference:q}"
-        " --extractor {params.extractor:q} --batch-size {params.batch_size} --out {output.metrics:q}"
-        " --grid {output.grid:q} --threads {threads} > {log:q} 2>&1"
+        " --split {params.split:q} --num-images {params.num:q} --reference {input.reference:q}"
+        " --extractor {params.extractor:q} --batch-size {params.batch_size:q} --out {output.metrics:q}"
+        " --grid {output.grid:q} --threads {threads:q} > {log:q} 2>&1"

@@ -23,6 +23,6 @@ rule sample:
         checkpoint=checkpoint_file,
         autoencoder=lambda w, input: input.get("autoencoder", ""),
     shell:
-        "python -m core.launch --gpus {params.gpus} sample --checkpoint {params.checkpoint:q}"
+        "python -m core.launch --gpus {params.gpus:q} sample --checkpoint {params.checkpoint:q}"
         " --spec {params.spec:q} --autoencoder={params.autoencoder:q} --out {output:q}"
-        " --threads {threads} >> {log:q} 2>&1"
+        " --threads {threads:q} >> {log:q} 2>&1"

@@ -29,6 +29,6 @@ checkpoint train:
         out_dir=lambda w: paths.model_dir(R, w.study, w.model, w.replicate),
         compile_cache=paths.compile_cache(R),
     shell:
-        "python -m core.launch --gpus {params.gpus} --nodes {params.nodes} train --spec {params.spec:q}"
-        " --data {input.data:q} --out-dir {params.out_dir:q} --threads {threads}"
+        "python -m core.launch --gpus {params.gpus:q} --nodes {params.nodes:q} train --spec {params.spec:q}"
+        " --data {input.data:q} --out-dir {params.out_dir:q} --threads {threads:q}"
         " --compile-cache {params.compile_cache:q} >> {log:q} 2>&1"

@@ -234,6 +234,19 @@ def test_a_hostile_name_fails_before_any_job_and_writes_nothing(tmp_path):
     assert not (tmp_path / "results").exists() and not (ROOT / "INJECTED").exists()
 
 
+def test_every_value_in_every_rules_shell_command_is_quoted():
+    """Quoting is the rule, not a judgement per value: each ``{…}`` of each rule's ``shell:`` ends in ``:q``, so a
+    value that later becomes a string (a path, a name) cannot reach the shell unquoted."""
+    blocks = [
+        (path.name, m.group(1))
+        for path in sorted((ROOT / "rules").glob("*.smk"))
+        for m in re.finditer(r'^\s*shell:\n((?:\s+".*"\n?)+)', path.read_text(), re.M)
+    ]
+    assert len(blocks) == sum(p.read_text().count("shell:") for p in (ROOT / "rules").glob("*.smk")) == 11
+    fields = [(name, f) for name, block in blocks for f in re.findall(r"\{([^{}]*)\}", block)]
+    assert len(fields) > 50 and [x for x in fields if not x[1].endswith(":q")] == []
+
+
 def test_every_rule_gets_hostile_paths_quoted(tmp_path):
     """A dataset folder, Inception weights and results_dir with a space, $(…), ; and quotes: every command Snakemake
     would run keeps each of them as (part of) one argument, so none can run anything."""
