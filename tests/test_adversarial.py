@@ -242,9 +242,10 @@ def test_every_value_in_every_rules_shell_command_is_quoted():
         for path in sorted((ROOT / "rules").glob("*.smk"))
         for m in re.finditer(r'^\s*shell:\n((?:\s+".*"\n?)+)', path.read_text(), re.M)
     ]
-    assert len(blocks) == sum(p.read_text().count("shell:") for p in (ROOT / "rules").glob("*.smk")) == 11
+    assert blocks and len(blocks) == sum(p.read_text().count("shell:") for p in (ROOT / "rules").glob("*.smk"))
     fields = [(name, f) for name, block in blocks for f in re.findall(r"\{([^{}]*)\}", block)]
-    assert len(fields) > 50 and [x for x in fields if not x[1].endswith(":q")] == []
+    assert len(fields) >= 2 * len(blocks)  # every command names at least its output and its log
+    assert [x for x in fields if not x[1].endswith(":q")] == []
 
 
 def test_every_rule_gets_hostile_paths_quoted(tmp_path):
