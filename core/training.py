@@ -289,11 +289,21 @@ class TrainState:
     early: EarlyStopping | None = None
     step: int = 0
 
-    def state_dict(self, train: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint; raises ``NonFinite`` naming the tensors if any weight is not finite (never saved)."""
+    def own_rng(self) -> dict[str, torch.Tensor | None]:
+        """This rank's own random streams (torch's global CPU generator and, on CUDA, its device's)."""
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+        }
+
+    def state_dict(self, train: dict[str, Any], ctx: distributed.Context | None = None) -> dict[str, Any]:
+        """The checkpoint; raises ``NonFinite`` naming the tensors if any weight is not finite (never saved). Every
+        rank calls it (the ranks' own RNG states are gathered); the main rank writes it."""
+        ctx = ctx or distributed.Context()
         bad = non_finite_tensors(self.model, self.ema.model)
         if bad:
             raise NonFinite(f"non-finite weights at step {self.step} ({', '.join(bad[:5])}…): not saved")
+        ranks = distributed.all_gather(ctx, self.own_rng(), "gathering the ranks' RNG states for a checkpoint")
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -305,20 +315,39 @@ class TrainState:
                 "torch": torch.get_rng_state(),
                 "noise": self.noise_gen.get_state(),
                 "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+                "ranks": ranks,  # each rank's own streams (dropout), rank 0's first
             },
             "early_stopping": None if self.early is None else self.early.state_dict(),
             "meta": self.meta,
         }
 
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+    def load_state_dict(self, ckpt: dict[str, Any], ctx: distributed.Context | None = None) -> None:
+        """Resume from ``ckpt`` (weights go to the model's device; RNG and loader states are CPU tensors whatever
+        device the checkpoint was mapped to). Rank r takes its own RNG streams from ``rng.ranks[r]``; a rank the
+        checkpoint has none for (more processes than when it was written) starts a fresh stream, saying so."""
+        ctx = ctx or distributed.Context()
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.loader.load_state_dict(ckpt["loader"])  # its generator too (as of the step, not the prefetch thread)
-        self.noise_gen.set_state(ckpt["rng"]["noise"].to(self.noise_gen.get_state().device))
-        if self.device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        rng = ckpt["rng"]
+        ranks = rng.get("ranks") or [{"torch": rng["torch"], "cuda": rng["cuda"]}]
+        if ctx.rank < len(ranks):
+            own = ranks[ctx.rank]
+            torch.set_rng_state(own["torch"].cpu())
+            if self.device.type == "cuda" and own["cuda"] is not None:
+                torch.cuda.set_rng_state(own["cuda"].cpu())
+        else:
+            torch.manual_seed(
+                distributed.rank_seed(int(self.meta["spec"]["train"]["seed"]) + int(ckpt["step"]), ctx.rank)
+            )
+            print(
+                f"[train] rank {ctx.rank}: the checkpoint holds RNG states of {len(ranks)} process(es); this rank's "
+                "own draws (dropout) start a fresh stream",
+                flush=True,
+            )
+        loader_state = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt["loader"].items()}
+        self.loader.load_state_dict(loader_state)  # its generator too (as of the step, not the prefetch thread)
+        self.noise_gen.set_state(rng["noise"].cpu())
         if self.early is not None and ckpt["early_stopping"] is not None:
             self.early.load_state_dict(ckpt["early_stopping"])
         self.step = int(ckpt["step"])

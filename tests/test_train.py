@@ -66,6 +66,27 @@ def test_resume_equals_uninterrupted_run(tiny_spec, tiny_dataset, tmp_path):
     assert l1 == l2
 
 
+def test_resume_on_a_gpu_reads_the_state_on_the_cpu(tiny_spec, tiny_dataset, tmp_path):
+    """Issue 21, defect 1: on CUDA the live state was loaded with map_location=<the GPU>, which made the RNG and
+    loader states CUDA tensors that torch.set_rng_state refuses, so every preempted GPU job failed on its retry.
+    Emulated on the CPU: the state's device says cuda:0 while its tensors live on the CPU; resume must read the
+    checkpoint on the CPU (with a CUDA map_location this machine's CPU-only torch cannot even read it) and restore
+    the step, the weights and every RNG stream as CPU tensors."""
+    out = tmp_path / "run"
+    run_train(tiny_spec, tiny_dataset, out)
+    saved = load_checkpoint(out / "state" / "step0000008.pt")
+    shutil.copyfile(out / "state" / "step0000008.pt", out / "state" / "latest.pt")
+    s = train_stage.setup(tiny_spec, str(tiny_dataset), torch.device("cpu"), train_stage.distributed.Context())
+    s.state.device = torch.device("cuda", 0)
+    train_stage.resume(s, out, train_stage.distributed.Context())
+    assert s.state.step == 8
+    assert not list((out / "state").glob("*.corrupt-*")), "the state was taken for corrupt"
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert torch.equal(s.state.noise_gen.get_state(), saved["rng"]["noise"])
+    for k, v in saved["model"].items():
+        assert torch.equal(s.state.model.state_dict()[k], v), k
+
+
 def test_changed_spec_does_not_resume_from_stale_state(tiny_spec, tiny_dataset, tmp_path):
     run_train(tiny_spec, tiny_dataset, tmp_path / "run")
     other = {**tiny_spec, "train": {**tiny_spec["train"], "lr": 5e-4}}

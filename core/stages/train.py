@@ -94,17 +94,17 @@ def read_data_meta(data_path: str, latent: bool) -> dict[str, Any]:
     return meta
 
 
-def newest_readable_state(
-    state_dir: Path, device: torch.device, move_aside: bool = True
-) -> tuple[Path, dict[str, Any]] | None:
+def newest_readable_state(state_dir: Path, move_aside: bool = True) -> tuple[Path, dict[str, Any]] | None:
     """``latest.pt``, or where it is unreadable the newest readable ``step<N>.pt`` (saying so, and moving the
-    unreadable file aside to ``<name>.corrupt-<time>`` when ``move_aside``); None if there is none."""
+    unreadable file aside to ``<name>.corrupt-<time>`` when ``move_aside``); None if there is none. Loaded on the
+    CPU whatever the training device: RNG and loader states must stay CPU tensors (``TrainState.load_state_dict``
+    moves the weights to the device)."""
     candidates = [state_dir / "latest.pt", *sorted(state_dir.glob("step*.pt"), reverse=True)]
     for path in candidates:
         if not path.exists():
             continue
         try:
-            return path, load_checkpoint(path, map_location=device)
+            return path, load_checkpoint(path, map_location="cpu")
         except UnreadableCheckpoint as err:
             print(f"[train] {err}; falling back to an older state", flush=True)
             if move_aside:
@@ -169,6 +169,7 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
     levers = training.Levers.from_spec(train)
     model = build_model(spec, data_meta["image_size"], data_meta["in_channels"], num_classes)
     model = levers.apply(model.to(device), device)
+    distributed.seed_rank(ctx, int(train["seed"]))  # the weights above are shared; each rank's dropout is its own
     net: torch.nn.Module = model
     if ctx.enabled:  # gradients averaged over ranks; the EMA and checkpoints use the unwrapped model
         net = torch.nn.parallel.DistributedDataParallel(
@@ -204,6 +205,7 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
         "data": {"path": str(data_path), **{k: data_meta[k] for k in ("content_sha256", "provenance")}},
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "world_size": ctx.world_size,
+        "precision": levers.label(),
     }
     noise_gen = torch.Generator(device=device).manual_seed(int(train["seed"]) + 2)
     state = training.TrainState(model, ema, levers.optimizer(model, train), loader, noise_gen, device, meta, early)
@@ -223,14 +225,14 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
 def resume(s: Setup, out: Path, ctx: distributed.Context) -> None:
     """Continue from the newest readable live state if it has this run's identity; move another's aside."""
     state_dir = out / "state"
-    found = newest_readable_state(state_dir, s.state.device, move_aside=ctx.is_main)
-    distributed.barrier(ctx)
+    found = newest_readable_state(state_dir, move_aside=ctx.is_main)
+    distributed.barrier(ctx, "the barrier after reading the live state")
     if found is None:
         return
     path, ckpt = found
     made_by = ckpt["meta"].get("identity_hash", ckpt["meta"]["spec_hash"])
     if made_by == s.identity_hash:
-        s.state.load_state_dict(ckpt)
+        s.state.load_state_dict(ckpt, ctx)
         print(f"[train] resuming from {path} at step {s.state.step}", flush=True)
         return
     stale = out / f"state.stale-{made_by}"
@@ -240,7 +242,7 @@ def resume(s: Setup, out: Path, ctx: distributed.Context) -> None:
         shutil.rmtree(stale, ignore_errors=True)
         state_dir.rename(stale)
         state_dir.mkdir(parents=True)
-    distributed.barrier(ctx)
+    distributed.barrier(ctx, "the barrier after moving a stale state aside")
 
 
 class Logs:
@@ -307,10 +309,16 @@ class Logs:
         self.train.close()
 
 
-def run(spec: dict[str, Any], data_path: str, out_dir: str, device_name: str = "auto") -> None:
+def run(
+    spec: dict[str, Any],
+    data_path: str,
+    out_dir: str,
+    device_name: str = "auto",
+    collective_timeout_s: float = distributed.COLLECTIVE_TIMEOUT_S,
+) -> None:
     out = Path(out_dir)
     device = distributed.device_for(device_name)
-    ctx = distributed.init(device)
+    ctx = distributed.init(device, collective_timeout_s)
     with exclusive(out / ".lock", f"model {out}") if ctx.is_main else contextlib.nullcontext():
         train_run(spec, data_path, out, device, ctx)
 
@@ -330,12 +338,12 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
         print(
             f"[train] {spec['name']} replicate {spec['replicate']}: {state.meta['num_parameters'] / 1e6:.2f}M "
             f"parameters, {total_steps} steps, batch {train['batch_size']} over {ctx.world_size} process(es), "
-            f"device {device}, code {state.meta['code_version']}",
+            f"device {device}, precision {state.meta['precision']}, code {state.meta['code_version']}",
             flush=True,
         )
 
     def save(path: Path) -> None:
-        ckpt = state.state_dict(train)  # every rank checks that the weights are finite; the main rank writes
+        ckpt = state.state_dict(train, ctx)  # every rank checks that the weights are finite; the main rank writes
         if ctx.is_main:
             save_checkpoint(path, ckpt)
 
@@ -411,7 +419,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
                     f"checkpointed to {state_dir / 'latest.pt'}; exiting",
                     flush=True,
                 )
-                distributed.barrier(ctx)
+                distributed.barrier(ctx, "the barrier after the preemption checkpoint")
                 distributed.shutdown(ctx)
                 sys.exit(EXIT_PREEMPTED)
 
@@ -420,7 +428,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
     if ctx.is_main:
         publish(out, [s for s in keep_steps if s <= state.step], best=early is not None)
         print(f"[train] done in {time.time() - logs.t_start:.1f}s", flush=True)
-    distributed.barrier(ctx)
+    distributed.barrier(ctx, "the barrier after publishing the checkpoints")
     distributed.shutdown(ctx)
 
 
@@ -432,6 +440,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=distributed.COLLECTIVE_TIMEOUT_S,
+        help="seconds a collective or barrier may wait for the other ranks before the job fails naming them",
+    )
+    p.add_argument(
         "--compile-cache",
         default="",
         help="folder for torch.compile's Inductor cache (train.compile), kept across jobs and restarts; "
@@ -442,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(args.compile_cache).resolve()))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    run(json.loads(args.spec), args.data, args.out_dir, args.device)
+    run(json.loads(args.spec), args.data, args.out_dir, args.device, args.collective_timeout)
 
 
 if __name__ == "__main__":
