@@ -152,29 +152,138 @@ class Busy(RuntimeError):
     """Another process holds the lock of what this one was about to write."""
 
 
+LOCKS_ENV = "DIFFUSION_STUDY_LOCKS"  # auto | flock | file
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "glusterfs", "pvfs2", "orangefs")
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> str:
+    """The type of the file system that holds ``path`` (``/proc/self/mountinfo``; "" where unknown)."""
+    target, best, fstype = os.path.realpath(path), "", ""
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields, _, rest = line.partition(" - ")
+                mount = fields.split()[4].replace("\\040", " ")
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, fstype = mount, rest.split()[0]
+    except (OSError, IndexError):
+        return ""
+    return fstype
+
+
+def lock_kind(lock: Path) -> str:
+    """``flock`` (this host's kernel arbitrates) or ``file`` (an O_EXCL lock file naming host and pid, which works
+    across the nodes of a cluster file system where flock is missing or node-local). ``DIFFUSION_STUDY_LOCKS``
+    chooses; ``auto`` takes ``file`` on the network file systems of ``NETWORK_FS``."""
+    kind = os.environ.get(LOCKS_ENV, "auto").strip() or "auto"
+    if kind not in ("auto", "flock", "file"):
+        raise ValueError(f"{LOCKS_ENV}={kind!r}: expected auto, flock or file")
+    if kind == "auto":
+        fstype = filesystem_type(lock.parent)
+        kind = "file" if fstype.split(".")[0] in NETWORK_FS else "flock"
+    return kind
+
+
+def _me() -> str:
+    return f"host {socket.gethostname()}, pid {os.getpid()}, cwd {os.getcwd()}, since {now_iso()}"
+
+
+def _busy(what: str, holder: str, lock: Path, extra: str = "") -> Busy:
+    return Busy(
+        f"{what} is being written by another run ({holder or 'unknown'}; lock {lock}). Wait for it to finish, or "
+        f"stop it; two runs writing one results folder would corrupt each other's files{extra}"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _file_lock(lock: Path, what: str) -> Iterator[None]:
+    """The O_EXCL lock file ``<lock>.held`` with this process's host and pid, removed on exit. One left by a dead
+    process of this host is taken over (saying so); one of another host is reported with how to clear it."""
+    held = lock.with_name(lock.name + ".held")
+    me = _me()
+    for _ in range(2):
+        try:
+            fd = os.open(held, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
+            break
+        except FileExistsError:
+            try:
+                holder = held.read_text().strip()
+            except OSError:
+                holder = ""
+            host = holder.split(",")[0].removeprefix("host ")
+            pid = holder.split(",")[1].strip().removeprefix("pid ") if holder.count(",") >= 1 else ""
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                print(
+                    f"[lock] {held} was left by process {pid} of this host, which has ended: taking it over", flush=True
+                )
+                held.unlink(missing_ok=True)
+                continue
+            raise _busy(
+                what, holder, held, f". If no such run is alive on {host or 'that host'}, delete {held}"
+            ) from None
+    else:
+        raise _busy(what, "", held)
+    try:
+        os.write(fd, me.encode())
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if held.read_text().strip() == me:  # never remove another run's lock
+                held.unlink()
+
+
 @contextlib.contextmanager
 def exclusive(lock: str | os.PathLike[str], what: str) -> Iterator[None]:
-    """Hold an exclusive lock (``flock`` on the file ``lock``, created if need be) while writing ``what``. A second
-    writer — another working directory pointed at the same results, another job — fails at once with ``Busy``
-    naming the holder (host, pid, working directory, start time). The lock file stays (removing it would race)."""
+    """Hold an exclusive lock while writing ``what``: ``flock`` on the file ``lock`` (created if need be; it stays,
+    since removing it would race), or where flock is unavailable or unreliable (``lock_kind``; flock failing with
+    ENOSYS/ENOLCK/EOPNOTSUPP, as on some Lustre and NFS mounts) the lock file ``<lock>.held``. A second writer —
+    another working directory pointed at the same results, another job — fails at once with ``Busy`` naming the
+    holder (host, pid, working directory, start time)."""
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
+    if lock_kind(lock) == "file":
+        with _file_lock(lock, what):
+            yield
+        return
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-            raise Busy(
-                f"{what} is being written by another run ({holder}; lock {lock}). Wait for it to finish, or stop "
-                "it; two runs writing one results folder would corrupt each other's files"
-            ) from None
-        me = f"host {socket.gethostname()}, pid {os.getpid()}, cwd {os.getcwd()}, since {now_iso()}"
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            raise _busy(what, holder, lock) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.close(fd)
+            fd = -1
+            print(
+                f"[lock] flock does not work on {lock.parent} ({filesystem_type(lock.parent) or 'unknown fs'}: "
+                f"{err.strerror}); using the lock file {lock.name}.held (host and pid) instead; set "
+                f"{LOCKS_ENV}=file to choose it from the start",
+                flush=True,
+            )
+            with _file_lock(lock, what):
+                yield
+            return
         os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
+        os.pwrite(fd, _me().encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd >= 0:
+            os.close(fd)  # releases the lock
 
 
 # ---- code fingerprints ----------------------------------------------------------------------------------------
