@@ -571,6 +571,7 @@ class Bench:
     peak_flops: float | None
     diffusers: Any
     wait_quiet: float = 0.0  # seconds to wait, at most, for a quiet machine before each timed block
+    lever_mode: str = "all"  # all: each lever and all together; preset: the full presets' bf16 (+ TF32 on CUDA)
     wait_total: float = 300.0  # ... and over the whole run
     waited_s: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
@@ -598,6 +599,9 @@ class Bench:
         print(f"  ours: {params / 1e6:.2f}M parameters, {fmt(flops and flops / 1e9, '.2f')} GFLOP per image")
         compile_ok = self.compile and (self.kind == "cuda" or case.name.endswith("demo"))
         levers, notes = lever_settings(self.kind, case, compile_ok)
+        if self.lever_mode == "preset":
+            levers = [Levers(bf16=True, tf32=self.kind == "cuda")]
+            notes = ["--levers preset: only the full presets' setting (bf16, + TF32 on CUDA) beside fp32"]
         self.result["lever_notes"][case.name] = notes
         runs: list[tuple[str, Levers]] = [("ours", Levers()), *(("ours", lv) for lv in levers)]
         builders: dict[str, Callable[[], nn.Module]] = {"ours": case.build}
@@ -874,6 +878,12 @@ def parse_args() -> argparse.Namespace:
         help="before each timed block wait up to this many seconds for other processes to leave the CPU quiet "
         "(default: 20 on CPU, 0 on GPU and with --quick; 300 s at most over the run)",
     )
+    p.add_argument(
+        "--levers",
+        default="all",
+        choices=["all", "preset"],
+        help="all: each speed lever alone and all together; preset: only the full presets' bf16 (+ TF32) beside fp32",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--study-b-dims", default="", help="Study B widths, e.g. 64,96,128 (default: 64 on CPU, all on GPU)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="peak for MFU, TFLOP/s (default: known GPUs' bf16)")
@@ -910,7 +920,9 @@ def main() -> None:
         notes.append(f"peers skipped ({why}); to add them: pip install -r bench/requirements-peers.txt (in a venv)")
         print(f"NOTE: {notes[-1]}")
     wait_quiet = args.wait_quiet if args.wait_quiet >= 0 else (20.0 if kind == "cpu" and not args.quick else 0.0)
-    bench = Bench(torch.device(kind), args.compile, peak, None if args.no_peers else diffusers, wait_quiet)
+    bench = Bench(
+        torch.device(kind), args.compile, peak, None if args.no_peers else diffusers, wait_quiet, lever_mode=args.levers
+    )
     print(
         f"device: {device_label}, torch {torch.__version__}, diffusers {diffusers_version or 'absent'}, "
         f"{torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} mode"

@@ -3,6 +3,7 @@ benchmark's stand-in for the former streaming read returns the same batches as t
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -66,3 +67,29 @@ def test_bench_models_quick_writes_ours_and_the_levers(tmp_path):
     assert {r["model"] for r in result["train"]} == {"unet-demo", "dit-b2"}
     assert all(r["images_per_s"] > 0 and r["train_flops_per_image"] > 0 for r in result["train"])
     assert {r["lever"] for r in result["levers"]} >= {"bf16"}
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_the_cpu_runs_every_step_and_records_each_at_once(tmp_path):
+    """bench/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the same six steps at tiny sizes, each finished step in
+    steps.tsv with exit 0 within its limit, the critical checks first, and the real-shape step's rows (fp32 and the
+    presets' bf16) in their JSON, so that the script a first GPU session relies on cannot rot unseen."""
+    out = tmp_path / "gpu-out"
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "OUT": str(out)}
+    subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    rows = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()[1:]]
+    assert [r[0].split(":")[0] for r in rows] == [
+        "critical",
+        "real shapes",
+        "torch.compile, timed apart",
+        "peers and MFU",
+        "input pipeline",
+        "Inception on cpu equals the CPU",
+    ]
+    assert all(r[1] == "0" and int(r[2]) <= int(r[3]) for r in rows), rows
+    assert sum(int(r[3]) for r in rows) == 3 * 340  # the GPU limits add up to 340 s (x3 on the CPU)
+    shapes = json.loads((out / "results-models-gpu-shapes.json").read_text())
+    assert {r["levers"] for r in shapes["train"]} == {"baseline (fp32)"} and shapes["train"]
+    assert {r["levers"] for r in shapes["levers"]} == {"bf16"}
+    assert all(r["median_step_s"] > 0 and r["peak_mem_mib"] > 0 for r in shapes["train"] + shapes["levers"])
+    assert 'failures="0"' in (out / "critical.xml").read_text()

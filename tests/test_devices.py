@@ -69,11 +69,13 @@ def log_rows(out) -> list[dict[str, str]]:
 
 
 @cuda
-def test_training_on_cuda_with_every_lever(tiny_spec, tiny_dataset, tmp_path):
-    """fp32 on CUDA, then bf16 + TF32 + channels-last + fused AdamW (+ compile): same noise (one device
-    generator), so the lever run follows the fp32 losses; weights and optimizer state stay fp32."""
+@pytest.mark.parametrize("compile", [False, True], ids=["levers", "levers+compile"])
+def test_training_on_cuda_with_every_lever(tiny_spec, tiny_dataset, tmp_path, compile):
+    """fp32 on CUDA, then bf16 + TF32 + channels-last + fused AdamW (+ compile, its own case so that
+    bench/gpu_check.sh times it apart): same noise (one device generator), so the lever run follows the fp32
+    losses; weights and optimizer state stay fp32, and the checkpoint records the precision."""
     train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "fp32"), "cuda")
-    levers = {"precision": "bf16", "tf32": True, "channels_last": True, "fused_adamw": True, "compile": True}
+    levers = {"precision": "bf16", "tf32": True, "channels_last": True, "fused_adamw": True, "compile": compile}
     fast = {**tiny_spec, "train": {**tiny_spec["train"], **levers}}
     try:
         train_stage.run(fast, str(tiny_dataset), str(tmp_path / "fast"), "cuda")
@@ -87,6 +89,7 @@ def test_training_on_cuda_with_every_lever(tiny_spec, tiny_dataset, tmp_path):
     state = load_checkpoint(tmp_path / "fast" / "ckpt" / "step0000012.pt")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     assert state["optimizer"]["param_groups"][0]["fused"] is True
+    assert state["meta"]["precision"].startswith("bf16+tf32")
 
 
 @cuda
