@@ -1,0 +1,69 @@
+"""``python -m core.forecast``: FLOP counts of every job at its real budget, priced per GPU type and precision, and
+the jobs that do not fit the SLURM profile named first."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core import forecast, preflight
+from core.plan import Plan
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return Plan(preflight.load_config([], []))
+
+
+def test_training_flops_per_image_agree_with_the_benchmarks_own_count(plan):
+    """The Study A UNet and the reference DiT per training image, against bench/results-models-cpu.json (counted
+    there by bench_models.py's own builder of the same layouts)."""
+    bench = {r["model"]: r for r in json.loads((ROOT / "bench" / "results-models-cpu.json").read_text())["train"]}
+    per_image, fwd, activations, params = forecast.train_costs(plan, "full-a", "unet", 0)
+    assert params == bench["unet-a"]["params"] == 74_051_331
+    assert per_image == pytest.approx(bench["unet-a"]["train_flops_per_image"], rel=1e-9)
+    assert fwd == pytest.approx(per_image / 3, rel=0.01)  # the backward costs twice the forward
+    assert 0.5e9 < activations < 1.5e9  # bytes an image saves for the backward: about 1 GB at 128² in fp32
+
+
+def test_gpu_hours_are_flops_over_the_assumed_rate():
+    job = forecast.price(forecast.Job("train", "x", flops=312e12 * forecast.MFU["bf16"] * 3600 * 10))
+    assert job.hours["A100-80GB/bf16"] == pytest.approx(10.0)
+    assert job.hours["H100-SXM/bf16"] == pytest.approx(10.0 * 312 / 989)
+    assert job.hours["A100-80GB/fp32"] == pytest.approx(10.0 * 312 * 0.35 / (19.5 * 0.6))
+
+
+def test_flags_name_the_job_and_the_setting_to_change(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("jobs: 4\nretries: 1\nset-resources:\n  train: {runtime: 60}\n  evaluate: {runtime: 60}\n")
+    limits = forecast.profile_limits(profile)
+    long = forecast.price(forecast.Job("train", "s/m", flops=312e12 * 0.35 * 3600 * 3, train_mem_bytes=50e9))
+    short = forecast.price(forecast.Job("train", "s/ok", flops=312e12 * 0.35 * 3600 * 1.5))
+    evaluate = forecast.price(forecast.Job("evaluate", "s/e", flops=312e12 * 0.35 * 3600 * 1.5))
+    flags = forecast.flags([long, short, evaluate], limits, "A100-40GB", "bf16")
+    assert len(flags) == 3, flags
+    assert flags[0].startswith("train s/m: 3.0 h") and "runtime 1 h × 2 attempt(s)" in flags[0]
+    assert "set-resources.train.runtime" in flags[0]
+    assert flags[1].startswith("train s/m: ~50 GB per GPU > 40 GB")
+    assert flags[2].startswith("evaluate s/e: 1.5 h") and "× 1 attempt(s)" in flags[2]  # no resume: one attempt
+
+
+@pytest.mark.slow
+def test_the_full_study_forecast_fits_the_profile_and_adds_up(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "core.forecast", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "forecast.md").read_text()
+    assert md.splitlines()[2].startswith("Every job fits profiles/slurm on A100-80GB in bf16")
+    with open(tmp_path / "forecast.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    train = [r for r in rows if r["rule"] == "train"]
+    assert len(train) == 13 and {r["job"] for r in train if r["gpus"] == "4"} == {"full-a/unet-ddim"}
+    total = sum(float(r["gpu_hours:A100-80GB/bf16"]) * int(r["count"]) for r in rows)
+    assert f"| A100-80GB | bf16 | {total:,.0f} |" in md
