@@ -20,6 +20,7 @@ def plan() -> Plan:
     return Plan(preflight.load_config([], []))
 
 
+@pytest.mark.slow
 def test_training_flops_per_image_agree_with_the_benchmarks_own_count(plan):
     """The Study A UNet and the reference DiT per training image, against bench/results-models-cpu.json (counted
     there by bench_models.py's own builder of the same layouts)."""

@@ -15,6 +15,7 @@ from core.stages import train as train_stage
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_the_full_study_without_its_inputs_names_each_with_its_config_key():
     out = subprocess.run([sys.executable, "-m", "core.preflight"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1, out.stderr
