@@ -36,8 +36,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         export PYTHONPATH=/tmp/site
 fi
 quick=() loader=() scale=1
-if [ "$device" = cpu ]; then # the dry run: tiny sizes, the same steps, 3x the limits (2 CPU cores, not a GPU)
-    scale=3
+if [ "$device" = cpu ]; then # the dry run: tiny sizes, the same steps, 10x the limits (a shared CPU, not a GPU)
+    scale=10
     quick=(--quick --wait-quiet 0 --threads 2)
     loader=(--images 256 --size 16 --batch 16 --batches 4 --train-images 512 --train-batch 8 --steps 2 --rounds 1)
 fi
