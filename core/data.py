@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+
+from core import rowfile
 
 LAYOUT = "diffusion-study/images-v1"
 LATENT_LAYOUT = "diffusion-study/latents-v1"
@@ -136,12 +139,16 @@ def verify(f: h5py.File, path: str | os.PathLike[str], keys: list[str] | None = 
         want = f[key].attrs.get("sha256")
         if want is None:
             raise CorruptFile(f"{path}: /{key} has no checksum (sha256); remake the file")
-        got = array_sha256(f[key])
-        if got != want:
-            raise CorruptFile(
-                f"{path}: /{key} does not match the checksum written when the file was completed (SHA-256 "
-                f"{got[:12]}…, expected {want[:12]}…): it was changed afterwards; delete it and rerun to remake it"
-            )
+        check_digest(path, key, array_sha256(f[key]), want)
+
+
+def check_digest(path: str | os.PathLike[str], key: str, got: str, want: str) -> None:
+    """Raise ``CorruptFile`` naming the file and the array ``key`` if its SHA-256 ``got`` is not ``want``."""
+    if got != want:
+        raise CorruptFile(
+            f"{path}: /{key} does not match the checksum written when the file was completed (SHA-256 "
+            f"{got[:12]}…, expected {want[:12]}…): it was changed afterwards; delete it and rerun to remake it"
+        )
 
 
 def expected_layout(split: str) -> str:
@@ -249,12 +256,18 @@ class ImageBatches:
 
     Rows are ``/<split>/images`` of an image file, or ``/<split>/moments`` of a latent cache (``key``).
 
-    Splits that fit in ``max_memory_bytes`` are read once into memory and batches are drawn from a
-    permutation per epoch. Larger splits are streamed: chunks are visited in a shuffled order, ``buffer_chunks``
-    at a time, and rows are shuffled within that buffer. Each buffer is read once, chunk by chunk, into memory
-    and its batches are indexed from there (reading scattered rows straight from the file would read a whole
-    chunk per row; bench/RESULTS.md, *Input pipeline*). The position in the stream and the generator's state are
-    ``state_dict``, so that a resumed run sees the same batches as an uninterrupted one.
+    Splits of up to ``max_memory_bytes`` are read row by row from the file (``core.rowfile``): their bytes sit
+    once in the page cache, shared by every process on the node, each process holds only its batches, and batches
+    are drawn from a permutation per epoch. Their checksums are verified when the loader is built. Larger splits,
+    and those whose rows are not plain bytes in the file (compressed files), are streamed: chunks are visited in
+    a shuffled order, ``buffer_chunks`` at a time, and rows are shuffled within that buffer. Each buffer is read
+    once, chunk by chunk, into memory and its batches are indexed from there (reading scattered rows through
+    h5py would read a whole chunk per row; bench/RESULTS.md, *Input pipeline*). The position in the stream and
+    the generator's state are ``state_dict``, so that a resumed run sees the same batches as an uninterrupted one.
+
+    ``batch_size`` is the global batch; ``share`` (a slice of it, ``core.distributed.Context.share``) makes
+    ``next()`` return only those rows of each global batch. Every rank draws the same global order from an
+    identically seeded generator, so the ranks stay in step and their shares together are the one-process batch.
     """
 
     def __init__(
@@ -266,31 +279,45 @@ class ImageBatches:
         max_memory_bytes: int = 8 << 30,
         buffer_chunks: int = 64,
         key: str = "images",
+        share: slice | None = None,
     ) -> None:
         self.path, self.split, self.batch_size, self.generator = Path(path), split, batch_size, generator
+        self.share = batch_share(share, batch_size)
         self.file = open_split(path, split, key)
         self.images_ds = self.file[f"{split}/{key}"]
         self.labels_ds = self.file[f"{split}/labels"]
         self.num_images = self.images_ds.shape[0]
         if self.num_images < batch_size:
             raise ValueError(f"split '{split}' of {path} has {self.num_images} images, fewer than batch {batch_size}")
-        self.in_memory = self.images_ds.size * self.images_ds.dtype.itemsize <= max_memory_bytes
-        if self.in_memory:  # read once, and checked against the file's checksums where it has them
-            self.images = self.images_ds[:]
-            self.labels = self.labels_ds[:]
-            for ds, rows in ((self.images_ds, self.images), (self.labels_ds, self.labels)):
-                want = ds.attrs.get("sha256")
-                if want is not None and hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest() != want:
-                    raise CorruptFile(
-                        f"{path}: /{split}/{ds.name.rsplit('/', 1)[-1]} does not match the checksum written when the "
-                        "file was completed: it was changed afterwards; delete it and rerun to remake it"
-                    )
+        self.rows_file: rowfile.RowFile | None = None
+        if self.images_ds.size * self.images_ds.dtype.itemsize <= max_memory_bytes:
+            try:
+                self.rows_file = rowfile.RowFile(path, self.images_ds)
+            except rowfile.NotPlainRows as why:
+                say_once(f"[data] {path}: /{split}/{key} cannot be read row by row ({why}); streaming it instead")
+            try:
+                self._verify()
+            except BaseException:
+                self.close()
+                raise
+        self.in_memory = self.rows_file is not None  # randomly accessible: one permutation of all rows per epoch
+        self.labels = self.labels_ds[:] if self.in_memory else None
         self.chunk = self.images_ds.chunks[0] if self.images_ds.chunks else 1024
         self.buffer_rows = buffer_chunks * self.chunk
         self.buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # streaming: loaded shuffle buffers
         self.order: torch.Tensor = torch.empty(0, dtype=torch.long)
         self.pos = 0
         self.epoch = 0
+
+    def _verify(self) -> None:
+        """Check the rows and labels against the file's checksums where it has them (read in blocks, not copied
+        whole), before any batch is drawn."""
+        for ds in (self.images_ds, self.labels_ds):
+            want = ds.attrs.get("sha256")
+            if want is not None:
+                direct = self.rows_file is not None and ds is self.images_ds
+                got = self.rows_file.sha256() if direct else array_sha256(ds)
+                check_digest(self.path, ds.name.lstrip("/"), got, want)
 
     def _new_epoch(self) -> None:
         """A fresh visiting order of all rows (in memory) or of chunk-buffers (streaming)."""
@@ -321,16 +348,17 @@ class ImageBatches:
         return ids, images, labels
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch of rows (uint8 NHWC images or float32 moments) and int64 labels.
+        """The next batch of rows (uint8 NHWC images or float32 moments) and int64 labels: this loader's share
+        of the next global batch.
 
         Batches never straddle epochs."""
         if self.pos + self.batch_size > len(self.order):
             self._new_epoch()
-        idx = self.order[self.pos : self.pos + self.batch_size].numpy()
-        which = np.arange(self.pos, self.pos + self.batch_size) // self.buffer_rows
+        idx = self.order[self.pos : self.pos + self.batch_size].numpy()[self.share]
+        which = (np.arange(self.pos, self.pos + self.batch_size) // self.buffer_rows)[self.share]
         self.pos += self.batch_size
-        if self.in_memory:
-            return self.images[idx], self.labels[idx]
+        if self.rows_file is not None:
+            return self.rows_file.gather(idx), self.labels[idx]
         return self._read_streamed(idx, which)
 
     def _read_streamed(self, idx: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -360,7 +388,32 @@ class ImageBatches:
         self.buffers = {}
 
     def close(self) -> None:
+        if self.rows_file is not None:
+            self.rows_file.close()
         self.file.close()
+
+
+def batch_share(share: slice | None, batch_size: int) -> slice:
+    """``share`` as a slice ``start:stop`` of a batch of ``batch_size`` (the whole batch for ``None``), checked
+    to be a non-empty run of consecutive rows."""
+    if share is None:
+        return slice(0, batch_size)
+    rows = range(batch_size)[share] if isinstance(share, slice) else range(0)
+    if rows.step != 1 or len(rows) == 0:
+        raise ValueError(
+            f"share must be a non-empty slice of consecutive rows of the batch of {batch_size}, got {share!r}"
+        )
+    return slice(rows.start, rows.stop)
+
+
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Print ``message`` to stderr the first time this process is asked to."""
+    if message not in _said:
+        _said.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 class Prefetcher:

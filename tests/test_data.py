@@ -181,3 +181,124 @@ def test_make_dataset_writes_atomically(tmp_path):
         make_shapes({"source": "shapes", "image_size": 8, "seed": 0}, str(out))  # no 'splits'
     assert out.read_bytes() == b"previous result"
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
+
+
+def sealed_file(path: Path, images: np.ndarray, chunks: tuple[int, ...] | None, reverse: bool = False, **kw) -> Path:
+    """A sealed split of ``images`` (labels = row numbers); ``reverse`` writes the chunks last to first, so that
+    they lie in the file in the opposite order to their rows."""
+    n, rows = len(images), (chunks or (len(images),))[0]
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("train/images", shape=images.shape, dtype=np.uint8, chunks=chunks, **kw)
+        starts = list(range(0, n, rows))
+        for a in reversed(starts) if reverse else starts:
+            ds[a : a + rows] = images[a : a + rows]
+        f.create_dataset("train/labels", data=np.arange(n, dtype=np.int64))
+        data.write_root_attrs(f, "dataset", images.shape[1], [], {})
+        data.seal(f)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["chunks in row order", "chunks in reverse order", "contiguous"])
+def test_rows_read_from_the_file_are_the_rows_of_the_order_and_its_checksum(tmp_path, layout):
+    """An uncompressed split is read row by row at the rows' file offsets, whatever the order of its chunks in the
+    file: batches are exactly the rows the permutation names, and the checksum read in blocks (here smaller than a
+    row) is the one ``seal`` wrote."""
+    images = np.random.default_rng(2).integers(0, 256, (53, 4, 4, 3), dtype=np.uint8)
+    chunks = None if layout == "contiguous" else (5, 4, 4, 3)
+    path = sealed_file(tmp_path / "m.h5", images, chunks, reverse=layout == "chunks in reverse order")
+    loader = data.ImageBatches(path, "train", 7, torch.Generator().manual_seed(4))
+    assert loader.rows_file is not None and loader.in_memory
+    with h5py.File(path, "r") as f:
+        if chunks:  # the chunks lie in the file in row order only if written in row order
+            offsets = [f["train/images"].id.get_chunk_info(i).byte_offset for i in range(11)]
+            assert (offsets == sorted(offsets)) == (layout == "chunks in row order")
+        assert loader.rows_file.sha256(block_bytes=100) == f["train/images"].attrs["sha256"]
+    for _ in range(20):  # nearly three epochs of 7 batches
+        pos = 0 if loader.pos + 7 > len(loader.order) else loader.pos
+        imgs, labs = loader.next()
+        idx = loader.order[pos : pos + 7].numpy()
+        assert np.array_equal(labs, idx) and np.array_equal(imgs, images[idx])
+    loader.close()
+
+
+def test_a_split_is_not_copied_into_the_process(tmp_path):
+    """Building the loader of a 96 MiB split (checksum included) and drawing batches adds neither a private copy
+    of it to the process nor its pages to the process's resident memory: the bytes stay in the page cache, shared
+    by every rank on the node. Reading the split and hashing a copy, as the loader did before, added twice its
+    size."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc to read the process's memory")
+    images = np.zeros((2048, 128, 128, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(2048) % 256
+    path = sealed_file(tmp_path / "big.h5", images, (21, 128, 128, 3))
+    del images
+
+    def mib() -> np.ndarray:  # private (anonymous) and all resident memory
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        return np.array([int(status[k].split()[0]) / 1024 for k in ("RssAnon", "VmRSS")])
+
+    before = mib()
+    loader = data.ImageBatches(path, "train", 32, torch.Generator().manual_seed(0))
+    for _ in range(64):  # a whole epoch
+        loader.next()
+    anon, rss = mib() - before
+    loader.close()
+    assert loader.in_memory and anon < 24 and rss < 24, f"the loader added {anon:.0f} MiB private, {rss:.0f} MiB RSS"
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_ranks_shares_together_are_the_one_process_batch(chunked_file, in_memory):
+    """World size 2: each rank's loader returns its half of every global batch (the second rank's half odd-sized
+    for a batch of 7), and the two halves concatenated are the one-process batch, over epoch boundaries (53 rows:
+    7 batches an epoch) and after a state_dict round trip, with and without the prefetch thread."""
+    path, _, _ = chunked_file
+    limit = (1 << 40) if in_memory else 0
+
+    def loader(share: slice | None = None) -> data.ImageBatches:
+        return data.ImageBatches(
+            path, "train", 7, torch.Generator().manual_seed(6), limit, buffer_chunks=2, share=share
+        )
+
+    one = loader()
+    assert one.in_memory == in_memory
+    expected = [one.next() for _ in range(24)]
+    one.close()
+    shares = (slice(0, 3), slice(3, 7))
+    ranks = [loader(shares[0]), data.Prefetcher(loader(shares[1]))]
+    got = [[r.next() for r in ranks] for _ in range(10)]
+    states = [r.state_dict() for r in ranks]
+    for r in ranks:
+        r.close()
+    resumed = [data.Prefetcher(loader(shares[0])), loader(shares[1])]
+    for r, state in zip(resumed, states, strict=True):
+        r.load_state_dict(state)
+    got += [[r.next() for r in resumed] for _ in range(14)]
+    for r in resumed:
+        r.close()
+    for (a, b), (images, labels) in zip(got, expected, strict=True):
+        assert (len(a[1]), len(b[1])) == (3, 4)
+        assert np.array_equal(np.concatenate([a[0], b[0]]), images)
+        assert np.array_equal(np.concatenate([a[1], b[1]]), labels)
+
+
+@pytest.mark.parametrize("share", [slice(0, 8, 2), slice(5, 5), slice(9, 12), 3])
+def test_a_share_that_is_not_a_run_of_the_batch_is_refused(chunked_file, share):
+    with pytest.raises(ValueError, match=r"share must be a non-empty slice of consecutive rows of the batch of 8"):
+        data.ImageBatches(chunked_file[0], "train", 8, torch.Generator(), share=share)
+
+
+@pytest.mark.parametrize("compression", [None, "lzf"])
+def test_a_changed_byte_is_named_before_the_first_batch(tmp_path, compression, capsys):
+    """One changed byte of a sealed split is found when the loader is built: read from the file, and for a
+    compressed split (whose rows cannot be read from the file; the loader says so and streams it) through h5py."""
+    images = np.random.default_rng(3).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    path = sealed_file(tmp_path / "c.h5", images, (5, 4, 4, 3), compression=compression)
+    loader = data.ImageBatches(path, "train", 8, torch.Generator())
+    assert loader.in_memory == (compression is None)
+    loader.close()
+    err = capsys.readouterr().err
+    assert ("cannot be read row by row (it is stored with filters (lzf))" in err) == (compression == "lzf")
+    with h5py.File(path, "a") as f:
+        f["train/images"][17, 2, 1, 0] ^= 1
+    with pytest.raises(data.CorruptFile, match=r"c\.h5: /train/images does not match the checksum"):
+        data.ImageBatches(path, "train", 8, torch.Generator())
