@@ -127,7 +127,7 @@ def training(path: Path, size: int, batch: int, steps: int, rounds: int, device:
         for _ in range(n):
             setting["wait"].before_batch()
             rows, labels = setting["loader"].next()
-            x0, y = training_lib.make_batch(rows, labels, recipe, share, setting["gen"], device)
+            x0, y = training_lib.make_batch(rows, labels, recipe, share, batch, setting["gen"], device)
             setting["wait"].batch_ready()
             training_lib.train_step(
                 setting["model"],

@@ -2,9 +2,9 @@
 
 - ``Levers``: the speed options of a ``train`` spec (bf16 autocast, TF32, channels-last, fused AdamW, compile).
 - ``lr_at``: the learning-rate schedule (linear warm-up, then constant or cosine to ``min_lr``).
-- ``make_batch``: a loader batch → (x₀, y) on the device: pixels to model range or a fresh latent z ~ q(z|x)
-  scaled, random flips, classifier-free label dropout — every rank draws the whole global batch's randomness and
-  keeps its share, so data-parallel training equals one process (``core.distributed``).
+- ``make_batch``: a rank's rows of a global batch → (x₀, y) on the device: pixels to model range or a fresh latent
+  z ~ q(z|x) scaled, random flips, classifier-free label dropout — every rank draws the whole global batch's
+  randomness and keeps its share, so data-parallel training equals one process (``core.distributed``).
 - ``train_step``: timesteps and noise, the ε-loss (``GaussianDiffusion.training_loss``), one collective (the mean
   loss and the stop flag), a finite-loss and finite-gradient check, clipping, AdamW, the EMA update.
 - ``EarlyStopping`` with ``Validation``: the validation ε-loss on a fixed batch and the stopping rule.
@@ -106,12 +106,15 @@ def make_batch(
     labels: np.ndarray,
     recipe: BatchRecipe,
     share: slice,
+    n_global: int,
     noise_gen: torch.Generator,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x₀, y) of this rank's ``share`` of a global batch of loader rows (uint8 images or latent moments)."""
-    n_global = len(rows)
-    rows, labels = rows[share], labels[share]
+    """(x₀, y) of this rank's ``share`` of a global batch of ``n_global`` rows, from the loader's rows of that share
+    (uint8 images or latent moments; ``ImageBatches(share=…)`` reads only these): the random draws are made for the
+    whole global batch and this rank keeps its share, so every rank stays in step with one process."""
+    if len(rows) != share.stop - share.start or len(labels) != len(rows):
+        raise ValueError(f"make_batch: {len(rows)} rows and {len(labels)} labels for the share {share} of {n_global}")
     if recipe.scale_factor is not None:  # a fresh z ~ q(z|x) from the cached posterior, scaled to unit variance
         mean, logvar = torch.as_tensor(rows).to(device, non_blocking=True).chunk(2, dim=1)
         eps = torch.randn((n_global, *mean.shape[1:]), generator=noise_gen, device=device)[share]

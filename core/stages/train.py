@@ -179,8 +179,9 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
     ema = EMA(model, float(ema_spec["decay"]), int(ema_spec["update_every"]), float(ema_spec["warmup_power"]))
     diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
     data_gen = torch.Generator().manual_seed(int(train["seed"]) + 1)
+    share = ctx.shard(int(train["batch_size"]))  # this rank reads only its rows of each global batch
     loader: data.ImageBatches | data.Prefetcher = data.ImageBatches(
-        data_path, "train", int(train["batch_size"]), data_gen, key=rows_key
+        data_path, "train", int(train["batch_size"]), data_gen, key=rows_key, share=share
     )
     if train["prefetch"]:
         loader = data.Prefetcher(loader)
@@ -216,7 +217,7 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
         diffusion,
         levers,
         recipe,
-        ctx.shard(int(train["batch_size"])),
+        share,
         validation,
         meta["identity_hash"],
     )
@@ -354,7 +355,8 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
             # ---- a step
             waiting.before_batch()
             rows, labels = state.loader.next()
-            x0, y = training.make_batch(rows, labels, s.recipe, s.share, state.noise_gen, device)
+            n_global = int(train["batch_size"])
+            x0, y = training.make_batch(rows, labels, s.recipe, s.share, n_global, state.noise_gen, device)
             waiting.batch_ready()
             lr = training.lr_at(state.step, train)
             try:
@@ -366,7 +368,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
                     state.ema,
                     x0,
                     y,
-                    len(rows),
+                    n_global,
                     s.share,
                     state.noise_gen,
                     s.levers,
@@ -382,7 +384,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
                 ) from None
             state.step += 1
             step = state.step
-            logs.step(step, total_steps, result, lr, len(rows), waiting.step_done())
+            logs.step(step, total_steps, result, lr, n_global, waiting.step_done())
 
             # ---- validation and early stopping
             improved = converged = False
