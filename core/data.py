@@ -12,9 +12,9 @@ Datasets hold ``train`` and ``val`` splits; a sample file holds one split named 
 a ``/trajectory`` group.
 
 Checksums: a file is ``seal``-ed when it is complete: each row array gets the SHA-256 of its bytes as the attribute
-``sha256`` and the root ``content_sha256`` digests them all. ``verify`` recomputes them (before a sample file is
-evaluated or shown, before a dataset held in memory is trained on), and ``content_sha256`` is the identity of the
-file's content that a model trained on it records.
+``sha256`` and the root ``content_sha256`` digests them all. ``verify`` recomputes them before a sample file is
+evaluated or shown, the training loader (``ImageBatches``) before it draws from a split of up to 8 GiB, and
+``content_sha256`` is the identity of the file's content that a model trained on it records.
 
 The latent cache of a dataset (``LATENT_LAYOUT``, written by ``core.stages.encode_latents``) has the same splits with
 ``/<split>/moments`` float32 (N, 2·C, h, w), the mean and log-variance of the autoencoder's posterior q(z|x)

@@ -1,5 +1,6 @@
 """The benchmark scripts run (tiny settings) and write the JSON that bench/RESULTS.md quotes; the loader
-benchmark's stand-in for the former streaming read returns the same batches as today's buffered read."""
+benchmark's stand-in for the former streaming read returns the same batches as today's buffered read, and the memory
+benchmark's memory-map alternative the same rows as the loader's reads."""
 
 import importlib.util
 import json
