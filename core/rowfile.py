@@ -100,7 +100,7 @@ class RowFile:
         return out
 
     def sha256(self, block_bytes: int = 8 << 20) -> str:
-        """SHA-256 of the array's bytes in C order (equal to ``core.data.array_sha256`` of the HDF5 array), read in
+        """SHA-256 of the array's bytes in C order (equal to ``core.checksums.array_sha256`` of the HDF5 array), read in
         blocks of ``block_bytes`` into one buffer."""
         h = hashlib.sha256()
         buffer = memoryview(bytearray(block_bytes))
