@@ -18,6 +18,9 @@ and draws ``--batches`` batches, as ``core.stages.train`` does:
 - ``mmap``: the same loader gathering rows from a read-only memory map of the file instead (``MappedRows``
   here, the alternative ``core.rowfile`` explains it did not take).
 
+Then one process builds ``core.training.Validation`` as every rank of ``core.stages.train`` does (full-a's
+early-stopping batch of 5,000 val images) and reports the private memory it adds.
+
 Each rank reports its peak RSS (``VmHWM``), its peak anonymous (private) memory (``RssAnon`` sampled every
 5 ms), its file-backed resident memory and proportional set size (PSS, shared pages divided among the processes
 that map them) at the end, the time to build the loader (open, read, verify) and batches/s. A setting whose
@@ -71,18 +74,20 @@ def mem_available_gib() -> float:
     raise KeyError("MemAvailable")
 
 
-def write_standin(path: Path, n: int, size: int) -> float:
-    """A sealed dataset file of ``n`` synthetic images (each block of 1024 rows distinct); returns seconds."""
+def write_standin(path: Path, n: int, size: int, n_val: int) -> float:
+    """A sealed dataset file of ``n`` train and ``n_val`` val synthetic images (each block of 1024 rows distinct);
+    returns seconds."""
     from core import data
 
     t0 = time.perf_counter()
     base = np.random.default_rng(0).integers(0, 256, (1024, size, size, 3), dtype=np.uint8)
     with h5py.File(path, "w") as f:
-        images, labels = data.create_split(f, "train", n, size)
-        for k, i in enumerate(range(0, n, 1024)):
-            m = min(1024, n - i)
-            images[i : i + m] = base[:m] + np.uint8(k % 256)
-            labels[i : i + m] = np.arange(i, i + m) % 100
+        for split, count in (("train", n), ("val", n_val)):
+            images, labels = data.create_split(f, split, count, size)
+            for k, i in enumerate(range(0, count, 1024)):
+                m = min(1024, count - i)
+                images[i : i + m] = base[:m] + np.uint8(k % 256)
+                labels[i : i + m] = np.arange(i, i + m) % 100
         data.write_root_attrs(f, "dataset", size, [f"c{k}" for k in range(100)], {"bench": "stand-in"})
         data.seal(f)
     return time.perf_counter() - t0
@@ -110,6 +115,26 @@ class MappedRows:
     def gather(self, idx: np.ndarray) -> np.ndarray:
         out = self.starts[self.rows.row_offsets[idx]].view(self.rows.dtype)
         return out.reshape(len(idx), *self.rows.shape[1:])
+
+
+def validation(args: argparse.Namespace) -> dict[str, Any]:
+    """The private memory of ``core.training.Validation`` as ``core.stages.train`` builds it on every rank: the
+    fixed early-stopping batch of ``--val-images`` images (full-a: 5,000), with its timesteps and noise."""
+    from core import training
+    from core.diffusion import GaussianDiffusion
+
+    diffusion = GaussianDiffusion.from_spec(
+        {"schedule": "linear", "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    )
+    before = status_kib("RssAnon")
+    val = training.Validation(str(args.data), "images", args.val_images, diffusion, None, None, 0)
+    tensors = sum(t.numel() * t.element_size() for t in (val.x0, val.noise, val.t))
+    return {
+        "images": len(val.x0),
+        "private_added_gib": (status_kib("RssAnon") - before) / 2**20,
+        "tensors_gib": tensors / 2**30,
+        "peak_rss_gib": status_kib("VmHWM") / 2**20,
+    }
 
 
 def rank(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,7 +231,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128, help="image size (full-a: 128)")
     p.add_argument("--batch", type=int, default=32, help="global batch (full-a: 32)")
     p.add_argument("--batches", type=int, default=200, help="batches each rank draws")
-    p.add_argument("--procs", type=int, nargs="+", default=[1, 4], help="ranks at once")
+    p.add_argument("--procs", type=int, nargs="*", default=[1, 4], help="ranks at once (none: validation only)")
+    p.add_argument("--val-images", type=int, default=5000, help="val images (ImageNet-100's; full-a validates 5,000)")
     p.add_argument("--variants", nargs="+", default=["old", "new", "mmap"], choices=["old", "new", "mmap"])
     p.add_argument("--old-ref", default="7d1676d", help="git revision of the old core/data.py")
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "in100-standin.h5")
@@ -219,7 +245,7 @@ def main() -> None:
     args = p.parse_args()
     if args.rank_of:
         args.world = args.rank_of
-        print(json.dumps(rank(args)))
+        print(json.dumps(validation(args) if args.variant == "validation" else rank(args)))
         return
     from core.provenance import code_version, write_json
 
@@ -240,13 +266,21 @@ def main() -> None:
         "split_gib": args.images * args.size * args.size * 3 / 2**30,
     }
     if not args.data.exists():
-        results["write_s"] = write_standin(args.data, args.images, args.size)
+        results["write_s"] = write_standin(args.data, args.images, args.size, args.val_images)
         print(f"wrote {args.data} ({args.data.stat().st_size / 2**30:.2f} GiB) in {results['write_s']:.0f} s")
     old_module = old_data_module(args.old_ref)
     try:
         results["settings_run"] = [
             run_setting(args, variant, world, old_module) for world in args.procs for variant in args.variants
         ]
+        cmd = [sys.executable, __file__, "--rank-of", "1", "--variant", "validation", "--data", str(args.data)]
+        out = subprocess.run([*cmd, "--val-images", str(args.val_images)], check=True, capture_output=True, text=True)
+        results["validation"] = json.loads(out.stdout)
+        print(
+            f"validation batch of {results['validation']['images']} images: "
+            f"{results['validation']['private_added_gib']:.2f} GiB private per rank",
+            flush=True,
+        )
     finally:
         old_module.unlink()
         if not args.keep:

@@ -91,7 +91,21 @@ def test_memory_benchmarks_mapped_rows_are_the_loaders_rows(tmp_path):
 @pytest.mark.slow
 def test_bench_data_memory_writes_its_ranks(tmp_path):
     out, standin = tmp_path / "memory.json", tmp_path / "standin.h5"
-    args = ["--images", "300", "--size", "16", "--batch", "8", "--batches", "3", "--procs", "1", "2"]
+    args = [
+        "--images",
+        "300",
+        "--val-images",
+        "20",
+        "--size",
+        "16",
+        "--batch",
+        "8",
+        "--batches",
+        "3",
+        "--procs",
+        "1",
+        "2",
+    ]
     cmd = [sys.executable, "bench/bench_data_memory.py", *args, "--data", str(standin), "--out", str(out)]
     subprocess.run(cmd, cwd=ROOT, check=True)
     result = json.loads(out.read_text())
@@ -103,4 +117,6 @@ def test_bench_data_memory_writes_its_ranks(tmp_path):
         assert [r["rows_per_batch"] for r in ranks] == [8 // len(ranks)] * len(ranks)
         assert all(r["rows_read_from_file"] == (setting["variant"] != "old") for r in ranks)
         assert all(r["peak_rss_gib"] >= r["peak_anon_gib"] > 0 and r["batches_per_s"] > 0 for r in ranks)
+    val = result["validation"]
+    assert val["images"] == 20 and val["tensors_gib"] == pytest.approx((2 * 20 * 3 * 16 * 16 * 4 + 20 * 8) / 2**30)
     assert not standin.exists()  # the stand-in is deleted unless --keep
