@@ -75,7 +75,9 @@ class RowFile:
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
         rows, offsets = _block_offsets(ds)
         size = self.path.stat().st_size
-        if self.shape[0] == 0 or int(offsets.max()) + rows * self.row_bytes > size:
+        if self.shape[0] == 0:
+            raise NotPlainRows("it has no rows")
+        if int(offsets.max()) + rows * self.row_bytes > size:
             raise NotPlainRows(f"its blocks reach past the end of the file ({size} bytes)")
         r = np.arange(self.shape[0], dtype=np.int64)
         self.row_offsets = offsets[r // rows] + (r % rows) * self.row_bytes  # file offset of each row
@@ -98,7 +100,7 @@ class RowFile:
         return out
 
     def sha256(self, block_bytes: int = 8 << 20) -> str:
-        """SHA-256 of the array's bytes in C order (equal to ``core.data.array_sha256`` of the HDF5 array), read in
+        """SHA-256 of the array's bytes in C order (equal to ``core.checksums.array_sha256`` of the HDF5 array), read in
         blocks of ``block_bytes`` into one buffer."""
         h = hashlib.sha256()
         buffer = memoryview(bytearray(block_bytes))

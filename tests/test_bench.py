@@ -1,5 +1,6 @@
 """The benchmark scripts run (tiny settings) and write the JSON that bench/RESULTS.md quotes; the loader
-benchmark's stand-in for the former streaming read returns the same batches as today's buffered read."""
+benchmark's stand-in for the former streaming read returns the same batches as today's buffered read, and the memory
+benchmark's memory-map alternative the same rows as the loader's reads."""
 
 import importlib.util
 import json
@@ -93,3 +94,56 @@ def test_gpu_check_dry_run_on_the_cpu_runs_every_step_and_records_each_at_once(t
     assert {r["levers"] for r in shapes["levers"]} == {"bf16"}
     assert all(r["median_step_s"] > 0 and r["peak_mem_mib"] > 0 for r in shapes["train"] + shapes["levers"])
     assert 'failures="0"' in (out / "critical.xml").read_text()
+
+
+def test_memory_benchmarks_mapped_rows_are_the_loaders_rows(tmp_path):
+    """The memory benchmark's memory-map alternative gathers the same rows as the loader's reads, for chunks in
+    and out of row order, so that it compares two ways of reading the same data."""
+    path = tmp_path / "d.h5"
+    images = np.random.default_rng(0).integers(0, 256, (97, 4, 4, 3), dtype=np.uint8)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("train/images", shape=images.shape, dtype=np.uint8, chunks=(6, 4, 4, 3))
+        for a in reversed(range(0, 97, 6)):
+            ds[a : a + 6] = images[a : a + 6]
+        f.create_dataset("train/labels", data=np.arange(97, dtype=np.int64))
+        data.write_root_attrs(f, "dataset", 4, [], {})
+    loader = data.ImageBatches(path, "train", 9, torch.Generator())
+    mapped = load_script("bench_data_memory").MappedRows(loader.rows_file)
+    idx = np.random.default_rng(1).permutation(97)
+    assert np.array_equal(mapped.gather(idx), images[idx]) and np.array_equal(loader.rows_file.gather(idx), images[idx])
+    del mapped
+    loader.close()
+
+
+@pytest.mark.slow
+def test_bench_data_memory_writes_its_ranks(tmp_path):
+    out, standin = tmp_path / "memory.json", tmp_path / "standin.h5"
+    args = [
+        "--images",
+        "300",
+        "--val-images",
+        "20",
+        "--size",
+        "16",
+        "--batch",
+        "8",
+        "--batches",
+        "3",
+        "--procs",
+        "1",
+        "2",
+    ]
+    cmd = [sys.executable, "bench/bench_data_memory.py", *args, "--data", str(standin), "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    result = json.loads(out.read_text())
+    assert [(s["variant"], s["processes"]) for s in result["settings_run"]] == [
+        (v, n) for n in (1, 2) for v in ("old", "new", "mmap")
+    ]
+    for setting in result["settings_run"]:
+        ranks = setting["ranks"]
+        assert [r["rows_per_batch"] for r in ranks] == [8 // len(ranks)] * len(ranks)
+        assert all(r["rows_read_from_file"] == (setting["variant"] != "old") for r in ranks)
+        assert all(r["peak_rss_gib"] >= r["peak_anon_gib"] > 0 and r["batches_per_s"] > 0 for r in ranks)
+    val = result["validation"]
+    assert val["images"] == 20 and val["tensors_gib"] == pytest.approx((2 * 20 * 3 * 16 * 16 * 4 + 20 * 8) / 2**30)
+    assert not standin.exists()  # the stand-in is deleted unless --keep

@@ -302,3 +302,22 @@ def test_a_changed_byte_is_named_before_the_first_batch(tmp_path, compression, c
         f["train/images"][17, 2, 1, 0] ^= 1
     with pytest.raises(data.CorruptFile, match=r"c\.h5: /train/images does not match the checksum"):
         data.ImageBatches(path, "train", 8, torch.Generator())
+
+
+def test_latent_moments_are_read_from_the_file_bit_for_bit(tmp_path):
+    """float32 rows (a latent cache's moments) are read at their offsets as exactly the bytes h5py returns,
+    and their checksum is verified."""
+    moments = np.random.default_rng(5).standard_normal((23, 6, 2, 2)).astype(np.float32)
+    path = tmp_path / "lat.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/moments", data=moments, chunks=(5, 6, 2, 2))
+        f.create_dataset("train/labels", data=np.arange(23, dtype=np.int64))
+        f.attrs["layout"] = data.LATENT_LAYOUT
+        data.seal(f)
+    loader = data.ImageBatches(path, "train", 4, torch.Generator().manual_seed(1), key="moments", share=slice(1, 3))
+    assert loader.rows_file is not None
+    for _ in range(12):  # two epochs of 5 batches
+        rows, labels = loader.next()
+        assert rows.dtype == np.float32 and rows.shape == (2, 6, 2, 2)
+        assert np.array_equal(rows.view(np.uint32), moments[labels].view(np.uint32))
+    loader.close()
