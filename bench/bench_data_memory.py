@@ -128,9 +128,9 @@ def validation(args: argparse.Namespace) -> dict[str, Any]:
     )
     before = status_kib("RssAnon")
     val = training.Validation(str(args.data), "images", args.val_images, diffusion, None, None, 0)
-    tensors = sum(t.numel() * t.element_size() for t in (val.x0, val.noise, val.t))
+    tensors = val.rows.nbytes + sum(t.numel() * t.element_size() for t in (val.labels, val.t))
     return {
-        "images": len(val.x0),
+        "images": len(val.rows),
         "private_added_gib": (status_kib("RssAnon") - before) / 2**20,
         "tensors_gib": tensors / 2**30,
         "peak_rss_gib": status_kib("VmHWM") / 2**20,

@@ -88,9 +88,15 @@ def test_two_gloo_processes_stop_early_together_at_the_one_process_step(tiny_spe
     spec["train"] = {**spec["train"], "batch_size": 8, "early_stopping": early}
     _train(spec, str(tiny_dataset), str(tmp_path / "one"), 1)
     _train(spec, str(tiny_dataset), str(tmp_path / "two"), 2)  # a rank that ran on would hang its collectives
+    val_losses = {}
     for run in ("one", "two"):
         with open(tmp_path / run / "val_log.csv", newline="") as fh:
-            assert [int(r["step"]) for r in csv.DictReader(fh)] == [2, 4]
+            rows = list(csv.DictReader(fh))
+        assert [int(r["step"]) for r in rows] == [2, 4]
+        val_losses[run] = [float(r["val_loss"]) for r in rows]
+    # each rank evaluates half of the validation images; the mean over both is the one-process loss
+    assert val_losses["two"] == pytest.approx(val_losses["one"], rel=1e-4)
+    for run in ("one", "two"):
         assert len(_losses(tmp_path / run)) == 4
         assert torch.load(tmp_path / run / "ckpt" / "best.pt", weights_only=False)["step"] == 2
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,6 +234,30 @@ def test_best_checkpoint_has_the_lowest_logged_validation_loss(tiny_spec, tiny_d
     diffusion = GaussianDiffusion.from_spec(spec["diffusion"])
     val = training.Validation(str(tiny_dataset), "images", 16, diffusion, torch.device("cpu"), None, 5)
     assert val.loss(model, 5) == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
+
+
+def test_the_validation_batch_is_held_compactly_and_does_not_depend_on_the_batch_size(tiny_spec, tiny_dataset):
+    """Issue 21 (a rank's memory): the fixed validation batch keeps its rows as stored (uint8), not float copies of
+    images and noise; each image's noise comes from its own seed, so the loss is the same for any batch size and
+    equals the loss computed image by image from those draws."""
+    diffusion = GaussianDiffusion.from_spec(tiny_spec["diffusion"])
+    val = training.Validation(str(tiny_dataset), "images", 16, diffusion, torch.device("cpu"), None, 5)
+    assert val.rows.dtype == np.uint8 and not hasattr(val, "noise")
+    torch.manual_seed(0)
+    from core.models import build_model
+
+    model = build_model(tiny_spec, 8, 3, 5)
+    by_5, by_16 = val.loss(model, 5), val.loss(model, 16)
+    assert by_5 == pytest.approx(by_16, rel=1e-6)
+    singles = []
+    for i in range(16):
+        x0, y, t, noise = val.inputs(slice(i, i + 1))
+        with torch.no_grad():
+            singles.append(float(diffusion.training_loss(model.eval(), x0, y, t=t, noise=noise)))
+    assert by_16 == pytest.approx(sum(singles) / 16, rel=1e-6)
+    *_, noise_a = val.inputs(slice(3, 5))
+    *_, noise_b = val.inputs(slice(0, 8))
+    assert torch.equal(noise_a, noise_b[3:5])  # an image's noise is its own, whatever batch it is drawn in
 
 
 def test_early_stopping_resumes_to_the_uninterrupted_validation_log(tiny_spec, tiny_dataset, tmp_path):

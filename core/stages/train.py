@@ -190,7 +190,7 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
     if "early_stopping" in train:
         early = training.EarlyStopping(train["early_stopping"])
         n_val = int(train["early_stopping"]["num_images"])
-        validation = training.Validation(data_path, rows_key, n_val, diffusion, device, scale, num_classes)
+        validation = training.Validation(data_path, rows_key, n_val, diffusion, device, scale, num_classes, ctx)
     meta = {
         "spec": spec,
         "spec_hash": identity["spec_hash"],
