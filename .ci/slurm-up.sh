@@ -11,11 +11,16 @@
 #   SLURM_CI_GPUS  fake GPUs the node advertises (default 2): GRES `gpu` backed by character devices that are
 #                  copies of /dev/null, so jobs get --gres=gpu:G, CUDA_VISIBLE_DEVICES and SLURM_GPUS_ON_NODE
 #                  like on a GPU node (and must train on the CPU: DIFFUSION_STUDY_DEVICE=cpu)
+#   SLURM_CI_NODES 1 (default): one node named after the host; 2: two nodes ci1 and ci2 on this host (two slurmd,
+#                  -N ci1/ci2, addresses 127.0.0.1/127.0.0.2, ports 6818/6819), each with all CPUs and half the
+#                  memory, for the multi-node launch (.ci/slurm-gpu-e2e.sh); run again without it to go back
 set -euo pipefail
 
 CI_DIR=${SLURM_CI_DIR:-/tmp/slurm-ci}
 WAIT=${SLURM_CI_WAIT:-60}
 GPUS=${SLURM_CI_GPUS:-2}
+NODES=${SLURM_CI_NODES:-1}
+case "$NODES" in 1 | 2) ;; *) echo "[slurm-up] SLURM_CI_NODES must be 1 or 2, not '$NODES'"; exit 1 ;; esac
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 GRES_CONF=$CONF_DIR/gres.conf
@@ -25,7 +30,7 @@ log() { printf '[slurm-up] %s\n' "$*"; }
 
 dump_logs() {
     log "FAILED; daemon logs follow"
-    for f in "$CI_DIR/slurmctld.log" "$CI_DIR/slurmd.log" "$CI_DIR/munged.log"; do
+    for f in "$CI_DIR/slurmctld.log" "$CI_DIR"/slurmd*.log "$CI_DIR/munged.log"; do
         [ -f "$f" ] && { echo "----- $f (last 60 lines)"; tail -n 60 "$f"; }
     done
     echo "----- sinfo"; sinfo 2>&1 || true
@@ -100,6 +105,25 @@ HEADROOM=$((MEM_TOTAL / 10 > 512 ? MEM_TOTAL / 10 : 512))
 REAL_MEM=$((MEM_TOTAL - HEADROOM > 256 ? MEM_TOTAL - HEADROOM : 256))
 DEF_MEM=$((REAL_MEM / CPUS / 4 > 256 ? REAL_MEM / CPUS / 4 : 256))
 
+# One node named after the host, or ci1 and ci2: two slurmd on this host, told apart by address and port
+# (per-node spool, pid and log files: %n)
+if [ "$NODES" = 1 ]; then
+    NODE_NAMES=("$NODE")
+    SUFFIX=""
+    NODE_LINES="NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$REAL_MEM Gres=gpu:$GPUS State=UNKNOWN"
+else
+    NODE_NAMES=(ci1 ci2)
+    SUFFIX="-%n"
+    NODE_LINES=""
+    for k in 1 2; do
+        NODE_LINES+="NodeName=ci$k NodeAddr=127.0.0.$k NodeHostname=$NODE Port=$((6817 + k)) CPUs=$CPUS"
+        NODE_LINES+=" RealMemory=$((REAL_MEM / 2)) Gres=gpu:$GPUS State=UNKNOWN"$'\n'
+    done
+    NODE_LINES=${NODE_LINES%$'\n'}
+fi
+NODE_LIST=$(IFS=,; echo "${NODE_NAMES[*]}")
+pidfile() { if [ "$NODES" = 1 ]; then echo "$CI_DIR/slurmd.pid"; else echo "$CI_DIR/slurmd-$1.pid"; fi; }
+
 if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF" && [ ! -f "$CONF.pre-ci" ]; then
     log "keeping the existing $CONF as $CONF.pre-ci"
     cp -p "$CONF" "$CONF.pre-ci"
@@ -135,24 +159,26 @@ KillWait=30
 SlurmdTimeout=300
 InactiveLimit=0
 StateSaveLocation=$CI_DIR/state
-SlurmdSpoolDir=$CI_DIR/spool
+SlurmdSpoolDir=$CI_DIR/spool$SUFFIX
 SlurmctldPidFile=$CI_DIR/slurmctld.pid
-SlurmdPidFile=$CI_DIR/slurmd.pid
+SlurmdPidFile=$CI_DIR/slurmd$SUFFIX.pid
 SlurmctldLogFile=$CI_DIR/slurmctld.log
-SlurmdLogFile=$CI_DIR/slurmd.log
+SlurmdLogFile=$CI_DIR/slurmd$SUFFIX.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # Fake GPUs (gres.conf, AutoDetect=off): jobs request them as on a GPU cluster; nothing can use them
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$REAL_MEM Gres=gpu:$GPUS State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+$NODE_LINES
+PartitionName=debug Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP
 EOF
 
 NEW_GRES=$(mktemp)
 {
     echo "$MARKER; edits are overwritten."
     echo "AutoDetect=off"
-    [ "$GPUS" -gt 0 ] && echo "NodeName=$NODE Name=gpu File=$CI_DIR/dev/gpu[0-$((GPUS - 1))]"
+    if [ "$GPUS" -gt 0 ]; then
+        for n in "${NODE_NAMES[@]}"; do echo "NodeName=$n Name=gpu File=$CI_DIR/dev/gpu[0-$((GPUS - 1))]"; done
+    fi
 } >"$NEW_GRES"
 
 CONF_CHANGED=0
@@ -166,18 +192,18 @@ rm -f "$NEW_GRES"
 if ! cmp -s "$NEW_CONF" "$CONF"; then
     install -m 0644 "$NEW_CONF" "$CONF"
     CONF_CHANGED=1
-    log "wrote $CONF (node $NODE: CPUs=$CPUS RealMemory=${REAL_MEM}MB of ${MEM_TOTAL}MB)"
+    log "wrote $CONF (node(s) $NODE_LIST: CPUs=$CPUS RealMemory=${REAL_MEM}MB of ${MEM_TOTAL}MB in all)"
 fi
 rm -f "$NEW_CONF"
 
 # ---------------------------------------------------------------- daemons
 if [ "$CONF_CHANGED" = 1 ]; then
     # a running daemon would keep the old configuration: stop ours before starting again
-    for d in slurmd slurmctld; do
-        if alive "$CI_DIR/$d.pid"; then
-            log "config changed, stopping $d"
-            kill "$(cat "$CI_DIR/$d.pid")"
-            for _ in $(seq 20); do alive "$CI_DIR/$d.pid" || break; sleep 0.5; done
+    for f in "$CI_DIR"/slurmd*.pid "$CI_DIR/slurmctld.pid"; do
+        if alive "$f"; then
+            log "config changed, stopping $(basename "$f" .pid)"
+            kill "$(cat "$f")"
+            for _ in $(seq 20); do alive "$f" || break; sleep 0.5; done
         fi
     done
 fi
@@ -190,23 +216,30 @@ else
     log "starting slurmctld (clean state)"
     slurmctld -c || { dump_logs; exit 1; }
 fi
-if alive "$CI_DIR/slurmd.pid"; then
-    log "slurmd already running (pid $(cat "$CI_DIR/slurmd.pid"))"
-else
-    log "starting slurmd"
-    slurmd || { dump_logs; exit 1; }
-fi
+for n in "${NODE_NAMES[@]}"; do
+    if alive "$(pidfile "$n")"; then
+        log "slurmd of $n already running (pid $(cat "$(pidfile "$n")"))"
+    elif [ "$NODES" = 1 ]; then
+        log "starting slurmd"
+        slurmd || { dump_logs; exit 1; }
+    else
+        log "starting slurmd -N $n"
+        slurmd -N "$n" || { dump_logs; exit 1; }
+    fi
+done
 
 # ---------------------------------------------------------------- wait until usable
 deadline=$((SECONDS + WAIT))
 state=""
 while [ $SECONDS -lt $deadline ]; do
-    state=$(sinfo -h -o %T 2>/dev/null | head -n1 || true)
+    # the worst state of any node (sinfo -N: one line per node)
+    state=$(sinfo -h -N -o %T 2>/dev/null | sort | grep -vE '^(idle|mixed|allocated)$' | head -n1 || true)
+    [ -z "$state" ] && [ "$(sinfo -h -N -o %T 2>/dev/null | wc -l)" -ge "$NODES" ] && state=idle
     case "$state" in
     idle | mixed | allocated) break ;;
     down* | drain* | fail*)
         # e.g. left DOWN by an earlier unclean stop: bring it back
-        scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true ;;
+        scontrol update NodeName="$NODE_LIST" State=RESUME 2>/dev/null || true ;;
     esac
     sleep 1
 done
@@ -215,8 +248,8 @@ idle | mixed | allocated) ;;
 *) log "node state is '${state:-unknown}' after ${WAIT}s"; dump_logs; exit 1 ;;
 esac
 
-if ! timeout $((deadline - SECONDS > 15 ? deadline - SECONDS : 15)) srun -N1 true; then
-    log "srun -N1 true failed"
+if ! timeout $((deadline - SECONDS > 15 ? deadline - SECONDS : 15)) srun -N"$NODES" true; then
+    log "srun -N$NODES true failed"
     dump_logs
     exit 1
 fi

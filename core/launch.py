@@ -16,7 +16,7 @@ supervises one ``torchrun`` per node as above with a c10d rendezvous on the allo
 forwards SIGUSR1/SIGTERM to the agents (and SLURM signals every process of the step anyway).
 
 Inside a SLURM job step the allocation is checked before anything starts: GPUs on this node
-(``SLURM_GPUS_ON_NODE``) must equal ``--gpus`` and nodes (``SLURM_JOB_NUM_NODES``) ``--nodes``. Commands are
+(``SLURM_GPUS_ON_NODE``) must equal ``--gpus`` and the job's nodes (``scontrol show job``) ``--nodes``. Commands are
 argument lists: no value reaches a shell. Planning code imports this module (gpu_gres, cpus_per_node): no torch.
 """
 
@@ -69,14 +69,7 @@ def check_allocation(gpus: int, nodes: int, env: Mapping[str, str]) -> None:
     """Inside a SLURM job step, fail unless it has ``gpus`` GPUs on this node and ``nodes`` nodes; else do nothing."""
     if "SLURM_JOB_ID" not in env or "SLURM_STEP_ID" not in env:
         return
-    # The SLURM executor's step drops SLURM_JOB_NUM_NODES, and its SLURM_NNODES counts the step's nodes (1): count
-    # the job's node list then.
-    if env.get("SLURM_JOB_NUM_NODES"):
-        seen_nodes = int(env["SLURM_JOB_NUM_NODES"])
-    elif env.get("SLURM_JOB_NODELIST"):
-        seen_nodes = len(hostnames(env["SLURM_JOB_NODELIST"]))
-    else:
-        seen_nodes = int(env.get("SLURM_NNODES") or 1)
+    seen_nodes = len(job_nodes(env))
     seen_gpus = int(env.get("SLURM_GPUS_ON_NODE") or 0)
     problems = []
     if seen_gpus != gpus:
@@ -85,7 +78,7 @@ def check_allocation(gpus: int, nodes: int, env: Mapping[str, str]) -> None:
         )
     if seen_nodes != nodes:
         problems.append(
-            f"--nodes {nodes} but the job has {seen_nodes} node(s) (SLURM_JOB_NUM_NODES/SLURM_JOB_NODELIST)"
+            f"--nodes {nodes} but the job has {seen_nodes} node(s) (scontrol show job {env['SLURM_JOB_ID']})"
         )
     if problems:
         raise AllocationMismatch(
@@ -101,9 +94,25 @@ def hostnames(nodelist: str) -> list[str]:
     return out.stdout.split()
 
 
-def first_node(nodelist: str) -> str:
-    """The first host of a SLURM node list."""
-    return hostnames(nodelist)[0]
+def job_nodes(env: Mapping[str, str]) -> list[str]:
+    """The hosts of the job ``SLURM_JOB_ID`` (``scontrol show job``): inside the SLURM executor's job step the
+    environment describes the step (one node), not the job."""
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", env["SLURM_JOB_ID"]], capture_output=True, text=True, check=True
+    )
+    for field in out.stdout.split():
+        if field.startswith("NodeList="):
+            return hostnames(field.removeprefix("NodeList="))
+    raise RuntimeError(f"scontrol show job {env['SLURM_JOB_ID']} gives no NodeList: {out.stdout.strip()}")
+
+
+def node_address(node: str) -> str:
+    """The address SLURM reaches ``node`` at (its ``NodeAddr``; the node name where none is set)."""
+    out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True, check=True)
+    for field in out.stdout.split():
+        if field.startswith("NodeAddr="):
+            return field.removeprefix("NodeAddr=") or node
+    return node
 
 
 def _check(stage: str, gpus: int, nodes: int) -> None:
@@ -136,9 +145,10 @@ def command(
 
 
 def agent_command(stage: str, args: list[str], gpus: int, nodes: int, env: Mapping[str, str]) -> list[str]:
-    """The torchrun one node agent starts: ``gpus`` workers joining a c10d rendezvous on the job's first node."""
+    """The torchrun one node agent starts: ``gpus`` workers joining a c10d rendezvous on the job's first node (at
+    its SLURM address: the node name need not resolve)."""
     _check(stage, gpus, nodes)
-    head = first_node(env["SLURM_JOB_NODELIST"])
+    head = node_address(job_nodes(env)[0])
     return [
         "torchrun",
         "--nnodes",
@@ -155,6 +165,16 @@ def agent_command(stage: str, args: list[str], gpus: int, nodes: int, env: Mappi
         f"core.stages.{stage}",
         *args,
     ]
+
+
+# what a nested srun may inherit: the job's identity, not the enclosing step's layout (one task on one node)
+SRUN_KEEP = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_CONF", "SLURM_SUBMIT_DIR", "SLURM_SUBMIT_HOST")
+
+
+def srun_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the enclosing step's SLURM_*/SRUN_*/SBATCH_* settings: srun then takes the job's allocation
+    from the controller (with the step's SLURM_NNODES=1 it refuses: "Only allocated 1 nodes asked for 2")."""
+    return {k: v for k, v in env.items() if k in SRUN_KEEP or not k.startswith(("SLURM_", "SRUN_", "SBATCH_"))}
 
 
 def descendants(pid: int) -> list[int]:
@@ -178,7 +198,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def supervise(cmd: list[str], own_group: bool = True) -> int:
+def supervise(cmd: list[str], own_group: bool = True, env: Mapping[str, str] | None = None) -> int:
     """Run ``cmd``, forwarding SIGUSR1/SIGTERM to it; the exit status to report (75 after a forwarded signal).
 
     ``own_group``: start ``cmd`` (torchrun) in a new process group with SIGUSR1 ignored and forward both signals as
@@ -209,7 +229,10 @@ def supervise(cmd: list[str], own_group: bool = True) -> int:
     try:
         sys.stdout.flush()
         proc = subprocess.Popen(
-            cmd, process_group=0 if own_group else None, preexec_fn=ignore_usr1 if own_group else None
+            cmd,
+            process_group=0 if own_group else None,
+            preexec_fn=ignore_usr1 if own_group else None,
+            env=None if env is None else dict(env),
         )
         if received:  # a signal that came while starting: pass it on now
             forward(received[-1], None)
@@ -246,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     if cmd[0] == sys.executable:  # one process: no wrapper, the stage gets the signals itself
         sys.stdout.flush()
         os.execvp(cmd[0], cmd)
-    sys.exit(supervise(cmd, own_group=cmd[0] != "srun"))
+    if cmd[0] == "srun":
+        sys.exit(supervise(cmd, own_group=False, env=srun_env(os.environ)))
+    sys.exit(supervise(cmd))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def test_shard_and_launcher(monkeypatch):
         Context(0, 2).shard(9)
     assert launch.command("train", ["--x", "a b"]) == [sys.executable, "-m", "core.stages.train", "--x", "a b"]
     assert launch.command("sample", [], gpus=4)[:4] == ["torchrun", "--standalone", "--nproc-per-node", "4"]
-    monkeypatch.setattr(launch, "first_node", lambda nodelist: nodelist.split(",")[0])
+    monkeypatch.setattr(launch, "job_nodes", lambda env: ["n1", "n2"])
+    monkeypatch.setattr(launch, "node_address", lambda node: node)
     multi = launch.command(
         "train", ["--spec", "$(touch x)"], 4, 2, {"SLURM_JOB_NODELIST": "n1,n2", "SLURM_JOB_ID": "7"}
     )

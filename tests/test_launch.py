@@ -95,13 +95,14 @@ def test_commands_for_one_process_one_node_and_several_nodes(monkeypatch):
     assert launch.command("sample", ["--y"], gpus=4) == [
         "torchrun", "--standalone", "--nproc-per-node", "4", "-m", "core.stages.sample", "--y"
     ]  # fmt: skip
-    env = {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "32"}
+    env = {"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "32"}
     multi = launch.command("train", ["--spec", "$(touch x)"], 4, 2, env)
     step = ["srun", "--overlap", "--nodes", "2", "--ntasks", "2", "--ntasks-per-node", "1", "--cpus-per-task", "32"]
     assert multi[: len(step) + 3] == [*step, "--gres=gpu:4", "--mem=0", "--kill-on-bad-exit=1"]
     agent = [sys.executable, "-m", "core.launch", "--node-agent", "--gpus", "4", "--nodes", "2", "train"]
     assert multi[len(step) + 3 :] == [*agent, "--spec", "$(touch x)"]  # arguments stay arguments: no shell
-    monkeypatch.setattr(launch, "first_node", lambda nodelist: "n1")
+    monkeypatch.setattr(launch, "job_nodes", lambda env: {"7": ["n1", "n2"]}[env["SLURM_JOB_ID"]])
+    monkeypatch.setattr(launch, "node_address", lambda node: {"n1": "n1"}[node])
     per_node = launch.agent_command("train", ["--spec", "s"], 4, 2, env)
     assert per_node == [
         "torchrun", "--nnodes", "2", "--nproc-per-node", "4", "--rdzv-id", "7", "--rdzv-backend", "c10d",
@@ -119,26 +120,22 @@ def test_gres_and_cpus_for_the_rules():
 
 
 STEP = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0"}
+JOBS = {"42": ["n1"], "43": ["n1", "n2"], "44": ["n1", "n2", "n3"]}  # scontrol show job: the job's nodes
 
 
 @pytest.mark.parametrize(
     ("gpus", "nodes", "env", "named"),
     [
-        (4, 1, {**STEP, "SLURM_GPUS_ON_NODE": "1", "SLURM_JOB_NUM_NODES": "1"}, ["--gpus 4", "SLURM_GPUS_ON_NODE=1"]),
-        (1, 1, {**STEP, "SLURM_JOB_NUM_NODES": "1"}, ["--gpus 1", "SLURM_GPUS_ON_NODE=(unset"]),
-        (4, 2, {**STEP, "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NUM_NODES": "1"}, ["--nodes 2", "has 1 node"]),
-        # as the SLURM executor's step sees it: no SLURM_JOB_NUM_NODES, SLURM_NNODES=1 (the step's), 2 job nodes
-        (
-            4,
-            1,
-            {**STEP, "SLURM_GPUS_ON_NODE": "4", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "n[1-2]"},
-            ["has 2 node"],
-        ),
-        (2, 1, {**STEP, "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_NUM_NODES": "3"}, ["--gpus 2", "--nodes 1"]),
+        (4, 1, {**STEP, "SLURM_GPUS_ON_NODE": "1"}, ["--gpus 4", "SLURM_GPUS_ON_NODE=1"]),
+        (1, 1, STEP, ["--gpus 1", "SLURM_GPUS_ON_NODE=(unset"]),
+        (4, 2, {**STEP, "SLURM_GPUS_ON_NODE": "4"}, ["--nodes 2", "has 1 node"]),
+        # the step's own environment says 1 node (as in the SLURM executor's step); the job has 2
+        (4, 1, {**STEP, "SLURM_JOB_ID": "43", "SLURM_GPUS_ON_NODE": "4", "SLURM_NNODES": "1"}, ["has 2 node"]),
+        (2, 1, {**STEP, "SLURM_JOB_ID": "44", "SLURM_GPUS_ON_NODE": "8"}, ["--gpus 2", "--nodes 1", "has 3 node"]),
     ],
 )
 def test_a_launch_that_does_not_match_its_allocation_fails_before_starting(gpus, nodes, env, named, monkeypatch):
-    monkeypatch.setattr(launch, "hostnames", lambda nodelist: {"n[1-2]": ["n1", "n2"]}[nodelist])
+    monkeypatch.setattr(launch, "job_nodes", lambda env: JOBS[env["SLURM_JOB_ID"]])
     with pytest.raises(launch.AllocationMismatch) as err:
         launch.check_allocation(gpus, nodes, env)
     for text in named:
@@ -152,12 +149,9 @@ def test_a_launch_that_does_not_match_its_allocation_fails_before_starting(gpus,
 
 
 def test_a_matching_allocation_or_no_slurm_step_passes(monkeypatch):
-    monkeypatch.setattr(launch, "hostnames", lambda nodelist: {"n[1-2]": ["n1", "n2"]}[nodelist])
-    launch.check_allocation(4, 2, {**STEP, "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NUM_NODES": "2"})
-    launch.check_allocation(
-        4, 2, {**STEP, "SLURM_GPUS_ON_NODE": "4", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "n[1-2]"}
-    )
-    launch.check_allocation(0, 1, {**STEP, "SLURM_JOB_NUM_NODES": "1"})
+    monkeypatch.setattr(launch, "job_nodes", lambda env: JOBS[env["SLURM_JOB_ID"]])
+    launch.check_allocation(4, 2, {**STEP, "SLURM_JOB_ID": "43", "SLURM_GPUS_ON_NODE": "4", "SLURM_NNODES": "1"})
+    launch.check_allocation(0, 1, STEP)
     launch.check_allocation(4, 2, {})  # not in SLURM
     launch.check_allocation(4, 2, {"SLURM_JOB_ID": "42"})  # an salloc shell, not a job step
 
@@ -207,3 +201,14 @@ def test_sigusr1_to_a_two_process_launch_checkpoints_and_the_resumed_run_matches
         flat_b = b[part] if part == "model" else b[part]["model"]
         for key, value in flat_b.items():
             assert torch.equal(flat_a[key], value), f"{part}.{key}"
+
+
+def test_the_nested_srun_sees_the_job_not_the_enclosing_step():
+    env = {
+        "PATH": "/bin",
+        "SLURM_JOB_ID": "7",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NODELIST": "n1",
+        "SRUN_CPUS_PER_TASK": "2",
+    }
+    assert launch.srun_env({**env, "SLURM_STEP_ID": "0", "SBATCH_MEM": "1"}) == {"PATH": "/bin", "SLURM_JOB_ID": "7"}
