@@ -11,7 +11,8 @@
 #   5. two nodes: the cluster restarted as two slurmd on this host (SLURM_CI_NODES=2, 1 fake GPU each), the same
 #      model with `resources: {gpus: 1, nodes: 2}`: core.launch -> srun --overlap -> a node agent per node ->
 #      torchrun --nnodes 2 (c10d rendezvous at the first node's address) -> 2 gloo processes; the job must ask
-#      for 2 nodes with gres gpu:1 each and complete, and its checkpoint must say world size 2,
+#      for 2 nodes with gres gpu:1 each; SIGUSR1 as in 3.; the retry resumes and the final weights equal the
+#      one-node 2-GPU run's (same global batch, same 2 ranks),
 #   6. go back to the one-node cluster, or stop the daemons this script started (trap); print the wall time.
 # Jobs train on the CPU although SLURM gives them GPUs: DIFFUSION_STUDY_DEVICE=cpu (jobs inherit it, --export=ALL).
 # Environment: SLURM_CI_DIR as for slurm-up.sh; SLURM_E2E_KEEP=1 keeps the temporary directory.
@@ -174,31 +175,66 @@ SLURM_CI_NODES=2 SLURM_CI_GPUS=1 bash .ci/slurm-up.sh >"$TMP/up-two-nodes.log" 2
     fail "the two-node cluster did not start"
 }
 printf '%s\n' "studies:" "  tiny:" "    models:" "      unet-cfg:" "        resources: {gpus: 1, nodes: 2}" \
-    "        train: {steps: 40, checkpoint_every: 40, log_every: 10}" >"$TMP/overlay-2nodes.yaml"
+    "        train: {steps: $STEPS, checkpoint_every: $STEPS, log_every: 20}" >"$TMP/overlay-2nodes.yaml"
 RES2=$TMP/results-2nodes
-timeout 480 snakemake --profile profiles/slurm-ci --configfile config.yaml "$TMP/overlay-2nodes.yaml" \
-    --config results_dir="$RES2" --slurm-logdir "$TMP/slurm_logs_2nodes" -- "$RES2/$model/train_log.csv" \
-    >"$TMP/run3.log" 2>&1 || {
-    tail -n 40 "$TMP/run3.log"
-    find "$TMP/slurm_logs_2nodes" -name '*.log' -path '*rule_train*' -exec tail -n 30 {} +
-    tail -n 30 "$RES2/logs/train/tiny/unet-cfg/r0.log" || true
-    fail "the two-node run failed (log: $TMP/run3.log)"
-}
-job3=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\) (log: .*rule_train.*/\1/p' "$TMP/run3.log" | tail -n1)
-[ -n "$job3" ] || fail "no train job in $TMP/run3.log"
+(
+    set +e
+    timeout 480 snakemake --profile profiles/slurm-ci --retries 1 --configfile config.yaml "$TMP/overlay-2nodes.yaml" \
+        --config results_dir="$RES2" --slurm-logdir "$TMP/slurm_logs_2nodes" -- "$RES2/$model/train_log.csv" \
+        >"$TMP/run3.log" 2>&1 &
+    echo $! >"$TMP/run.pid"
+    wait $!
+    echo $? >"$TMP/run3.rc"
+) &
+run_pid=$!
+live=$RES2/$model/state/train_log.csv
+deadline=$((SECONDS + 300))
+while :; do
+    [ $SECONDS -lt $deadline ] || fail "no two-node train job trained 20 steps within 300 s (log: $TMP/run3.log)"
+    [ -s "$TMP/run3.rc" ] && fail "snakemake ended before the signal (log: $TMP/run3.log)"
+    job3=$(squeue -h -t RUNNING -o '%i %k' | awk '$2 ~ /^rule_train/ {print $1; exit}')
+    [ -n "$job3" ] && [ -s "$live" ] && [ "$(wc -l <"$live")" -gt 20 ] && break
+    sleep 1
+done
 info=$(scontrol show job "$job3")
 grep -q 'NumNodes=2 ' <<<"$info" || fail "job $job3 is not on 2 nodes: $info"
 grep -q 'TresPerNode=gres:gpu:1' <<<"$info" || fail "job $job3 does not ask for gres gpu:1 per node: $info"
-grep -q 'JobState=COMPLETED' <<<"$info" || fail "job $job3 did not complete: $info"
-grep -q "over 2 process(es)" "$RES2/logs/train/tiny/unet-cfg/r0.log" || fail "the two-node run did not train on 2 processes"
-python3 - "$RES2/$model/ckpt/step0000040.pt" <<'PY' || fail "the two-node checkpoint does not say world size 2"
+scancel --signal=USR1 "$job3"
+stage_log=$RES2/logs/train/tiny/unet-cfg/r0.log
+while squeue -h -j "$job3" -t RUNNING,COMPLETING -o %i 2>/dev/null | grep -q .; do
+    cp "$stage_log" "$TMP/attempt1-2nodes.log"
+    sleep 0.5
+done
+wait "$run_pid" || true
+[ "$(cat "$TMP/run3.rc")" = 0 ] || {
+    tail -n 40 "$TMP/run3.log"
+    tail -n 30 "$stage_log" || true
+    fail "the two-node run failed (log: $TMP/run3.log)"
+}
+for r in 0 1; do
+    grep -q "\[train\] rank $r: signal" "$TMP/attempt1-2nodes.log" ||
+        fail "rank $r did not checkpoint on the signal ($TMP/attempt1-2nodes.log)"
+done
+resumed2=$(sed -n 's/.*resuming from .* at step \([0-9]*\).*/\1/p' "$stage_log" | head -n1)
+[ -n "$resumed2" ] || fail "the two-node retry did not resume from the checkpoint ($stage_log)"
+grep -q "over 2 process(es)" "$stage_log" || fail "the two-node run did not train on 2 processes"
+retry3=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9][0-9]*\) (log: .*rule_train.*/\1/p' "$TMP/run3.log" | tail -n1)
+grep -q 'JobState=COMPLETED' <<<"$(scontrol show job "$retry3")" || fail "the two-node retry $retry3 did not complete"
+python3 - "$RES2/$model/ckpt/$final" "$RES/$model/ckpt/$final" <<'PY' || fail "the two-node run's weights differ from the one-node run's"
 import sys
 import torch
-meta = torch.load(sys.argv[1], map_location="cpu", weights_only=False)["meta"]
-assert meta["world_size"] == 2, meta
+a, b = (torch.load(p, map_location="cpu", weights_only=False) for p in sys.argv[1:])
+assert a["meta"]["world_size"] == 2, a["meta"]
+for part in ("model", "ema"):
+    x, y = (c[part]["model"] if part == "ema" else c[part] for c in (a, b))
+    bad = [k for k in x if not torch.equal(x[k], y[k])]
+    assert not bad, f"{part}: {len(bad)} tensors differ, e.g. {bad[:3]}"
+print("[slurm-gpu-e2e] two-node final checkpoint equals the one-node 2-GPU run's")
 PY
 t_two=$(($(date +%s) - t3))
-log "run 3 ok: ${t_two}s; job $job3 on $(grep -o ' NodeList=[^ ]*' <<<"$info" | head -n1), $(grep -o 'TresPerNode=[^ ]*' <<<"$info")"
+log "run 3 ok: ${t_two}s; job $job3 on $(grep -o ' NodeList=[^ ]*' <<<"$info" | head -n1)," \
+    "$(grep -o 'TresPerNode=[^ ]*' <<<"$info"); both ranks checkpointed on SIGUSR1, retry $retry3 resumed at step" \
+    "$resumed2 and COMPLETED"
 
 log "PASS in $(($(date +%s) - t_start))s (cluster start, runs, checks): SLURM run with SIGUSR1 and retry ${t_run}s," \
     "uninterrupted run ${t_ref}s, two nodes ${t_two}s"
