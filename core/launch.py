@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     if cmd[0] == sys.executable:  # one process: no wrapper, the stage gets the signals itself
         sys.stdout.flush()
         os.execvp(cmd[0], cmd)
+        return  # not reached: exec replaced this process
     if cmd[0] == "srun":
         sys.exit(supervise(cmd, own_group=False, env=srun_env(os.environ)))
     sys.exit(supervise(cmd))

@@ -212,3 +212,17 @@ def test_the_nested_srun_sees_the_job_not_the_enclosing_step():
         "SRUN_CPUS_PER_TASK": "2",
     }
     assert launch.srun_env({**env, "SLURM_STEP_ID": "0", "SBATCH_MEM": "1"}) == {"PATH": "/bin", "SLURM_JOB_ID": "7"}
+
+
+def test_one_process_is_an_exec_and_several_are_supervised(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "environ", {"PATH": "/bin"})
+    monkeypatch.setattr(os, "execvp", lambda file, args: calls.append(("exec", args)))
+    monkeypatch.setattr(launch, "supervise", lambda cmd, **kw: calls.append(("supervise", cmd)) or 0)
+    launch.main(["--gpus", "1", "train", "--x"])
+    with pytest.raises(SystemExit):
+        launch.main(["--gpus", "2", "train", "--x"])
+    assert calls == [
+        ("exec", [sys.executable, "-m", "core.stages.train", "--x"]),
+        ("supervise", ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "core.stages.train", "--x"]),
+    ]
