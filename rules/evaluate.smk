@@ -1,3 +1,6 @@
+from core import launch
+
+
 rule train_classifier:
     input:
         data=paths.dataset(R, "{dataset}"),

@@ -1,3 +1,6 @@
+from core import launch
+
+
 rule sample:
     input:
         unpack(sample_inputs),
