@@ -19,6 +19,8 @@ fail() {
     exit 1
 }
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# the node advertises fake GPUs (slurm-up.sh) and the GPU rules get them: train on the CPU all the same
+export DIFFUSION_STUDY_DEVICE=cpu
 
 # ---------------------------------------------------------------- cluster up, down on exit
 was_up=0

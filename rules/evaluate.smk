@@ -1,3 +1,6 @@
+from core import launch
+
+
 rule train_classifier:
     input:
         data=paths.dataset(R, "{dataset}"),
@@ -45,7 +48,10 @@ rule reference_stats:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=config["metrics"]["gpus"],
+        gres=launch.gpu_gres(config["metrics"]["gpus"]),
+        cpus_per_task=lambda w, threads: launch.cpus_per_node(
+            threads, config["metrics"]["gpus"]
+        ),
     params:
         code=code_param("reference_stats"),
         gpus=config["metrics"]["gpus"],
@@ -77,7 +83,10 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=config["metrics"]["gpus"],
+        gres=launch.gpu_gres(config["metrics"]["gpus"]),
+        cpus_per_task=lambda w, threads: launch.cpus_per_node(
+            threads, config["metrics"]["gpus"]
+        ),
     params:
         code=code_param("evaluate"),
         gpus=config["metrics"]["gpus"],

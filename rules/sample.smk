@@ -1,3 +1,6 @@
+from core import launch
+
+
 rule sample:
     input:
         unpack(sample_inputs),
@@ -15,7 +18,10 @@ rule sample:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=lambda w: PLAN.sample_gpus(w.study, w.experiment),
+        gres=lambda w: launch.gpu_gres(PLAN.sample_gpus(w.study, w.experiment)),
+        cpus_per_task=lambda w, threads: launch.cpus_per_node(
+            threads, PLAN.sample_gpus(w.study, w.experiment)
+        ),
     params:
         code=code_param("sample"),
         spec=lambda w: spec_json(PLAN.sample_spec(w.study, w.experiment, rep(w))),

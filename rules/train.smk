@@ -1,3 +1,6 @@
+from core import launch
+
+
 # A checkpoint rule: experiments that sample every checkpoint of an early-stopping model learn which steps
 # exist once the model is trained (rules/common.smk: experiment_steps).
 checkpoint train:
@@ -15,12 +18,17 @@ checkpoint train:
     envmodules:
         *config["envmodules"],
     threads: THREADS
+    # GPUs per node as `gres` (plugin: --gres=gpu:G, per node), no `gpu`/`tasks` (they would become the per-job
+    # --gpus and the --ntasks-per-gpu trap), CPUs per node = threads (per process) × G, memory per CPU
+    # (mem_mb_per_cpu in the profile), so both scale with G; docs/slurm.md shows the resulting sbatch lines.
     resources:
         mem_mb=8000,
         runtime=1440,
-        gpu=lambda w: PLAN.train_resources(w.study, w.model)["gpus"],
+        gres=lambda w: launch.gpu_gres(PLAN.train_resources(w.study, w.model)["gpus"]),
         nodes=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
-        tasks=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
+        cpus_per_task=lambda w, threads: launch.cpus_per_node(
+            threads, PLAN.train_resources(w.study, w.model)["gpus"]
+        ),
     params:
         code=code_param("train"),
         spec=lambda w: spec_json(PLAN.train_spec(w.study, w.model, rep(w))),

@@ -107,13 +107,17 @@ def test_shard_and_launcher(monkeypatch):
         Context(0, 2).shard(9)
     assert launch.command("train", ["--x", "a b"]) == [sys.executable, "-m", "core.stages.train", "--x", "a b"]
     assert launch.command("sample", [], gpus=4)[:4] == ["torchrun", "--standalone", "--nproc-per-node", "4"]
-    monkeypatch.setattr(launch, "first_node", lambda nodelist: nodelist.split(",")[0])
+    monkeypatch.setattr(launch, "job_nodes", lambda env: ["n1", "n2"])
+    monkeypatch.setattr(launch, "node_address", lambda node: node)
     multi = launch.command(
         "train", ["--spec", "$(touch x)"], 4, 2, {"SLURM_JOB_NODELIST": "n1,n2", "SLURM_JOB_ID": "7"}
     )
-    assert multi[:8] == ["srun", "--nodes", "2", "--ntasks-per-node", "1", "torchrun", "--nnodes", "2"]
-    assert multi[12:16] == ["--rdzv-backend", "c10d", "--rdzv-endpoint", "n1:29500"]
-    assert multi[-2:] == ["--spec", "$(touch x)"]  # arguments stay arguments: no shell ever sees them
+    assert multi[:2] == ["srun", "--overlap"] and "--node-agent" in multi  # tests/test_launch.py: the full form
+    per_node = launch.agent_command(
+        "train", ["--spec", "$(touch x)"], 4, 2, {"SLURM_JOB_NODELIST": "n1,n2", "SLURM_JOB_ID": "7"}
+    )
+    assert per_node[9:11] == ["--rdzv-endpoint", "n1:29500"]
+    assert multi[-2:] == per_node[-2:] == ["--spec", "$(touch x)"]  # arguments stay arguments: no shell sees them
     with pytest.raises(ValueError, match="unknown stage"):
         launch.command("rm -rf /", [])
 
