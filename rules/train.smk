@@ -34,9 +34,10 @@ checkpoint train:
         spec=lambda w: spec_json(PLAN.train_spec(w.study, w.model, rep(w))),
         gpus=lambda w: PLAN.train_resources(w.study, w.model)["gpus"],
         nodes=lambda w: PLAN.train_resources(w.study, w.model)["nodes"],
+        timeout=lambda w: PLAN.train_resources(w.study, w.model)["collective_timeout_s"],
         out_dir=lambda w: paths.model_dir(R, w.study, w.model, w.replicate),
         compile_cache=paths.compile_cache(R),
     shell:
         "python -m core.launch --gpus {params.gpus:q} --nodes {params.nodes:q} train --spec {params.spec:q}"
         " --data {input.data:q} --out-dir {params.out_dir:q} --threads {threads:q}"
-        " --compile-cache {params.compile_cache:q} >> {log:q} 2>&1"
+        " --compile-cache {params.compile_cache:q} --collective-timeout {params.timeout:q} >> {log:q} 2>&1"
