@@ -167,6 +167,13 @@ def complete_sampler(sampler: dict[str, Any], where: list[str] | None = None) ->
     return fill(sampler, schema)
 
 
+def precision_of(train: dict[str, Any]) -> str:
+    """How a model's training step computed, in words for files and report footers: ``bf16 autocast + TF32``,
+    ``bf16 autocast``, ``fp32 + TF32`` or ``fp32`` (TF32 acts on CUDA only; weights and metrics stay fp32)."""
+    base = "bf16 autocast" if train.get("precision") == "bf16" else "fp32"
+    return base + (" + TF32" if train.get("tf32") else "")
+
+
 def sampler_spec(name: str, steps: int | None = None, **options: Any) -> dict[str, Any]:
     """A complete sampler spec: ``options`` (and ``steps``) over the sampler's defaults (tests, benchmarks)."""
     return complete_sampler({"name": name, **({"steps": steps} if steps is not None else {}), **options})

@@ -89,7 +89,7 @@ def test_training_on_cuda_with_every_lever(tiny_spec, tiny_dataset, tmp_path, co
     state = load_checkpoint(tmp_path / "fast" / "ckpt" / "step0000012.pt")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     assert state["optimizer"]["param_groups"][0]["fused"] is True
-    assert state["meta"]["precision"].startswith("bf16+tf32")
+    assert state["meta"]["precision"] == "bf16 autocast + TF32"
 
 
 @cuda

@@ -8,6 +8,7 @@ import sys
 
 import h5py
 import pytest
+import torch
 import yaml
 
 from tests.conftest import ROOT
@@ -62,6 +63,9 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
     assert m["extractor"]["extractor"] == "classifier" and len(m["extractor"]["weights_sha256"]) == 64
     assert m["n_generated"] == 32 and m["n_real"] == 64
     assert m["fid"] >= 0 and 1.0 <= m["is_mean"] <= 5.0
+    assert m["training_precision"] == "fp32"  # the precision of the model's training, recorded with its metrics
+    ckpt = torch.load(tiny_run / "tiny" / "models" / "unet-cfg" / "r0" / "ckpt" / "step0000020.pt", weights_only=False)
+    assert ckpt["meta"]["precision"] == "fp32" and ckpt["meta"]["world_size"] == 1
     with h5py.File(tiny_run / "tiny" / "samples" / "DDPM-CFG" / "r0" / "step0000010.h5", "r") as f:
         assert f.attrs["complete"] and f.attrs["sampler"] == "ddpm" and f.attrs["guidance_scale"] == 2.0
         assert f.attrs["checkpoint_step"] == 10 and f["samples/images"].shape == (32, 8, 8, 3)

@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from core import data, distributed, metrics, stats
+from core.config import precision_of
 from core.features import load_extractor, load_reference
 from core.provenance import code_fingerprint, provenance, write_json
 
@@ -81,6 +82,7 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
     n_tag = f"{n_gen // 1000}k" if n_gen >= 1000 and n_gen % 1000 == 0 else str(n_gen)
     display = "" if extractor.is_inception else f"_{extractor.label['display']}"
     fd_name, is_name, kid_name = "FID" if extractor.is_inception else f"FD{display}", f"IS{display}", f"KID{display}"
+    sample_prov = json.loads(sample_attrs.get("provenance", "{}"))
     result: dict[str, Any] = {
         "fid": fd,
         "is_mean": is_mean,
@@ -108,7 +110,8 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
             "checksums": checksums,
             **{k: v for k, v in sample_attrs.items() if k not in ("provenance", "resume_hash")},
         },
-        "sample_provenance": json.loads(sample_attrs.get("provenance", "{}")),
+        "sample_provenance": sample_prov,
+        "training_precision": precision_of(sample_prov["model_spec"]["train"]) if "model_spec" in sample_prov else None,
         "provenance": provenance(None, code=code_fingerprint("evaluate")),
     }
     resamples = int(options["bootstrap"])

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from core import data, distributed, training
+from core.config import precision_of
 from core.diffusion import GaussianDiffusion
 from core.models import EMA, UnreadableCheckpoint, build_model, load_checkpoint, save_checkpoint
 from core.paths import checkpoint_steps, step_tag
@@ -206,7 +207,7 @@ def setup(spec: dict[str, Any], data_path: str, device: torch.device, ctx: distr
         "data": {"path": str(data_path), **{k: data_meta[k] for k in ("content_sha256", "provenance")}},
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "world_size": ctx.world_size,
-        "precision": levers.label(),
+        "precision": precision_of(train),
     }
     noise_gen = torch.Generator(device=device).manual_seed(int(train["seed"]) + 2)
     state = training.TrainState(model, ema, levers.optimizer(model, train), loader, noise_gen, device, meta, early)
