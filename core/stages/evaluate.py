@@ -20,7 +20,7 @@ import argparse
 import json
 from typing import Any
 
-from core import data, distributed, metrics, stats
+from core import data, distributed, metrics, progress, stats
 from core.features import load_extractor, load_reference
 from core.provenance import code_fingerprint, provenance, write_json
 
@@ -62,8 +62,8 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
         check_counts(f["samples/images"].shape[0], len(ref["features"]), options)
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         checksums = {k: str(f[k].attrs["sha256"]) for k in ("samples/images", "samples/labels")}
-        feats, logits = extractor.extract(
-            f["samples/images"], batch_size=int(options["batch_size"]), device=device, ctx=ctx
+        feats, logits = progress.extract(
+            extractor, f["samples/images"], int(options["batch_size"]), device, ctx, "evaluate"
         )
     distributed.shutdown(ctx)
     if not ctx.is_main:
