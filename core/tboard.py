@@ -5,8 +5,8 @@ workflow's planning, rules/common.smk, and inherited by local and SLURM jobs ali
 turning the curves on or off must not make Snakemake retrain models whose results already exist. The events go
 to ``paths.tensorboard_dir`` (``<model>/r<k>/tensorboard``), one folder per model and replicate, so that
 ``tensorboard --logdir <results>/<study>/models`` shows every run of a study. A resumed run opens the writer
-with ``purge_step`` at the resumed step: TensorBoard drops the first attempt's events from that step on, so the
-curves have no duplicate steps.
+with ``purge_step`` just after the resumed step: TensorBoard drops the earlier attempt's events after that step,
+so the curves have no duplicate steps.
 
 Free of heavy imports (planning imports ``available``); torch's writer is imported only when a run opens one.
 """
@@ -41,7 +41,8 @@ class Board:
         from torch.utils.tensorboard import SummaryWriter
 
         Path(log_dir).mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(log_dir), purge_step=step if step > 0 else None)
+        # the resumed state logged its own step already: events after it belong to the attempt being replaced
+        self.writer = SummaryWriter(str(log_dir), purge_step=step + 1 if step > 0 else None)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():

@@ -1,0 +1,234 @@
+"""core.status and core.progress: the progress line round trip and its rate/ETA, SLURM's output parsed, each
+state's rule on files laid out as the workflow lays them, and that looking changes nothing."""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core import jobs, paths, progress, slurm_jobs, status
+from core.plan import Plan
+from tests.conftest import ROOT
+
+
+def tiny_config(tmp_path: Path) -> dict:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["results_dir"] = str(tmp_path / "results")
+    config["studies_to_run"] = ["tiny"]
+    return config
+
+
+# ---- progress lines
+
+
+def test_progress_line_round_trip():
+    text = progress.line("train", 1200, 20000, "steps", 35.2, 34.4)
+    assert text == "[progress] train 1200/20000 steps | 35.2 steps/s | elapsed 0:00:34 | eta 0:08:54"
+    r = progress.parse(text)
+    assert (r.stage, r.done, r.total, r.unit, r.rate, r.elapsed_s) == ("train", 1200, 20000, "steps", 35.2, 34)
+    assert r.eta_s == round(18800 / 35.2)
+    assert progress.parse(progress.line("sample", 0, 10, "images", None, 0)).eta_s is None
+    assert progress.parse("[train] step 4/12 loss 0.1") is None
+    assert progress.clock(100 * 3600 + 61) == "100:01:01" and progress.seconds_of("100:01:01") == 360061
+
+
+def test_progress_prints_on_interval_with_the_recent_rate(capsys):
+    t = [0.0]
+    p = progress.Progress("sample", 1000, "images", start=100, interval=30, now=lambda: t[0])
+    printed = []
+    for done in range(110, 1001, 10):  # 10 images a second for the first 300, then 2 a second
+        t[0] += 1.0 if done <= 400 else 5.0
+        printed.append(p.update(done))
+    lines = [progress.parse(s) for s in capsys.readouterr().out.splitlines()]
+    assert all(lines) and lines[-1].done == 1000  # the end is always printed
+    assert sum(printed) == len(lines) and len(lines) < 20  # on the interval, not per update
+    assert lines[0].done == 400 and lines[0].rate == pytest.approx(10.0) and lines[0].eta_s == 60
+    assert lines[-2].rate == pytest.approx(2.0)  # the window's rate, not the average since the start
+    assert lines[-2].eta_s == round((1000 - lines[-2].done) / 2.0)
+
+
+# ---- SLURM
+
+SQUEUE = """\
+4242|RUNNING|1:02:03|1-00:00:00|gpu07|None|rule_train_wildcards_demo-a_unet-cfg_r0
+4243|PENDING|0:00|1-00:00:00||Resources|rule_train_wildcards_demo-a_unet-cfg_r1
+4250|PENDING|0:00|4:00:00||Dependency|(null)
+"""
+SACCT = """\
+4100|FAILED|00:01:12|04:00:00|gpu03|rule_sample_wildcards_demo-a_DDIM_r0_step0004000
+4101|CANCELLED by 1000|00:00:05|04:00:00|gpu03|
+4102|PENDING|00:00:00|04:00:00|None assigned|
+"""
+
+
+def test_squeue_and_sacct_rows_are_parsed():
+    q = slurm_jobs.parse_squeue(SQUEUE)
+    assert [(j.job_id, j.state, j.nodes, j.reason) for j in q] == [
+        ("4242", "RUNNING", "gpu07", "None"),
+        ("4243", "PENDING", "", "Resources"),
+        ("4250", "PENDING", "", "Dependency"),
+    ]
+    assert q[0].elapsed == "1:02:03" and q[0].limit == "1-00:00:00" and q[2].comment == ""
+    assert q[1].summary == "slurm 4243 PENDING 0:00/1-00:00:00 (Resources)"
+    a = slurm_jobs.parse_sacct(SACCT)
+    assert [(j.job_id, j.state, j.nodes) for j in a] == [
+        ("4100", "FAILED", "gpu03"),
+        ("4101", "CANCELLED", "gpu03"),
+        ("4102", "PENDING", ""),
+    ]
+    with pytest.raises(ValueError, match="expected 7"):
+        slurm_jobs.parse_squeue("4242|RUNNING|1:00\n")
+
+
+def test_a_planned_job_is_joined_by_the_plugins_comment_or_its_ids():
+    q, a = slurm_jobs.parse_squeue(SQUEUE), slurm_jobs.parse_sacct(SACCT)
+    train = jobs.Job("train", {"study": "demo-a", "model": "unet-cfg", "replicate": "r1"}, [], "")
+    assert train.slurm_comment == "rule_train_wildcards_demo-a_unet-cfg_r1"
+    assert slurm_jobs.join(train.slurm_comment, set(), q, a).job_id == "4243"
+    # retries get new ids: the newest record wins, and the queue wins over accounting
+    assert slurm_jobs.join("rule_x", {"4100", "4101"}, q, a).job_id == "4101"
+    assert slurm_jobs.join("rule_x", {"4100", "4250"}, q, a).job_id == "4250"
+    assert slurm_jobs.join("rule_x", set(), q, a) is None
+
+
+def test_the_comment_is_the_one_the_slurm_plugin_writes():
+    utils = pytest.importorskip("snakemake_executor_plugin_slurm.utils")
+
+    values = ("demo-a", "DDIM", "r0", "step0004000")
+
+    class FakeJob:  # the plugin joins the job's wildcard values in the order of the rule's output pattern
+        wildcards = values
+
+    job = jobs.Job("sample", dict(zip(("study", "experiment", "replicate", "step"), values, strict=True)), [], "")
+    assert job.slurm_comment == f"rule_sample_wildcards_{utils.get_job_wildcards(FakeJob())}"
+
+
+# ---- states from files
+
+
+def mark_incomplete(directory: Path, output: str, job_id: str | None = None) -> None:
+    """What Snakemake writes when it starts a job: .snakemake/incomplete/<urlsafe base64 of the output path>."""
+    d = directory / ".snakemake" / "incomplete"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / base64.urlsafe_b64encode(output.encode()).decode()).write_text(json.dumps({"external_jobid": job_id}))
+
+
+def touch(path: str, text: str = "x") -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture
+def laid_out(tmp_path, monkeypatch):
+    """The tiny study's plan over a results tree with one job in each state (Snakemake not running)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(status, "snakemake_pids", lambda d: [])
+    config = tiny_config(tmp_path)
+    config["results_dir"] = "results"
+    plan = Plan(config)
+    R = plan.root
+    by = {(j.rule, j.label): j for j in jobs.study_jobs(plan, "tiny")}
+    touch(paths.dataset(R, "shapes-tiny"))  # done
+    # a training run interrupted at step 12 of 20: 10 steps/s over its newest attempt's last minute
+    train = by[("train", "tiny/unet-cfg/r0")]
+    rows = ["step,loss,lr,grad_norm,images_per_s,elapsed_s,peak_mem_mb,input_wait_s"]
+    rows += [f"{s},0.5,0.001,1.0,100,{s * 0.5:.2f},0,0" for s in range(1, 9)]  # first attempt: 2 steps/s
+    rows += [f"{s},0.5,0.001,1.0,100,{(s - 8) * 0.1:.2f},0,0" for s in range(9, 13)]  # resumed: 10 steps/s
+    touch(f"{train.info['state_dir']}/train_log.csv", "\n".join(rows) + "\n")
+    mark_incomplete(tmp_path, train.outputs[0])
+    # a failed sampling job: its log ends in a traceback
+    failed = by[("sample", "tiny/DDIM/r0/step0000020")]
+    touch(
+        failed.log,
+        "[sample] start\nTraceback (most recent call last):\n  File x\nOSError: Unable to open file (truncated file)\n",
+    )
+    # a job whose log shows it failed once, then resumed: not failed
+    again = by[("sample", "tiny/DDIM/r1/step0000020")]
+    touch(
+        again.log,
+        "ValueError: boom\n[sample] resuming x at 16/32\n" + progress.line("sample", 16, 32, "images", 4.0, 9) + "\n",
+    )
+    mark_incomplete(tmp_path, again.outputs[0])
+    # an evaluation done, with its metrics
+    ev = by[("evaluate", "tiny/DDPM-CFG/r0/step0000010")]
+    touch(
+        ev.outputs[0],
+        json.dumps({"fid": 12.5, "is_mean": 2.25, "label": {"fid": "FD_clf@32", "is": "IS_clf (2 splits)"}}),
+    )
+    return tmp_path, plan, by
+
+
+def test_each_state_follows_its_rule(laid_out):
+    _, plan, by = laid_out
+    view = status.collect(plan, ["tiny"], Path("."), now=time.time())
+    rows = {(r.job.rule, r.job.label): r for r in view["studies"]["tiny"]["rows"]}
+    assert rows[("make_dataset", "shapes-tiny")].state == "done"
+    t = rows[("train", "tiny/unet-cfg/r0")]
+    assert t.state == "stale"  # marked started, no Snakemake alive: the next run continues it
+    assert t.detail == f"step 12/20, 10 steps/s, eta {progress.clock((20 - 12) / 10)}"
+    f = rows[("sample", "tiny/DDIM/r0/step0000020")]
+    assert f.state == "failed" and f.error == "OSError: Unable to open file (truncated file)"
+    assert f.log == by[("sample", "tiny/DDIM/r0/step0000020")].log
+    again = rows[("sample", "tiny/DDIM/r1/step0000020")]
+    assert again.state == "stale" and again.error is None and again.detail == "16/32 images, eta 0:00:04"
+    assert rows[("train", "tiny/unet-cfg/r1")].state == "not started"
+    assert rows[("evaluate", "tiny/DDPM-CFG/r0/step0000010")].state == "done"
+    m = view["studies"]["tiny"]["metrics"]["DDPM-CFG"]
+    assert (m["step"], m["fid"], m["evaluated"]) == ("step0000010", 12.5, 1)
+    screen = status.render(view, Path("."))
+    assert "OSError: Unable to open file (truncated file)" in screen and "FD_clf@32 12.500" in screen
+
+
+def test_snakemake_alive_makes_marked_jobs_running_and_ready_jobs_queued(laid_out, monkeypatch):
+    _, plan, _ = laid_out
+    monkeypatch.setattr(status, "snakemake_pids", lambda d: [12345])
+    view = status.collect(plan, ["tiny"], Path("."))
+    rows = {(r.job.rule, r.job.label): r.state for r in view["studies"]["tiny"]["rows"]}
+    assert rows[("train", "tiny/unet-cfg/r0")] == "running"
+    assert rows[("train_classifier", "shapes-tiny")] == "queued"  # its input, the dataset, exists
+    assert rows[("train", "tiny/unet-cfg/r1")] == "queued"  # so is the training of the other replicate
+    assert rows[("sample", "tiny/DDPM-CFG/r1/step0000010")] == "not started"  # its checkpoint does not exist
+    assert "pid 12345" in status.render(view, Path("."))
+
+
+def test_slurm_states_win(laid_out):
+    _, _, by = laid_out
+    train = by[("train", "tiny/unet-cfg/r1")]
+    pending = slurm_jobs.SlurmJob("7", "PENDING", "0:00", "1:00:00", "", "Priority", train.slurm_comment)
+    assert status.classify(train, Path("."), status.Snakemake(), pending, time.time()).state == "queued"
+    timeout = slurm_jobs.SlurmJob("8", "TIMEOUT", "1:00:00", "1:00:00", "n1", "", "")
+    row = status.classify(train, Path("."), status.Snakemake(), timeout, time.time())
+    assert row.state == "failed" and row.error == "SLURM: TIMEOUT" and "slurm 8 TIMEOUT" in row.slurm
+
+
+def snapshot(root: Path) -> dict[str, tuple[float, bytes]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "status.md"
+    }
+
+
+def test_looking_changes_nothing_but_status_md(laid_out, capsys):
+    tmp_path, _, _ = laid_out
+    overlay = touch(str(tmp_path / "c.yaml"), yaml.safe_dump(tiny_config(tmp_path) | {"results_dir": "results"}))
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    before = snapshot(tmp_path)
+    assert status.main(["--configfile", str(overlay), "--config", "studies_to_run=[tiny]"]) == 0
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / ".snakemake" / "locks").exists() or not any((tmp_path / ".snakemake" / "locks").iterdir())
+    md = (tmp_path / paths.status_file("results", "tiny")).read_text()
+    assert "| sample tiny/DDIM/r0/step0000020 | failed |" in md and "OSError" in md
+    assert "tiny/unet-cfg/r0" in capsys.readouterr().out
+
+
+def test_config_values_parse_as_snakemake_parses_them(tmp_path):
+    (tmp_path / "config.yaml").write_text("a: {b: 1, c: 2}\nd: x\n")
+    touch(str(tmp_path / "o.yaml"), "a: {c: 3}\n")
+    c = status.load_config(tmp_path, ["o.yaml"], ["d=[p, q]", "e=1.5", "f=True", "g=7", "h="])
+    assert c == {"a": {"b": 1, "c": 3}, "d": ["p", "q"], "e": 1.5, "f": True, "g": 7, "h": None}
