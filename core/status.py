@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         for s in studies:
             target = directory / paths.status_file(plan.root, s)
-            if target.parent.is_dir():
+            if (directory / plan.root).is_dir():  # nothing to tell before the first job
                 one = {**view, "studies": {s: view["studies"][s]}}
                 with atomic_path(target) as tmp:
                     Path(tmp).write_text(render(one, directory, markdown=True))

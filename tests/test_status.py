@@ -3,6 +3,11 @@ state's rule on files laid out as the workflow lays them, and that looking chang
 
 import base64
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -232,3 +237,141 @@ def test_config_values_parse_as_snakemake_parses_them(tmp_path):
     touch(str(tmp_path / "o.yaml"), "a: {c: 3}\n")
     c = status.load_config(tmp_path, ["o.yaml"], ["d=[p, q]", "e=1.5", "f=True", "g=7", "h="])
     assert c == {"a": {"b": 1, "c": 3}, "d": ["p", "q"], "e": 1.5, "f": True, "g": 7, "h": None}
+
+
+# ---- end to end: a study interrupted partway
+
+
+def watch_overlay(results: Path) -> dict:
+    """Two small studies: `watch` trains one model long enough to be killed mid-run, `broken` trains on a planted
+    corrupt dataset file (its first job fails)."""
+    tiny = yaml.safe_load((ROOT / "config.yaml").read_text())["studies"]["tiny"]
+    study = {k: v for k, v in tiny.items() if k not in ("claims", "sweeps", "models", "experiments")}
+    study["defaults"]["model"]["train"].update(steps=100000, checkpoint_every=50000, log_every=20)
+    study["models"] = {"unet": {"net": tiny["models"]["unet-cfg"]["net"]}}
+    study["experiments"] = {"DDIM": {"model": "unet", "sampler": {"name": "ddim", "steps": 5}}}
+    return {
+        "results_dir": str(results),
+        "datasets": {"shapes-broken": {"source": "shapes", "image_size": 8, "splits": {"train": 200, "val": 64}}},
+        "studies": {"watch": study, "broken": {**study, "dataset": "shapes-broken"}},
+    }
+
+
+def our_processes(marker: str) -> list[int]:
+    """The processes whose command line names ``marker`` (this test's results folder)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_for(what, timeout: float = 300.0) -> None:
+    t0 = time.monotonic()
+    while not what():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what.__doc__}")
+        time.sleep(1.0)
+
+
+def rows_of(stdout: str) -> dict[str, tuple[str, str]]:
+    """``rule label`` → (state, detail) from the status screen."""
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(r"^   (\w+)\s+(\S+)\s+(done|running|queued|failed|stale|not started)\s*(.*)$", line)
+        if m:
+            out[f"{m[1]} {m[2]}"] = (m[3], m[4])
+    return out
+
+
+def forget_killed_run(results: Path) -> None:
+    """Remove the locks and incomplete markers a SIGKILLed Snakemake left in the workflow's .snakemake for files
+    under ``results`` (and only those), as ``snakemake --unlock`` would."""
+    meta = ROOT / ".snakemake"
+    for lock in (meta / "locks").glob("*.lock"):
+        lines = lock.read_text().splitlines()
+        if lines and all(line.startswith(str(results)) for line in lines):
+            lock.unlink()
+    for marker in (meta / "incomplete").rglob("*"):
+        name = "".join(part.removeprefix("@") for part in marker.relative_to(meta / "incomplete").parts)
+        try:
+            key = base64.urlsafe_b64decode(name).decode()
+        except ValueError:
+            continue
+        if marker.is_file() and key.startswith(str(results)):
+            marker.unlink()
+
+
+@pytest.fixture
+def results(tmp_path):
+    yield tmp_path / "results"
+    forget_killed_run(tmp_path / "results")
+
+
+@pytest.mark.e2e
+def test_a_killed_study_is_shown_as_the_files_on_disk_say(tmp_path, results):
+    overlay = tmp_path / "watch.yaml"
+    overlay.write_text(yaml.safe_dump(watch_overlay(results)))
+    broken_data = Path(paths.dataset(str(results), "shapes-broken"))
+    broken_data.parent.mkdir(parents=True)
+    broken_data.write_bytes(b"not an HDF5 file\n" * 64)  # planted: Snakemake keeps it, its reader fails
+    args = ["--configfile", str(overlay), "--config", "studies_to_run=[watch,broken]"]
+    train = jobs.Job("train", {}, [], "", info={"state_dir": paths.train_state_dir(str(results), "watch", "unet", 0)})
+    train_csv = Path(train.info["state_dir"]) / "train_log.csv"
+    failed_log = Path(paths.log(str(results), "train_classifier", "shapes-broken"))
+    log = open(tmp_path / "snakemake.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--keep-going", *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def trained_and_failed() -> bool:
+            """the training to log 3 rows and the broken study's classifier to fail"""
+            assert proc.poll() is None, (tmp_path / "snakemake.log").read_text()[-3000:]
+            rows = train_csv.read_text().count("\n") - 1 if train_csv.exists() else 0
+            return rows >= 60 and failed_log.exists() and "Error" in failed_log.read_text()
+
+        wait_for(trained_and_failed)
+        live = subprocess.run(
+            [sys.executable, "-m", "core.status", "--no-write", *args], cwd=ROOT, capture_output=True, text=True
+        )
+        assert live.returncode == 0, live.stderr
+        live_rows = rows_of(live.stdout)
+        assert live_rows["train watch/unet/r0"][0] == "running"
+        assert "Snakemake running in" in live.stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for pid in our_processes(str(results)):  # anything of ours that left the group
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+    time.sleep(0.5)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in results.rglob("*") if p.is_file()}
+    out = subprocess.run(
+        [sys.executable, "-m", "core.status", "--all", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in results.rglob("*") if p.is_file()}
+    assert {p: v for p, v in after.items() if p.name != "status.md"} == before  # looking changed nothing
+    rows = rows_of(out.stdout)
+    assert "no Snakemake process" in out.stdout and "locks are held" in out.stdout  # SIGKILL left Snakemake's locks
+    # the killed training: stale (its next run resumes), at the step its live log reached
+    step = int(train_csv.read_text().splitlines()[-1].split(",")[0])
+    state, detail = rows["train watch/unet/r0"]
+    assert state == "stale" and detail.startswith(f"step {step}/100000")
+    assert rows["make_dataset shapes-tiny"][0] == "done"
+    # the planted failure: the job, its log and the error line that ends it
+    errors = [line for line in failed_log.read_text().splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    assert rows["train_classifier shapes-broken"][0] == "failed"
+    assert f"log {failed_log}\n      {errors[-1]}\n" in out.stdout
+    assert rows["train broken/unet/r0"][0] == "failed"  # it reads the corrupt file too
+    assert rows["sample broken/DDIM/r0/step0100000"][0] == "not started"  # downstream of the failures
+    md = (results / "broken" / "status.md").read_text()
+    assert "| train_classifier shapes-broken | failed |" in md and errors[-1].replace("|", "/") in md
