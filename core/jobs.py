@@ -94,14 +94,12 @@ def _shared_jobs(plan: Plan, study: str) -> list[Job]:
 
 def _model_steps(root: Path, plan: Plan, study: str, experiment: str, replicate: int) -> list[int | str]:
     """The checkpoints an experiment replicate samples: for an early-stopping model's every checkpoint, those it
-    kept once trained (its ckpt folder), else every step it may keep."""
-    steps = plan.eval_steps(study, experiment)
+    kept once trained (its ckpt folder; none before: as in Snakemake's plan, they are known after training)."""
     if not plan.steps_known_after_training(study, experiment):
-        return steps
+        return plan.eval_steps(study, experiment)
     model = plan.experiment(study, experiment)["model"]
     ckpt = root / paths.checkpoint_dir(plan.root, study, model, plan.model_replicate_of(study, experiment, replicate))
-    kept = sorted(int(p.stem.removeprefix("step")) for p in ckpt.glob("step*.pt")) if ckpt.is_dir() else []
-    return list(kept) or steps
+    return sorted(int(p.stem.removeprefix("step")) for p in ckpt.glob("step*.pt")) if ckpt.is_dir() else []
 
 
 def study_jobs(plan: Plan, study: str, root: Path = Path(".")) -> list[Job]:
