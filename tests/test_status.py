@@ -375,3 +375,32 @@ def test_a_killed_study_is_shown_as_the_files_on_disk_say(tmp_path, results):
     assert rows["sample broken/DDIM/r0/step0100000"][0] == "not started"  # downstream of the failures
     md = (results / "broken" / "status.md").read_text()
     assert "| train_classifier shapes-broken | failed |" in md and errors[-1].replace("|", "/") in md
+
+
+@pytest.mark.e2e
+def test_the_jobs_listed_are_snakemakes_with_its_outputs_logs_and_wildcard_order(tmp_path):
+    """core.jobs mirrors rules/*.smk: the tiny preset's dry run names the same jobs, outputs, logs and wildcards
+    (in the order the SLURM plugin joins them into its comment)."""
+    results = str(tmp_path / "results")
+    config = [f"results_dir={results}", "studies_to_run=[tiny]"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", *config],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = set()
+    for block in re.split(r"\n(?=(?:rule|checkpoint|localrule) \w+:)", proc.stdout):
+        head = re.match(r"(?:rule|checkpoint|localrule) (\w+):", block)
+        if head is None or head[1] == "all":
+            continue
+        field = dict(re.findall(r"^    (output|log|wildcards): (.*)$", block, re.M))
+        wildcards = (
+            tuple(tuple(w.split("=", 1)) for w in field["wildcards"].split(", ")) if "wildcards" in field else ()
+        )
+        theirs.add((head[1], tuple(field["output"].split(", ")), field["log"], wildcards))
+    plan = Plan(tiny_config(tmp_path))
+    ours = {(j.rule, tuple(j.outputs), j.log, tuple(j.wildcards.items())) for j in jobs.study_jobs(plan, "tiny")}
+    assert len(ours) == len(theirs) == 38
+    assert ours == theirs
