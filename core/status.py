@@ -11,7 +11,7 @@ else ``studies_to_run``, else ``default_studies``: local, or cluster with ``--sl
 - done: every output exists and Snakemake has no incomplete marker on any;
 - running: Snakemake marked it started (``.snakemake/incomplete``) and a Snakemake process of this directory is
   alive, or SLURM runs it;
-- queued: SLURM holds it pending, or (no --slurm) Snakemake is alive and every input exists;
+- queued: SLURM holds it pending, or (no --slurm) Snakemake is alive and every input exists, finished;
 - failed: its log ends in an error (the line is shown), or SLURM ended it failed, timed out, out of memory;
 - stale: left unfinished by a run that is gone: a marker with no live Snakemake, a training state or partial
   sample file without a finished output (the next run continues it), or outputs kept under a marker;
@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -277,8 +278,8 @@ def classify(job: Job, directory: Path, sm: Snakemake, slurm: slurm_jobs.SlurmJo
         row.error = err or f"SLURM: {slurm.state if slurm else ''}"
     elif any(marked) or any(exists) or _partial(job, directory):
         row.state = "stale"
-    elif sm.alive and all((directory / i).exists() for i in job.inputs):
-        row.state = "queued"
+    elif sm.alive and all((directory / i).exists() and os.path.normpath(i) not in sm.incomplete for i in job.inputs):
+        row.state = "queued"  # every input is there and finished
     return row
 
 
@@ -363,9 +364,9 @@ def render(view: dict[str, Any], directory: Path, everything: bool = False, mark
         by_rule: dict[str, Counter] = {}
         for r in v["rows"]:
             by_rule.setdefault(r.job.rule, Counter())[r.state] += 1
+        per_rule = "; ".join(f"{rule} {n['done']}/{sum(n.values())} done" for rule, n in by_rule.items())
         out.append(
-            ("\n" if markdown else "   ")
-            + "; ".join(f"{rule} {n['done']}/{sum(n.values())} done" for rule, n in by_rule.items())
+            "\n" + per_rule if markdown else textwrap.fill(per_rule, 116, initial_indent="   ", subsequent_indent="   ")
         )
         rows = [r for r in v["rows"] if markdown or _shown(r, everything)]
         if markdown:

@@ -33,6 +33,7 @@ def test_asking_for_tensorboard_without_the_package_is_a_planning_error(tmp_path
 
 def test_no_events_unless_asked(tiny_spec, tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv(tboard.ENV, raising=False)
+    tiny_spec["train"]["steps"] = 4
     train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "run"), "cpu")
     assert not (tmp_path / "run" / "tensorboard").exists()
 
