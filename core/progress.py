@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 INTERVAL_S = 30.0
 LINE_RE = re.compile(
-    r"^\[progress\] (?P<stage>\S+) (?P<done>\d+)/(?P<total>\d+) (?P<unit>\S+) \| (?P<rate>[0-9.]+|-) \S+/s"
-    r" \| elapsed (?P<elapsed>[0-9:]+) \| eta (?P<eta>[0-9:]+|-)$"
+    r"^\[progress\] (?P<stage>\S+) (?P<done>\d+)/(?P<total>\d+) (?P<unit>\S+)"
+    r" \| (?P<rate>[0-9.]+(?:e[+-]?\d+)?|-) \S+/s \| elapsed (?P<elapsed>[0-9:]+) \| eta (?P<eta>[0-9:]+|-)$"
 )
 
 
@@ -37,12 +37,17 @@ def seconds_of(text: str) -> int:
     return 3600 * h + 60 * m + s
 
 
+def rate_text(rate: float) -> str:
+    """A rate to three significant digits, without an exponent from 0.001 to any size: 0.0123, 35.2, 2140."""
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
 def line(stage: str, done: int, total: int, unit: str, rate: float | None, elapsed: float) -> str:
     """One progress line; ``rate`` None (nothing measured yet) prints ``-`` for the rate and the ETA."""
     if rate is None or rate <= 0:
         speed, eta = "-", "-"
     else:
-        speed, eta = f"{rate:.3g}", clock((total - done) / rate)
+        speed, eta = rate_text(rate), clock((total - done) / rate)
     return f"[progress] {stage} {done}/{total} {unit} | {speed} {unit}/s | elapsed {clock(elapsed)} | eta {eta}"
 
 

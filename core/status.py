@@ -259,7 +259,7 @@ def classify(job: Job, directory: Path, sm: Snakemake, slurm: slurm_jobs.SlurmJo
             upto = "≤" if job.info["early_stopping"] else ""
             detail = f"step {p['step']}/{upto}{p['total']}"
             if p["rate"] and p["step"] < p["total"]:
-                detail += f", {p['rate']:.3g} steps/s, eta {progress.clock(p['eta_s'])}"
+                detail += f", {progress.rate_text(p['rate'])} steps/s, eta {progress.clock(p['eta_s'])}"
             if p["age_s"] > 120 and p["step"] < p["total"]:
                 detail += f" (last row {progress.clock(p['age_s'])} ago)"
     elif (r := progress.last_reading(lines)) is not None:

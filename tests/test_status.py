@@ -36,6 +36,8 @@ def test_progress_line_round_trip():
     assert (r.stage, r.done, r.total, r.unit, r.rate, r.elapsed_s) == ("train", 1200, 20000, "steps", 35.2, 34)
     assert r.eta_s == round(18800 / 35.2)
     assert progress.parse(progress.line("sample", 0, 10, "images", None, 0)).eta_s is None
+    assert progress.parse(progress.line("evaluate", 10, 5000, "images", 2140.4, 5)).rate == 2140
+    assert progress.parse(progress.line("evaluate", 10, 5000, "images", 1.5e-5, 5)).rate == 1.5e-5
     assert progress.parse("[train] step 4/12 loss 0.1") is None
     assert progress.clock(100 * 3600 + 61) == "100:01:01" and progress.seconds_of("100:01:01") == 360061
 
@@ -404,3 +406,56 @@ def test_the_jobs_listed_are_snakemakes_with_its_outputs_logs_and_wildcard_order
     ours = {(j.rule, tuple(j.outputs), j.log, tuple(j.wildcards.items())) for j in jobs.study_jobs(plan, "tiny")}
     assert len(ours) == len(theirs) == 38
     assert ours == theirs
+
+
+# ---- the stages' progress lines
+
+
+def last_progress(text: str, stage: str) -> progress.Reading:
+    readings = [r for r in map(progress.parse, text.splitlines()) if r is not None and r.stage == stage]
+    assert readings, f"no progress line of {stage} in:\n{text[-2000:]}"
+    return readings[-1]
+
+
+def test_every_long_stage_ends_its_log_with_a_progress_line_and_batching_changes_no_feature(tmp_path, capsys):
+    """train, sample, reference_stats and evaluate print `[progress]` lines that core.status reads (the last at the
+    end: all done); extracting batch by batch for them gives the features of one call."""
+    import numpy as np
+
+    from core.features import load_extractor
+    from core.stages import evaluate as evaluate_stage
+    from core.stages import reference_stats, train_classifier
+    from core.stages import sample as sample_stage
+    from core.stages import train as train_stage
+    from tests.conftest import TINY_MODEL, model_spec, sample_spec, shapes_dataset
+
+    data_path = shapes_dataset(tmp_path / "d.h5")
+    spec = model_spec({**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 4, "checkpoint_every": 4}})
+    train_stage.run(spec, str(data_path), str(tmp_path / "m"), "cpu")
+    r = last_progress(capsys.readouterr().out, "train")
+    assert (r.done, r.total, r.unit, r.eta_s) == (4, 4, "steps", 0)
+    s_spec = sample_spec({"sampler": {"name": "ddim", "steps": 2}, "num_samples": 20, "batch_size": 8})
+    sample_stage.run(str(tmp_path / "m" / "ckpt" / "step0000004.pt"), s_spec, str(tmp_path / "s.h5"), "cpu")
+    r = last_progress(capsys.readouterr().out, "sample")
+    assert (r.done, r.total, r.unit) == (20, 20, "images") and r.rate > 0
+    clf = {"width": 8, "depth": 1, "steps": 5, "batch_size": 16, "lr": 0.003, "seed": 0}
+    train_classifier.run(str(data_path), clf, str(tmp_path / "clf.pt"))
+    extractor = {"kind": "classifier", "weights": str(tmp_path / "clf.pt")}
+    reference_stats.run(str(data_path), "val", 0, extractor, str(tmp_path / "ref.npz"), batch_size=7)
+    r = last_progress(capsys.readouterr().out, "reference_stats")
+    assert (r.done, r.total) == (32, 32)
+    import h5py
+
+    with h5py.File(data_path, "r") as f:
+        whole, _ = load_extractor(extractor).extract(f["val/images"][:], batch_size=7)
+    np.testing.assert_array_equal(np.load(tmp_path / "ref.npz")["features"], whole)
+    options = {"is_splits": 2, "kid_subsets": 5, "kid_subset_size": 8, "bootstrap": 0, "fd_infinity": False}
+    evaluate_stage.run(
+        str(tmp_path / "s.h5"),
+        str(tmp_path / "ref.npz"),
+        extractor,
+        str(tmp_path / "m.json"),
+        {**options, "batch_size": 8},
+    )
+    r = last_progress(capsys.readouterr().out, "evaluate")
+    assert (r.done, r.total) == (20, 20)
