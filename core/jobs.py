@@ -40,8 +40,8 @@ class Job:
 
     @property
     def slurm_log_dir(self) -> str:
-        """The plugin's per-job log folder, relative to the working directory (``<jobid>.log`` inside)."""
-        return f".snakemake/slurm_logs/rule_{self.rule}/{'_'.join(self.wildcards.values()).replace('/', '_')}"
+        """The plugin's per-job log folder under its ``--slurm-logdir`` (``<jobid>.log`` inside)."""
+        return f"rule_{self.rule}/{'_'.join(self.wildcards.values()).replace('/', '_')}"
 
 
 def _shared_jobs(plan: Plan, study: str) -> list[Job]:

@@ -3,9 +3,10 @@ pure functions, joined to the plan's jobs.
 
 How a job is found (snakemake-executor-plugin-slurm 2.x): every sbatch gets ``--job-name <run uuid>`` and
 ``--comment rule_<rule>_wildcards_<wildcard values joined by _>`` (``core.jobs.Job.slurm_comment``), and its log
-is ``.snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log``; Snakemake's incomplete marker of a submitted
-job holds its SLURM job id. ``squeue`` is joined by the comment or the job id, ``sacct`` (which stores comments
-only with ``AccountingStoreFlags=job_comment``) by the job ids those logs and markers name.
+is ``<logdir>/rule_<rule>/<wildcards>/<jobid>.log`` (``--slurm-logdir``, default ``.snakemake/slurm_logs``);
+Snakemake's incomplete marker of a submitted job holds its SLURM job id. ``squeue`` is joined by the comment or
+the job id, ``sacct`` (which stores comments only with ``AccountingStoreFlags=job_comment``) by the job ids those
+logs and markers name.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-SQUEUE = ["squeue", "--me", "--noheader", "--format=%i|%T|%M|%l|%N|%r|%k"]
+# --states=all: finished jobs too, for MinJobAge after they end (where sacct has no accounting to read)
+SQUEUE = ["squeue", "--me", "--states=all", "--noheader", "--format=%i|%T|%M|%l|%N|%r|%k"]
 SACCT_FORMAT = "JobIDRaw,State,Elapsed,Timelimit,NodeList,Comment"
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED"}
 FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -43,7 +45,8 @@ def _state(text: str) -> str:
 
 
 def parse_squeue(text: str) -> list[SlurmJob]:
-    """Rows of ``squeue --noheader --format=%i|%T|%M|%l|%N|%r|%k`` (the comment last: it may hold ``|``)."""
+    """Rows of ``squeue --noheader --format=%i|%T|%M|%l|%N|%r|%k`` (``SQUEUE``; the comment last: it may hold
+    ``|``)."""
     jobs = []
     for row in text.splitlines():
         if not row.strip():

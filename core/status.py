@@ -296,9 +296,15 @@ def _partial(job: Job, directory: Path) -> bool:
 
 
 def collect(
-    plan: Plan, studies: list[str], directory: Path, use_slurm: bool = False, now: float | None = None
+    plan: Plan,
+    studies: list[str],
+    directory: Path,
+    use_slurm: bool = False,
+    now: float | None = None,
+    slurm_logdir: Path | None = None,
 ) -> dict[str, Any]:
-    """Every study's rows, metrics and counts, and the Snakemake (and SLURM) situation."""
+    """Every study's rows, metrics and counts, and the Snakemake (and SLURM) situation (the SLURM plugin's logs
+    in ``slurm_logdir``, default ``.snakemake/slurm_logs``)."""
     now = time.time() if now is None else now
     sm = Snakemake.read(directory)
     per_study = {s: study_jobs(plan, s, directory) for s in studies}
@@ -317,7 +323,8 @@ def collect(
     if use_slurm:
         for s in studies:
             for j in per_study[s]:
-                found = {p.stem.split("_")[0] for p in (directory / j.slurm_log_dir).glob("*.log")}
+                logs = (slurm_logdir or directory / ".snakemake" / "slurm_logs") / j.slurm_log_dir
+                found = {p.stem.split("_")[0] for p in logs.glob("*.log")}
                 found |= {sm.incomplete[k] for o in j.outputs if (k := os.path.normpath(o)) in sm.incomplete} - {None}
                 ids[(j.rule, j.label)] = {str(i) for i in found if i}
         queue, accounting, problems = slurm_jobs.query(set().union(*ids.values()) if ids else set())
@@ -398,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", nargs="+", default=[], help="as snakemake's --config key=value")
     p.add_argument("--directory", "-d", default=".", help="the workflow's working directory (default: here)")
     p.add_argument("--slurm", action="store_true", help="join squeue/sacct; default studies: the cluster's")
+    p.add_argument("--slurm-logdir", default=None, help="as snakemake's --slurm-logdir, if you gave one")
     p.add_argument("--all", action="store_true", help="list every job (default: training and unfinished jobs)")
     p.add_argument("--no-write", action="store_true", help="do not write <results>/<study>/status.md")
     args = p.parse_args(argv)
@@ -411,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, yaml.YAMLError) as err:
         print(f"core.status: {err}", file=sys.stderr)
         return 2
-    view = collect(plan, studies, directory, use_slurm=args.slurm)
+    logdir = Path(args.slurm_logdir) if args.slurm_logdir else None
+    view = collect(plan, studies, directory, use_slurm=args.slurm, slurm_logdir=logdir)
     print(render(view, directory, everything=args.all), end="")
     if not args.no_write:
         for s in studies:

@@ -213,6 +213,37 @@ def test_slurm_states_win(laid_out):
     assert row.state == "failed" and row.error == "SLURM: TIMEOUT" and "slurm 8 TIMEOUT" in row.slurm
 
 
+def test_slurm_view_joins_squeue_by_comment_and_sacct_by_the_plugins_log_ids(laid_out, monkeypatch):
+    """--slurm end to end without a cluster: stand-in squeue/sacct print their real formats; the job ids come from
+    the plugin's log folder (--slurm-logdir) and Snakemake's markers."""
+    tmp_path, plan, by = laid_out
+    train = by[("train", "tiny/unet-cfg/r1")]
+    evaluate = by[("evaluate", "tiny/DDIM/r0/step0000020")]
+    touch(str(tmp_path / "slurm_logs" / evaluate.slurm_log_dir / "4100.log"))  # an earlier attempt
+    touch(str(tmp_path / "slurm_logs" / evaluate.slurm_log_dir / "4107.log"))  # the newest
+    mark_incomplete(tmp_path, by[("train", "tiny/dit-vae-cfg/r0")].outputs[0], "4300")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    queue = f"4243|PENDING|0:00|1-00:00:00||Priority|{train.slurm_comment}\n4300|RUNNING|0:42|1-00:00:00|gpu2|None|x\n"
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '{queue}'\n")
+    (bin_dir / "sacct").write_text(
+        '#!/bin/sh\necho "$@" > ' + str(tmp_path / "sacct.args") + "\n"
+        "printf '4100|COMPLETED|00:01:00|01:00:00|n1|\\n4107|OUT_OF_MEMORY|00:00:09|01:00:00|n1|\\n'\n"
+    )
+    for tool in ("squeue", "sacct"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    view = status.collect(plan, ["tiny"], Path("."), use_slurm=True, slurm_logdir=tmp_path / "slurm_logs")
+    assert view["slurm_problems"] == []
+    rows = {(r.job.rule, r.job.label): r for r in view["studies"]["tiny"]["rows"]}
+    assert rows[("train", "tiny/unet-cfg/r1")].state == "queued"
+    assert rows[("train", "tiny/unet-cfg/r1")].slurm == "slurm 4243 PENDING 0:00/1-00:00:00 (Priority)"
+    assert rows[("train", "tiny/dit-vae-cfg/r0")].state == "running"  # by the id in Snakemake's marker
+    ev = rows[("evaluate", "tiny/DDIM/r0/step0000020")]
+    assert ev.state == "failed" and ev.error == "SLURM: OUT_OF_MEMORY" and "slurm 4107" in ev.slurm
+    assert set((tmp_path / "sacct.args").read_text().split()[-1].split(",")) == {"4100", "4107", "4300"}
+
+
 def snapshot(root: Path) -> dict[str, tuple[float, bytes]]:
     return {
         str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
