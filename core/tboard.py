@@ -1,4 +1,5 @@
-"""TensorBoard curves of a training run (optional: ``pip install -e '.[tensorboard]'``; config key ``tensorboard``).
+"""TensorBoard curves of a training run, and the FD/IS of its evaluated checkpoints (optional: ``pip install -e
+'.[tensorboard]'``; config key ``tensorboard``).
 
 The config key reaches the training jobs as the environment variable ``DIFFUSION_TENSORBOARD`` (set by the
 workflow's planning, rules/common.smk, and inherited by local and SLURM jobs alike), not as a job parameter:
@@ -17,6 +18,8 @@ import importlib.util
 import os
 from pathlib import Path
 from typing import Any
+
+from core import paths
 
 ENV = "DIFFUSION_TENSORBOARD"
 INSTALL = "pip install -e '.[tensorboard]' (or: pip install tensorboard)"
@@ -62,3 +65,17 @@ class Board:
 def open_board(log_dir: str | os.PathLike[str], step: int, main: bool) -> Board | None:
     """The run's board when asked for (``requested``) on the main rank, else None."""
     return Board(log_dir, step) if main and requested() else None
+
+
+def log_evaluation(sample_provenance: dict[str, Any], values: dict[str, float]) -> Path | None:
+    """When asked for, the metrics of an evaluated checkpoint as scalars ``eval/<experiment>/r<k>/<name>`` at the
+    checkpoint's step, beside the curves of the model replicate that drew the samples (its checkpoint's
+    ``<model>/r<k>/tensorboard``); each evaluation job adds its own small events file. Returns the folder."""
+    if not requested():
+        return None
+    log_dir = Path(sample_provenance["checkpoint"]).parent.parent / paths.TENSORBOARD  # <model>/r<k>/ckpt/<step>.pt
+    board = Board(log_dir)
+    tag = f"eval/{sample_provenance['experiment']}/r{sample_provenance['replicate']}"
+    board.scalars(int(sample_provenance["checkpoint_step"]), {f"{tag}/{k}": v for k, v in values.items()})
+    board.close()
+    return log_dir

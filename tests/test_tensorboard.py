@@ -75,3 +75,40 @@ def test_validation_loss_is_a_curve(tiny_spec, tiny_dataset, tmp_path, monkeypat
         val = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(fh)]
     assert [s for s, _ in scalars["val/loss"]] == [s for s, _ in val] == [4, 8, 12]
     assert [v for _, v in scalars["val/loss"]] == pytest.approx([v for _, v in val], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_an_evaluated_checkpoints_fd_and_is_join_its_models_curves(tmp_path, monkeypatch):
+    """The evaluate stage adds the FD and IS of a checkpoint at its step, under the model replicate's folder."""
+    pytest.importorskip("tensorboard")
+    import json
+
+    from core.stages import evaluate as evaluate_stage
+    from core.stages import reference_stats, train_classifier
+    from core.stages import sample as sample_stage
+    from tests.conftest import TINY_MODEL, model_spec, sample_spec, shapes_dataset
+
+    monkeypatch.setenv(tboard.ENV, "1")
+    data_path = shapes_dataset(tmp_path / "d.h5")
+    spec = model_spec({**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 4, "checkpoint_every": 2}})
+    model = tmp_path / "demo" / "models" / "unet" / "r0"
+    train_stage.run(spec, str(data_path), str(model), "cpu")
+    clf = {"width": 8, "depth": 1, "steps": 5, "batch_size": 16, "lr": 0.003, "seed": 0}
+    train_classifier.run(str(data_path), clf, str(tmp_path / "clf.pt"))
+    extractor = {"kind": "classifier", "weights": str(tmp_path / "clf.pt")}
+    reference_stats.run(str(data_path), "val", 0, extractor, str(tmp_path / "ref.npz"))
+    options = {"is_splits": 2, "kid_subsets": 5, "kid_subset_size": 8, "bootstrap": 0, "fd_infinity": False}
+    fids = {}
+    for step in (2, 4):
+        s_spec = sample_spec({"sampler": {"name": "ddim", "steps": 2}, "num_samples": 16, "batch_size": 8}, "DDIM")
+        samples, metrics = tmp_path / f"s{step}.h5", tmp_path / f"m{step}.json"
+        sample_stage.run(str(model / "ckpt" / f"step{step:07d}.pt"), s_spec, str(samples), "cpu")
+        evaluate_stage.run(
+            str(samples), str(tmp_path / "ref.npz"), extractor, str(metrics), {**options, "batch_size": 8}
+        )
+        fids[step] = json.loads(metrics.read_text())
+    scalars = read_scalars(model / "tensorboard")
+    assert [s for s, _ in scalars["eval/DDIM/r0/fid"]] == [2, 4]
+    assert [v for _, v in scalars["eval/DDIM/r0/fid"]] == pytest.approx([fids[2]["fid"], fids[4]["fid"]], rel=1e-6)
+    assert [v for _, v in scalars["eval/DDIM/r0/is"]] == pytest.approx([fids[2]["is_mean"], fids[4]["is_mean"]])
+    assert [s for s, _ in scalars["train/loss"]] == [4]  # the training curves are still there (log_every 4)

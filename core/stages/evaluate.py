@@ -20,7 +20,7 @@ import argparse
 import json
 from typing import Any
 
-from core import data, distributed, metrics, progress, stats
+from core import data, distributed, metrics, progress, stats, tboard
 from core.features import load_extractor, load_reference
 from core.provenance import code_fingerprint, provenance, write_json
 
@@ -133,6 +133,7 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
             "values": list(fit.values),
         }
     write_json(out, result)
+    tboard.log_evaluation(result["sample_provenance"], {"fid": fd, "is": is_mean})  # config key tensorboard
     print(
         f"[evaluate] {samples}: {result['label']['fid']} = {fd:.3f}, {result['label']['is']} = "
         f"{is_mean:.3f} ± {is_std:.3f}, precision {precision:.3f}, recall {recall:.3f}",
