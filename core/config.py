@@ -29,9 +29,14 @@ class ConfigError(ValueError):
     """A config problem, with the key path that needs fixing."""
 
 
+# libyaml's parser where PyYAML has it (the same documents, ~10× faster: `python -m core.status` parses the
+# schema and config.yaml on every call)
+SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @functools.cache
 def load_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=SAFE_LOADER)
 
 
 def name_rule() -> str:

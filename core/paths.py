@@ -11,12 +11,15 @@ imports it). ``root`` is the config's ``results_dir``.
     <root>/refstats/<dataset>/<split>-<extractor>-n<N>.npz     reference statistics
     <root>/<study>/models/<model>/r<k>/ckpt/<step>.pt          replicate k of a model: its kept checkpoints,
                                    .../r<k>/train_log.csv      its training log (and val_log.csv),
-                                   .../r<k>/state/             its live, resumable state
+                                   .../r<k>/state/             its live, resumable state (state/train_log.csv:
+                                                               the rows so far, read by core.status)
+                                   .../r<k>/tensorboard/       its TensorBoard events (config key tensorboard)
     <root>/<study>/samples/<experiment>/r<k>/<step>.h5          replicate k of an experiment's samples
     <root>/<study>/metrics/<experiment>/r<k>/<step>.json        their metrics
     <root>/<study>/metrics/<experiment>/r<k>/checkpoints.json   the checkpoints a curve sampled (early stopping)
     <root>/<study>/autoencoders/<ae>.json, .png                 the autoencoder's reconstruction quality
     <root>/<study>/report/                                      the report (REPORT_FILES)
+    <root>/<study>/status.md                                    core.status's view of the study
     <root>/logs/<rule>/…, <root>/benchmarks/<rule>/…            per-job logs and Snakemake benchmarks
 
 ``<step>`` is ``step0004000`` or ``best`` (``step_tag``), ``r<k>`` the replicate (``replicate_tag``).
@@ -99,6 +102,20 @@ def train_log(root: str, study: str, model: str, replicate: int | str) -> str:
     return f"{model_dir(root, study, model, replicate)}/train_log.csv"
 
 
+STATE = "state"
+TENSORBOARD = "tensorboard"
+
+
+def train_state_dir(root: str, study: str, model: str, replicate: int | str) -> str:
+    """The live, resumable state of a training run (core.stages.train), with its log so far."""
+    return f"{model_dir(root, study, model, replicate)}/{STATE}"
+
+
+def tensorboard_dir(root: str, study: str, model: str, replicate: int | str) -> str:
+    """TensorBoard events of a training run (core.tboard), when the config asks for them."""
+    return f"{model_dir(root, study, model, replicate)}/{TENSORBOARD}"
+
+
 def samples(root: str, study: str, experiment: str, replicate: int | str, step: int | str) -> str:
     return f"{root}/{study}/samples/{experiment}/{replicate_tag(replicate)}/{step_tag(step)}.h5"
 
@@ -118,6 +135,11 @@ def autoencoder_report(root: str, study: str, name: str, ext: str) -> str:
 
 def report_dir(root: str, study: str) -> str:
     return f"{root}/{study}/report"
+
+
+def status_file(root: str, study: str) -> str:
+    """``python -m core.status``'s view of the study (Markdown), beside its report folder."""
+    return f"{root}/{study}/status.md"
 
 
 def report_files(root: str, study: str) -> list[str]:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from core import paths
+from core import paths, tboard
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
     METRIC_VALUE_KEY,
@@ -73,6 +73,10 @@ class Plan:
         for name in config["default_studies"]["cluster"]:
             self._known_study(name, "default_studies.cluster")
         self._check_datasets()
+        if config["tensorboard"] and not tboard.available():
+            raise ConfigError(
+                f"config key tensorboard: TensorBoard curves need the tensorboard package: {tboard.INSTALL}"
+            )
         if config["metrics"]["inception_weights"] and not Path(config["metrics"]["inception_weights"]).is_file():
             raise ConfigError(_missing_inception(config["metrics"]["inception_weights"]))
         for study in config["studies"]:

@@ -3,9 +3,10 @@ rule's inputs and parameters. Planning imports nothing heavy (no torch, numpy or
 """
 
 import json
+import os
 from pathlib import Path
 
-from core import folders, paths
+from core import folders, paths, tboard
 from core.provenance import code_fingerprint
 from core.config import ConfigError, check_duplicate_keys
 from core.plan import Plan
@@ -18,6 +19,9 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 R = PLAN.root
+# TensorBoard on or off (config key tensorboard): told to the training jobs through their environment, not a
+# parameter, so that switching it reruns nothing (core/tboard.py)
+os.environ[tboard.ENV] = "1" if config["tensorboard"] else "0"
 THREADS = config["threads"]
 NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
 

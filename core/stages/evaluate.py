@@ -20,7 +20,7 @@ import argparse
 import json
 from typing import Any
 
-from core import data, distributed, metrics, stats
+from core import data, distributed, metrics, progress, stats, tboard
 from core.config import precision_of
 from core.features import load_extractor, load_reference
 from core.provenance import code_fingerprint, provenance, write_json
@@ -63,8 +63,8 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
         check_counts(f["samples/images"].shape[0], len(ref["features"]), options)
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         checksums = {k: str(f[k].attrs["sha256"]) for k in ("samples/images", "samples/labels")}
-        feats, logits = extractor.extract(
-            f["samples/images"], batch_size=int(options["batch_size"]), device=device, ctx=ctx
+        feats, logits = progress.extract(
+            extractor, f["samples/images"], int(options["batch_size"]), device, ctx, "evaluate"
         )
     distributed.shutdown(ctx)
     if not ctx.is_main:
@@ -136,6 +136,7 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
             "values": list(fit.values),
         }
     write_json(out, result)
+    tboard.log_evaluation(result["sample_provenance"], {"fid": fd, "is": is_mean})  # config key tensorboard
     print(
         f"[evaluate] {samples}: {result['label']['fid']} = {fd:.3f}, {result['label']['is']} = "
         f"{is_mean:.3f} ± {is_std:.3f}, precision {precision:.3f}, recall {recall:.3f}",

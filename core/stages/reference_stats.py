@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core import data, distributed, metrics
+from core import data, distributed, metrics, progress
 from core.features import load_extractor
 from core.provenance import atomic_path, provenance
 
@@ -30,7 +30,9 @@ def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], ou
         n = available if num == 0 else num
         if n > available:
             raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
-        feats, logits = extractor.extract(f[f"{split}/images"][:n], batch_size=batch_size, device=device, ctx=ctx)
+        feats, logits = progress.extract(
+            extractor, f[f"{split}/images"][:n], batch_size, device, ctx, "reference_stats"
+        )
         data_sha256 = data.content_sha256(f, data_path)
     distributed.shutdown(ctx)
     if not ctx.is_main:

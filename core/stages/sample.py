@@ -36,6 +36,7 @@ import torch
 from core import data, distributed, sampling
 from core.diffusion import GaussianDiffusion
 from core.models import load_autoencoder, load_denoiser
+from core.progress import Progress
 from core.provenance import code_fingerprint, code_version, exclusive, file_sha256, now_iso, spec_hash
 
 
@@ -218,12 +219,12 @@ def _sample(
             done = int(f.attrs["num_done"])
             if done:
                 print(f"[sample] resuming {partial} at {done}/{n}", flush=True)
+            progress = Progress("sample", n, "images", start=done)
             for b in range(done // batch, num_batches):
                 end = draw(b, f)
                 f.attrs["num_done"] = end
                 f.flush()
-                rate = (end - done) / max(time.time() - t0, 1e-9)
-                print(f"[sample] {end}/{n} images ({rate:.1f} img/s)", flush=True)
+                progress.update(end)
             finish(f, time.time() - t0)  # this run's wall time × 1 process
         os.replace(partial, out)
         print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
@@ -235,10 +236,13 @@ def _sample(
     mine = list(range(ctx.rank, num_batches, ctx.world_size))
     with open_partial(shards[ctx.rank], spec_hash({**identity, "world_size": ctx.world_size})) as f:
         done = int(f.attrs["num_done"])
+        # the main rank's share, in batches, stands for the job's progress (the ranks draw alike)
+        progress = Progress("sample", len(mine), "batches", start=done, enabled=ctx.is_main)
         for k, b in enumerate(mine[done:], start=done):
             draw(b, f)
             f.attrs["num_done"] = k + 1
             f.flush()
+            progress.update(k + 1)
         print(f"[sample] rank {ctx.rank}: {len(mine)} batches in {time.time() - t0:.1f}s", flush=True)
     distributed.barrier(ctx)
     if ctx.is_main:

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from core import data, distributed, training
+from core import data, distributed, paths, progress, tboard, training
 from core.config import precision_of
 from core.diffusion import GaussianDiffusion
 from core.models import EMA, UnreadableCheckpoint, build_model, load_checkpoint, save_checkpoint
@@ -249,10 +249,21 @@ def resume(s: Setup, out: Path, ctx: distributed.Context) -> None:
 
 class Logs:
     """``train_log.csv`` (a row per step) and ``val_log.csv`` in the live state, restarted at the resumed step;
-    progress lines on stdout. Only the main rank writes."""
+    a line on stdout every ``every`` steps and a progress line with rate and ETA every ``progress.INTERVAL_S``
+    (``core.progress``, read by ``core.status``); with ``board`` (``core.tboard``) the same curves in TensorBoard
+    every ``every`` steps. Only the main rank writes."""
 
-    def __init__(self, state_dir: Path, step: int, early: bool, ctx: distributed.Context, every: int, cuda: bool):
-        self.main, self.every, self.cuda = ctx.is_main, every, cuda
+    def __init__(
+        self,
+        state_dir: Path,
+        step: int,
+        early: bool,
+        ctx: distributed.Context,
+        every: int,
+        cuda: bool,
+        board: tboard.Board | None = None,
+    ):
+        self.main, self.every, self.cuda, self.board = ctx.is_main, every, cuda, board
         train_path = restart_log(state_dir / "train_log.csv", LOG_FIELDS, step) if self.main else Path(os.devnull)
         val_path = restart_log(state_dir / "val_log.csv", VAL_FIELDS, step) if self.main and early else None
         self.train = open(train_path, "a", newline="")  # noqa: SIM115 (closed by close())
@@ -260,11 +271,16 @@ class Logs:
         self.val_path = val_path or Path(os.devnull)
         self.t_start = self.t_window = time.time()
         self.window_images = 0
+        self.first_step, self.window_start = step, step
+        self.progress: progress.Progress | None = None
 
     def step(self, step: int, total: int, result: training.StepResult, lr: float, images: int, wait: float) -> None:
         now = time.time()
         self.window_images += images
         rate = self.window_images / max(now - self.t_window, 1e-9)
+        if self.progress is None:
+            self.progress = progress.Progress("train", total, "steps", start=self.first_step, enabled=self.main)
+        self.progress.update(step)
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else 0.0
         self.writer.writerow(
             {
@@ -281,7 +297,19 @@ class Logs:
         if self.main and (step % self.every == 0 or step == total):
             self.train.flush()
             print(f"[train] step {step}/{total} loss {result.loss:.4f} lr {lr:.2e} {rate:.1f} img/s", flush=True)
-            self.t_window, self.window_images = now, 0
+            if self.board is not None:
+                step_s = (now - self.t_window) / max(step - self.window_start, 1)
+                self.board.scalars(
+                    step,
+                    {
+                        "train/loss": result.loss,
+                        "train/lr": lr,
+                        "train/grad_norm": result.grad_norm,
+                        "train/step_time_s": step_s,
+                        "train/images_per_s": rate,
+                    },
+                )
+            self.t_window, self.window_images, self.window_start = now, 0, step
 
     def validation(self, step: int, val_loss: float, early: training.EarlyStopping) -> None:
         best = early.best
@@ -294,6 +322,8 @@ class Logs:
                     "best_val_loss": f"{best['val_loss']:.6g}",
                 }
             )
+        if self.main and self.board is not None:
+            self.board.scalars(step, {"val/loss": val_loss, "val/best_loss": float(best["val_loss"])})
         if self.main:
             print(
                 f"[train] step {step}: validation ε-loss {val_loss:.5f} (best {best['val_loss']:.5f} at step "
@@ -303,12 +333,16 @@ class Logs:
 
     def flush(self) -> None:
         self.train.flush()
+        if self.board is not None:
+            self.board.flush()
 
     def __enter__(self) -> Logs:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.train.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def run(
@@ -334,7 +368,8 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
     s = setup(spec, data_path, device, ctx)
     state, early = s.state, s.state.early
     resume(s, out, ctx)
-    logs = Logs(state_dir, state.step, early is not None, ctx, int(train["log_every"]), device.type == "cuda")
+    board = tboard.open_board(out / paths.TENSORBOARD, state.step, ctx.is_main)
+    logs = Logs(state_dir, state.step, early is not None, ctx, int(train["log_every"]), device.type == "cuda", board)
     preempt = Preemption()
     if ctx.is_main:
         print(
