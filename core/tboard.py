@@ -52,7 +52,7 @@ class Board:
             self.writer.add_scalar(tag, value, step)
 
     def image_grid(self, tag: str, step: int, images: Any) -> None:
-        """A grid of uint8 NHWC ``images`` (numpy), one row of at most 8."""
+        """uint8 NHWC ``images`` (numpy) as one image event of ``tag`` (TensorBoard tiles them)."""
         self.writer.add_images(tag, images, step, dataformats="NHWC")
 
     def flush(self) -> None:
@@ -67,15 +67,20 @@ def open_board(log_dir: str | os.PathLike[str], step: int, main: bool) -> Board 
     return Board(log_dir, step) if main and requested() else None
 
 
-def log_evaluation(sample_provenance: dict[str, Any], values: dict[str, float]) -> Path | None:
+def log_evaluation(sample_provenance: dict[str, Any], values: dict[str, float], images: Any = None) -> Path | None:
     """When asked for, the metrics of an evaluated checkpoint as scalars ``eval/<experiment>/r<k>/<name>`` at the
     checkpoint's step, beside the curves of the model replicate that drew the samples (its checkpoint's
-    ``<model>/r<k>/tensorboard``); each evaluation job adds its own small events file. Returns the folder."""
+    ``<model>/r<k>/tensorboard``), and ``images`` (uint8 NHWC: the first samples of the evaluated file) as the grid
+    ``eval/<experiment>/r<k>/samples`` at that step; each evaluation job adds its own small events file. Returns
+    the folder."""
     if not requested():
         return None
     log_dir = Path(sample_provenance["checkpoint"]).parent.parent / paths.TENSORBOARD  # <model>/r<k>/ckpt/<step>.pt
     board = Board(log_dir)
     tag = f"eval/{sample_provenance['experiment']}/r{sample_provenance['replicate']}"
-    board.scalars(int(sample_provenance["checkpoint_step"]), {f"{tag}/{k}": v for k, v in values.items()})
+    step = int(sample_provenance["checkpoint_step"])
+    board.scalars(step, {f"{tag}/{k}": v for k, v in values.items()})
+    if images is not None and len(images):
+        board.image_grid(f"{tag}/samples", step, images)
     board.close()
     return log_dir

@@ -112,3 +112,9 @@ def test_an_evaluated_checkpoints_fd_and_is_join_its_models_curves(tmp_path, mon
     assert [v for _, v in scalars["eval/DDIM/r0/fid"]] == pytest.approx([fids[2]["fid"], fids[4]["fid"]], rel=1e-6)
     assert [v for _, v in scalars["eval/DDIM/r0/is"]] == pytest.approx([fids[2]["is_mean"], fids[4]["is_mean"]])
     assert [s for s, _ in scalars["train/loss"]] == [4]  # the training curves are still there (log_every 4)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(model / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    grids = acc.Images("eval/DDIM/r0/samples")
+    assert [g.step for g in grids] == [2, 4] and all(g.width > 0 and g.height > 0 for g in grids)

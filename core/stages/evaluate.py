@@ -136,7 +136,10 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
             "values": list(fit.values),
         }
     write_json(out, result)
-    tboard.log_evaluation(result["sample_provenance"], {"fid": fd, "is": is_mean})  # config key tensorboard
+    if tboard.requested():  # config key tensorboard: the scores and the first 16 samples at the checkpoint's step
+        with data.open_images(samples, "samples") as f:
+            first = f["samples/images"][:16]
+        tboard.log_evaluation(result["sample_provenance"], {"fid": fd, "is": is_mean}, first)
     print(
         f"[evaluate] {samples}: {result['label']['fid']} = {fd:.3f}, {result['label']['is']} = "
         f"{is_mean:.3f} ± {is_std:.3f}, precision {precision:.3f}, recall {recall:.3f}",
