@@ -123,6 +123,11 @@ grep -Eq "slurm_logs_bad/rule_train/.*[0-9]+\.log" "$TMP/run2.log" || fail "run 
 grep -q "Traceback\|Error" "$TMP/run2.log" || fail "run 2 does not show the failed job's log"
 state=$(scontrol show job "$bad_id" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
 [ "$state" = FAILED ] || fail "SLURM job $bad_id is '${state:-unknown}', not FAILED"
+# core.status joins SLURM's view: the failed train job shows as failed with its SLURM id and state
+python3 -m core.status tiny --slurm --slurm-logdir "$TMP/slurm_logs_bad" --no-write --config results_dir="$BAD" \
+    >"$TMP/status2.txt" 2>&1 || fail "core.status --slurm exited non-zero ($TMP/status2.txt)"
+grep -Eq "^ +train +tiny/unet-cfg/r0 +failed .*slurm $bad_id FAILED" "$TMP/status2.txt" ||
+    fail "core.status --slurm does not show train job $bad_id FAILED: $(cat "$TMP/status2.txt")"
 log "run 2 ok: snakemake exited $rc after ${t_run2}s; SLURM job $bad_id FAILED"
 
 log "PASS in $(($(date +%s) - t_start))s (cluster start, runs, checks): tiny preset ${t_run1}s with" \
