@@ -326,3 +326,22 @@ def test_fd_infinity_is_a_column_when_evaluated(tmp_path):
     Path(metrics).write_text(json.dumps(m))
     table = run_report(tmp_path, study({"run": exp()}), [(metrics, samples)])
     assert "FD∞ ↓ (Chong & Forsyth 2020) |" in table and table.split("\n")[4].endswith("| 8.50 |")
+
+
+def test_kid_and_precision_recall_get_t_intervals_over_replicates_and_no_spread_for_a_single_run(tmp_path):
+    runs = [fake_run(tmp_path, 10, 10.0, 2.0, "single")]
+    runs += [fake_run(tmp_path, 10, 10.0, 2.0, "rep", replicate=r) for r in range(3)]
+    kid = {("single", 0): 0.004, ("rep", 0): 0.001, ("rep", 1): 0.002, ("rep", 2): 0.006}
+    for metrics, _ in runs:
+        m = json.loads(Path(metrics).read_text())
+        key = (m["samples"]["experiment"], m["samples"]["replicate"])
+        m.update(kid_mean=kid[key], kid_std=0.5, precision=0.6 + 0.1 * key[1], recall=0.3)
+        Path(metrics).write_text(json.dumps(m))
+    table = run_report(tmp_path, study({"single": exp(), "rep": exp()}), runs)
+    part = table.split("## Further metrics")[1].split("\n## ")[0]
+    iv = stats.t_interval([1.0, 2.0, 6.0])  # KID × 10³ of the three replicates
+    p = stats.t_interval([0.6, 0.7, 0.8])
+    assert f"| rep | 10 | 3 | {iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] | {p.estimate:.3f} [{p.low:.3f}" in part
+    assert "| single | 10 | 1 | 4.000 | 0.600 | 0.300 |" in part  # a single run: no ± (the subsets' sd 0.5 unused)
+    with open(tmp_path / "out" / "table.csv", newline="") as fh:
+        assert {r["kid_subset_sd"] for r in csv.DictReader(fh)} == {"0.5"}

@@ -23,6 +23,7 @@ from core import data
 from core.provenance import code_fingerprint, code_version, read_json, write_text
 from core.reporting import figures, tables
 from core.reporting.findings import findings_table
+from core.reporting.other_metrics import other_metrics_table
 from core.reporting.results import Row, load_runs, test_claims
 
 STAGES_RECORDED = {
@@ -104,9 +105,13 @@ def run(
         )
     text += (
         "Samples from the EMA weights unless a row says otherwise; rows with several checkpoints report the step with "
-        f"the best mean Fréchet distance and the IS of that same step. Report code version `{code_version()}`.\n"
+        "the best mean Fréchet distance and the IS of that same step. That step is chosen and scored on the same "
+        "samples, so its FD is biased low (the winner's curse: the minimum of several noisy values); the ablation "
+        "table shows the last checkpoint's FD beside it, and the Findings compare rows at their chosen steps. "
+        f"Report code version `{code_version()}`.\n"
     )
     text += findings_table(findings)
+    text += other_metrics_table(study, rows)
     text += tables.sweep_tables(study, rows)
     text += tables.cost_table(study, rows, train_logs, samples)
     text += tables.autoencoder_table(autoencoders or [])
