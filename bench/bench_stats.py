@@ -1,7 +1,19 @@
-"""Benchmark and simulation for ``core.stats``: which bootstrap interval covers E[FD_N], and its cost.
+"""Benchmark and simulation for ``core.stats`` and ``core.verdicts``: which bootstrap interval covers E[FD_N], its
+cost, and the coverage of every interval the report's rows and Findings use when training seeds matter.
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_stats.py [--out bench/results-stats-cpu.json]
         [--trials 200] [--resamples 200] [--mc 2000] [--skip-timing] [--skip-coverage] [--large]
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_stats.py --verdicts \
+        [--out bench/results-verdicts-cpu.json] [--trials 300] [--resamples 100] [--mc 2000]
+
+Verdicts (``--verdicts``): two settings a and b, each a Gaussian "generated" population at a different mean shift
+from the reference (D = 16); each trained model (seed) moves the generated mean by τ·v, v ~ N(0, I/D) drawn per
+model, so FD varies between seeds as well as between draws of N images. The targets are seed-averaged: E[FD_N]
+of a setting and Δ = E_a − E_b, each from ``--mc`` (model, draw) pairs. Per trial: 3 models of a and 3 of b (one
+draw each), and the coverage at 95% of the per-row t interval (3 runs), the paired t (3 vs 3, same indices),
+Welch (3 vs 2), the borrowed-seed-sd t (1 vs 3), the single run's FD bootstrap (centred) of E_a, and the
+bootstrap of the difference of two single runs (paired resample indices, as ``BOOTSTRAP_SEED`` makes them) of Δ;
+at τ = 0 (no seed effect) and τ > 0, at the demo's N (150: Demo B, 300: Demo A).
 
 Coverage: Gaussian "generated" features N(μ_g, Σ_g) against fixed reference statistics (μ_r, Σ_r) (the
 population values, never resampled). For each configuration (D, N, mean shift, covariance scale) E[FD_N] is
@@ -31,7 +43,7 @@ import scipy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import metrics, stats
+from core import metrics, stats, verdicts
 
 # (D, N, mean shift ‖μ_g − μ_r‖, covariance scale Σ_g = scale · Σ_r rotated): from "same distribution"
 # (FD_N is all bias) to a shift that dominates the bias
@@ -136,6 +148,78 @@ def coverage(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# (N, τ): the demos' sample counts, without and with a seed effect
+VERDICT_CONFIGS = [(150, 0.0), (150, 0.6), (300, 0.0), (300, 0.6)]
+
+
+def verdict_coverage(args: argparse.Namespace) -> list[dict]:
+    """Coverage of the report's intervals under training-seed variance (module docstring)."""
+    d = 16
+    mu_r, s_r, mu_a, s_g = population(d, 0.5, 1.1, seed=1)
+    u = (mu_a - mu_r) / np.linalg.norm(mu_a - mu_r)
+    mu_b = mu_r + 1.0 * u  # setting b: twice a's shift
+    chol = np.linalg.cholesky(s_g)
+    ones = {}
+    rows = []
+    print(" N     tau   E_a     E_b   sd_seed  row_t  paired  welch  borrowed  fd_boot  diff_boot  (coverage at 95%)")
+    for n, tau in VERDICT_CONFIGS:
+        rng = np.random.default_rng(17)
+        ones.setdefault(n, np.ones(n, dtype=np.int64))
+
+        def run(mu: np.ndarray, rng: np.random.Generator = rng, n: int = n, tau: float = tau) -> np.ndarray:
+            """One trained model's generated features: its seed offset, then one draw of N images."""
+            model_mu = mu + tau * rng.standard_normal(d) / np.sqrt(d)
+            return model_mu + rng.standard_normal((n, d)) @ chol.T
+
+        def fd(x: np.ndarray, n: int = n) -> float:
+            return stats._WeightedFrechet(x, mu_r, s_r).fd(ones[n])
+
+        t0 = time.perf_counter()
+        mc_a = np.array([fd(run(mu_a)) for _ in range(args.mc)])
+        mc_b = np.array([fd(run(mu_b)) for _ in range(args.mc)])
+        e_a, e_b = float(mc_a.mean()), float(mc_b.mean())
+        delta = e_a - e_b
+        hits = dict.fromkeys(("row_t", "paired", "welch", "borrowed", "fd_boot", "diff_boot"), 0)
+        for t in range(args.trials):
+            xa = [run(mu_a) for _ in range(3)]
+            xb = [run(mu_b) for _ in range(3)]
+            fa, fb = [fd(x) for x in xa], [fd(x) for x in xb]
+            hits["row_t"] += stats.t_interval(fa).contains(e_a)
+            hits["paired"] += (
+                verdicts.difference(verdicts.RowValues(fa), verdicts.RowValues(fb)).interval().contains(delta)
+            )
+            welch = verdicts.difference(verdicts.RowValues(fa), verdicts.RowValues({5: fb[0], 6: fb[1]}))
+            hits["welch"] += welch.interval().contains(delta)
+            hits["borrowed"] += (
+                verdicts.difference(verdicts.RowValues(fa[:1]), verdicts.RowValues(fb)).interval().contains(delta)
+            )
+            ba = stats.bootstrap_fd(xa[0], mu_r, s_r, args.resamples, seed=t)
+            bb = stats.bootstrap_fd(xb[0], mu_r, s_r, args.resamples, seed=t)  # same seed: same indices, as evaluated
+            hits["fd_boot"] += stats.bootstrap_interval(fa[0], ba).contains(e_a)
+            two = verdicts.difference(verdicts.RowValues(fa[:1], ba), verdicts.RowValues(fb[:1], bb))
+            hits["diff_boot"] += two.interval().contains(delta)
+        cov = {k: v / args.trials for k, v in hits.items()}
+        # the seed sd of FD: total variance of FD_N over (model, draw) minus the within-model (draw) part is not
+        # separable from one draw per model; report the total sd and the draw-only sd at τ = 0 for comparison
+        row = {
+            "N": n,
+            "tau": tau,
+            "e_fd_a": e_a,
+            "e_fd_b": e_b,
+            "delta": delta,
+            "sd_fd_a_total": float(mc_a.std(ddof=1)),
+            "mc_se_delta": float(np.sqrt(mc_a.var(ddof=1) / args.mc + mc_b.var(ddof=1) / args.mc)),
+            "coverage": cov,
+            "seconds": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        print(
+            f"{n:>4} {tau:>5} {e_a:>6.3f} {e_b:>6.3f} {row['sd_fd_a_total']:>7.3f} "
+            + " ".join(f"{cov[k]:>7.3f}" for k in hits)
+        )
+    return rows
+
+
 def timing() -> list[dict]:
     out = []
     rng = np.random.default_rng(0)
@@ -174,6 +258,7 @@ def main() -> None:
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--skip-coverage", action="store_true")
     p.add_argument("--large", action="store_true", help="coverage at D=256, N=600 instead of the small cases")
+    p.add_argument("--verdicts", action="store_true", help="only the coverage of the report's intervals under seeds")
     args = p.parse_args()
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -188,6 +273,12 @@ def main() -> None:
             "level": 0.95,
         },
     }
+    if args.verdicts:
+        result["settings"]["verdict_configs"] = VERDICT_CONFIGS
+        result["verdict_coverage"] = verdict_coverage(args)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     if not args.skip_timing:
         result["timing"] = timing()
     if not args.skip_coverage:

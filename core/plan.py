@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from core import claims as claim_specs
 from core import paths, tboard
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
@@ -136,8 +137,11 @@ class Plan:
     def _resolve_claims(self, study: str) -> list[dict[str, Any]]:
         """The study's claims, each ``reference`` (the same claim in another study) resolved to that claim's rows,
         expectation, margin and published numbers, which the report's Findings show beside the claim's verdict."""
-        claims = copy.deepcopy(self.config["studies"][study]["claims"])
+        s = self.config["studies"][study]
+        claims = copy.deepcopy(s["claims"])
         for i, c in enumerate(claims):
+            self._compare_sides(study, i, c)
+            c["correction"] = s["correction"]
             if "reference" not in c:
                 continue
             key = key_path(["studies", study, "claims", i, "reference"])
@@ -173,6 +177,23 @@ class Plan:
                 "published": published,
             }
         return claims
+
+    def _compare_sides(self, study: str, i: int, c: dict[str, Any]) -> None:
+        """A claim's two sides share their evaluation settings (``core.claim_specs.MUST_MATCH``), else a ``ConfigError``
+        names both rows and the field; ``c`` gets ``differs`` (what differs, b→a) and ``confounded`` (more differs
+        than the settings its ``varies`` names)."""
+        exps, models = self.experiments[study], self.models[study]
+        side = {x: claim_specs.resolved(exps[c[x]], models[exps[c[x]]["model"]]) for x in ("a", "b")}
+        diffs = claim_specs.spec_differences(side["a"], side["b"])
+        for key, va, vb in claim_specs.incomparable(diffs):
+            where = key_path(["studies", study, "experiments"])
+            raise ConfigError(
+                f"config key {key_path(['studies', study, 'claims', i])}: its rows differ in {key} "
+                f"({where}.{c['a']}.{key} = {va}, {where}.{c['b']}.{key} = {vb}); a claim compares rows evaluated "
+                f"alike: give both the same {key}"
+            )
+        c["differs"] = claim_specs.describe(diffs)
+        c["confounded"] = claim_specs.describe(claim_specs.outside(diffs, c["varies"])) if "varies" in c else []
 
     def input_size(self, study: str, spec: dict[str, Any]) -> int:
         """The side of what a model sees: the dataset's images, or its autoencoder's latents."""
@@ -235,6 +256,14 @@ class Plan:
         if model["space"] == "latent":  # latents are never clipped to ±1
             spec["sampler"]["clip_denoised"] = False
         spec.setdefault("replicates", model["replicates"])
+        if spec["replicates"] > model["replicates"]:
+            raise ConfigError(
+                f"config key {key_path([*where, 'replicates'])}: {spec['replicates']} sample sets, but model "
+                f"'{spec['model']}' has {model['replicates']} trained copies "
+                f"({key_path(['studies', study, 'models', spec['model'], 'replicates'])}); replicate k samples model "
+                "copy k, so a row's replicates are independent models: raise the model's replicates or lower the "
+                "experiment's"
+            )
         early, which = "early_stopping" in model["train"], spec["checkpoints"]
         if early and which == "final":
             raise ConfigError(
@@ -302,9 +331,11 @@ class Plan:
         return list(range(self.experiments[study][experiment]["replicates"]))
 
     def model_replicate_of(self, study: str, experiment: str, replicate: int) -> int:
-        """The model replicate that experiment replicate ``replicate`` samples (k mod the model's replicates)."""
-        exp = self.experiments[study][experiment]
-        return replicate % self.models[study][exp["model"]]["replicates"]
+        """The model replicate that experiment replicate ``replicate`` samples: the same k (one-to-one; the plan refuses
+        an experiment with more replicates than its model)."""
+        if replicate not in self.experiment_replicates(study, experiment):
+            raise ValueError(f"experiment '{experiment}' of study '{study}' has no replicate {replicate}")
+        return replicate
 
     def train_spec(self, study: str, model: str, replicate: int) -> dict[str, Any]:
         """What ``core.stages.train`` gets: the model's spec with its replicate's seed (seed + replicate)."""

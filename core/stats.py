@@ -42,11 +42,8 @@ the bootstrap bias) is closest to 95% over all trials (0.956; "normal" 0.965, sl
 deviation within the Monte Carlo error of ±0.015 per case), and keeps the skew of the resampled values, so
 it is the default.
 
-Differences between two rows (``difference_interval``) use a paired t interval when both rows have the same
-≥ 2 replicates, Welch's t interval when both have ≥ 2 but different ones, else the bootstrap of the
-difference of the two rows' independent resamples of replicate 0. ``verdict`` turns an interval for
-Δ = a − b into "holds" / "reversed" / "not resolved" for an expected direction (or equivalence within a
-margin); ``published_direction`` does the same for the reference study's single published numbers.
+Differences between report rows, their p-values, the multiplicity correction and the verdicts live in
+``core.verdicts``; it builds on ``t_interval`` and ``bootstrap_interval`` here.
 
 FD∞ (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to find them"): the FD
 bias is ≈ k/N, so FD_N is computed on random subsets of several sizes and FD_N = FD∞ + k/N is fitted by least
@@ -59,8 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
@@ -72,20 +68,13 @@ __all__ = [
     "BOOTSTRAP_METHODS",
     "FDInfinity",
     "Interval",
-    "RowValues",
     "bootstrap_fd",
     "bootstrap_interval",
     "bootstrap_is",
-    "difference_interval",
     "fd_infinity",
     "fd_infinity_sizes",
-    "published_direction",
     "t_interval",
-    "verdict",
 ]
-
-Expect = Literal["less", "greater", "equal"]
-Verdict = Literal["holds", "reversed", "not resolved"]
 
 #: bootstrap interval types ``bootstrap_interval`` knows (see its docstring)
 BOOTSTRAP_METHODS = ("percentile", "basic", "bc", "normal", "centred")
@@ -174,18 +163,6 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Int
     mean = float(x.mean())
     half = float(scipy.stats.t.ppf((1 + level) / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, level, f"t over {n} replicates", n)
-
-
-def _welch_interval(a: np.ndarray, b: np.ndarray, level: float) -> Interval:
-    """Welch's t interval for mean(a) − mean(b), Welch–Satterthwaite degrees of freedom."""
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se2 = va + vb
-    # both sides constant: a zero-width interval, the df do not matter
-    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se2 > 0 else len(a) + len(b) - 2
-    est = float(a.mean() - b.mean())
-    half = float(scipy.stats.t.ppf((1 + level) / 2, df)) * math.sqrt(se2)
-    method = f"Welch t over {len(a)} vs {len(b)} replicates"
-    return Interval(est, est - half, est + half, level, method, len(a) + len(b))
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap
@@ -343,121 +320,6 @@ def bootstrap_is(logits: np.ndarray, splits: int = 10, resamples: int = 200, see
     rng = np.random.default_rng(seed)
     n = z.shape[0]
     return np.array([metrics.inception_score(z[rng.integers(0, n, n)], splits=splits)[0] for _ in range(resamples)])
-
-
-# ------------------------------------------------------------------------------- differences and verdicts
-
-
-class RowLike(Protocol):
-    """What ``difference_interval`` reads from a report row: replicate values and optional resamples."""
-
-    values: Mapping[int, float] | Sequence[float]
-    resamples: Sequence[float] | np.ndarray | None
-
-
-@dataclass(frozen=True, eq=False)
-class RowValues:
-    """One report row's metric: per-replicate values and, optionally, the bootstrap resamples of replicate 0.
-
-    ``values`` maps replicate index → value; a list is read as indices 0, 1, …. ``resamples`` are the
-    metric on bootstrap resamples of replicate 0's generated images (``bootstrap_fd`` / ``bootstrap_is``).
-    """
-
-    values: Mapping[int, float] | Sequence[float]
-    resamples: Sequence[float] | np.ndarray | None = field(default=None)
-
-
-def _replicates(row: RowLike, side: str) -> dict[int, float]:
-    values = row.values
-    out = {int(k): float(v) for k, v in values.items()} if isinstance(values, Mapping) else dict(enumerate(values))
-    if not out:
-        raise ValueError(f"row {side} has no replicate values")
-    if not all(math.isfinite(v) for v in out.values()):
-        raise ValueError(f"row {side} has NaN or infinite replicate values")
-    return {k: float(v) for k, v in out.items()}
-
-
-def difference_interval(
-    a: RowLike, b: RowLike, level: float = 0.95, bootstrap_method: str = BOOTSTRAP_METHOD
-) -> Interval:
-    """Interval for Δ = a − b between two report rows.
-
-    - both rows have the same replicate indices, at least 2: paired t interval of the per-index differences
-      (the shared seed's common noise cancels);
-    - both have at least 2 replicates, different indices or counts: Welch's t interval;
-    - otherwise (a row with a single replicate): bootstrap interval (``bootstrap_method``) around a₀ − b₀ from
-      the differences of the two rows' independent resamples of replicate 0, resample k of a minus resample
-      k of b (both need the same number of resamples).
-    """
-    level = _check_level(level)
-    va, vb = _replicates(a, "a"), _replicates(b, "b")
-    if len(va) >= 2 and len(vb) >= 2:
-        if va.keys() == vb.keys():
-            idx = sorted(va)
-            iv = t_interval([va[i] - vb[i] for i in idx], level)
-            return replace(iv, method=f"paired t over {len(idx)} replicates")
-        return _welch_interval(np.array(list(va.values())), np.array(list(vb.values())), level)
-    if 0 not in va or 0 not in vb:
-        raise ValueError("a bootstrap difference needs replicate 0 on both rows (its resamples are of replicate 0)")
-    ra, rb = getattr(a, "resamples", None), getattr(b, "resamples", None)
-    if ra is None or rb is None:
-        missing = " and ".join(side for side, r in (("a", ra), ("b", rb)) if r is None)
-        raise ValueError(f"a single-replicate row needs bootstrap resamples of replicate 0; missing for {missing}")
-    ra, rb = _finite_1d("resamples of a", ra, 2), _finite_1d("resamples of b", rb, 2)
-    if len(ra) != len(rb):
-        raise ValueError(f"the two rows have different numbers of bootstrap resamples: {len(ra)} vs {len(rb)}")
-    iv = bootstrap_interval(va[0] - vb[0], ra - rb, level, bootstrap_method)
-    return replace(iv, method=f"bootstrap ({bootstrap_method}) of the difference, {len(ra)} resamples")
-
-
-def _check_expect(expect: str, margin: float | None) -> float | None:
-    if expect not in ("less", "greater", "equal"):
-        raise ValueError(f"expect must be 'less', 'greater' or 'equal', got {expect!r}")
-    if expect == "equal":
-        if margin is None or not margin > 0 or not math.isfinite(margin):
-            raise ValueError(f"an 'equal' claim needs a finite equivalence margin > 0, got {margin}")
-        return float(margin)
-    if margin is not None:
-        raise ValueError(f"a margin applies to 'equal' claims only, got margin={margin} with expect={expect!r}")
-    return None
-
-
-def verdict(interval: Interval, expect: Expect, margin: float | None = None) -> Verdict:
-    """Verdict on a claim about Δ = a − b from its interval.
-
-    - "less" (a < b): "holds" if high < 0, "reversed" if low > 0, else "not resolved"; "greater" mirrored.
-    - "equal" within ``margin`` δ > 0 (equivalence, two one-sided tests at the interval's level): "holds" if
-      the interval lies inside (−δ, δ), "reversed" (they differ) if it lies entirely above δ or below −δ,
-      else "not resolved".
-    """
-    delta = _check_expect(expect, margin)
-    low, high = interval.low, interval.high
-    if expect == "less":
-        return "holds" if high < 0 else "reversed" if low > 0 else "not resolved"
-    if expect == "greater":
-        return "holds" if low > 0 else "reversed" if high < 0 else "not resolved"
-    assert delta is not None
-    if -delta < low and high < delta:
-        return "holds"
-    if low > delta or high < -delta:
-        return "reversed"
-    return "not resolved"
-
-
-def published_direction(a_value: float, b_value: float, expect: Expect, margin: float | None = None) -> Verdict:
-    """Verdict on a claim from the reference study's single published numbers (no interval).
-
-    Δ = a − b: "less" holds if Δ < 0 and is reversed if Δ > 0 ("greater" mirrored); "equal" holds if
-    |Δ| < δ, else reversed. An exact tie under "less"/"greater" is "not resolved".
-    """
-    _check_expect(expect, margin)
-    diff = float(a_value) - float(b_value)
-    if not math.isfinite(diff):
-        raise ValueError(f"published values must be finite, got {a_value} and {b_value}")
-    if expect == "equal":
-        return "holds" if abs(diff) < margin else "reversed"  # type: ignore[operator]
-    sign = -diff if expect == "less" else diff
-    return "holds" if sign > 0 else "reversed" if sign < 0 else "not resolved"
 
 
 # -------------------------------------------------------------------------------------------------- FD∞

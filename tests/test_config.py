@@ -186,3 +186,53 @@ def test_sweeps_expand_into_experiments_once_without_repeating_the_base():
     c["studies"]["demo-b"]["sweeps"] = {"guidance": [{"base": "baseline", "scales": [2]}]}  # unconditional model
     with pytest.raises(cfg.ConfigError, match=r"baseline\.w2\.guidance_scale: guidance needs a class-conditional"):
         validate(c)
+
+
+def test_an_experiment_with_more_replicates_than_its_model_is_refused_naming_both_keys():
+    c = fresh()
+    c["studies"]["demo-b"]["experiments"]["low-lr"]["replicates"] = 2  # model low-lr is trained once
+    with pytest.raises(
+        cfg.ConfigError,
+        match=r"studies\.demo-b\.experiments\.low-lr\.replicates: 2 sample sets"
+        r".*studies\.demo-b\.models\.low-lr\.replicates",
+    ):
+        validate(c)
+    # fewer sample sets than trained copies is fine, and replicate k samples copy k (one-to-one)
+    c = fresh()
+    c["studies"]["demo-b"]["experiments"]["baseline"]["replicates"] = 2
+    plan = validate(c)
+    assert [plan.model_replicate_of("demo-b", "baseline", k) for k in (0, 1)] == [0, 1]
+    assert [plan.model_replicate_of("demo-b", "width-16", k) for k in (0, 1, 2)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="no replicate 2"):
+        plan.model_replicate_of("demo-b", "baseline", 2)
+
+
+def test_a_claims_rows_must_share_the_number_of_generated_images():
+    c = fresh()
+    c["studies"]["demo-b"]["experiments"]["width-12"]["num_samples"] = 300
+    with pytest.raises(
+        cfg.ConfigError,
+        match=r"studies\.demo-b\.claims\.1: its rows differ in num_samples \(studies\.demo-b\.experiments\.width-12"
+        r"\.num_samples = 300, studies\.demo-b\.experiments\.baseline\.num_samples = 150\)",
+    ):
+        validate(c)
+
+
+def test_claims_list_what_differs_and_which_are_confounded():
+    plan = validate(fresh())
+    claims = {c["claim"]: c for c in plan.claims["demo-b"]}
+    assert claims["width 12 beats 8"]["differs"] == ["model.net.base_channels 8→12", "model.train.hflip no→yes"]
+    assert claims["width 12 beats 8"]["confounded"] == ["model.train.hflip no→yes"]  # varies names the width only
+    assert claims["lower LR is worse"]["differs"] == ["model.train.lr 0.004→0.0008"]
+    assert claims["lower LR is worse"]["confounded"] == [] and claims["lower LR is worse"]["correction"] == "holm"
+    guided = next(c for c in plan.claims["demo-a"] if c["a"] == "DDPM-CFG" and c["b"] == "DDPM")
+    assert guided["differs"] == ["guidance_scale 0.0→3.0"] and guided["confounded"] == []
+    c = fresh()
+    c["studies"]["demo-b"]["correction"] = "bh"
+    del c["studies"]["demo-b"]["claims"][1]["varies"]  # unnamed: the differences are listed, nothing marked
+    claims = validate(c).claims["demo-b"]
+    assert claims[1]["confounded"] == [] and len(claims[1]["differs"]) == 2 and claims[0]["correction"] == "bh"
+    c = fresh()
+    c["studies"]["demo-b"]["correction"] = "bonferroni"
+    with pytest.raises(cfg.ConfigError, match=r"studies\.demo-b.*correction"):
+        validate(c)

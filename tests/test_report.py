@@ -173,12 +173,26 @@ def test_claims_get_verdicts_paired_over_replicates_and_the_published_direction(
     assert "**holds**" in lines["guidance helps"] and "paired t over 3 replicates" in lines["guidance helps"]
     assert "**reversed**" in lines["guidance hurts"]
     assert "**not resolved**" in lines["pixel beats latent"]
-    assert "**holds**" in lines["pixel ≈ latent"]
+    assert "**holds**" in lines["pixel ≈ latent"] and "(90%)" in lines["pixel ≈ latent"]  # TOST: the 90% interval
     diffs = [15.0 + r + 0.1 * r * r - (20.0 + r) for r in range(3)]
     iv = stats.t_interval(diffs)
-    assert f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]" in lines["guidance helps"]
-    assert "holds (94.2 vs 150)" in lines["guidance helps"]  # the reference's published numbers agree
-    assert "reversed (94.2 vs 150)" in lines["guidance hurts"] and lines["pixel beats latent"].endswith("| – |")
+    assert f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] (95%)" in lines["guidance helps"]
+    # raw and Holm-adjusted p-values: the paired t test's, then Holm over the four claims
+    p = scipy.stats.ttest_1samp(diffs, 0.0).pvalue
+    assert p < 0.001 and "| < 0.001 |" in lines["guidance helps"]
+    assert "| p (holm) |" in findings and "Holm's step-down correction" in findings
+    p_latent = scipy.stats.ttest_1samp([-((-1) ** r) for r in range(3)], 0.0).pvalue  # plain − latent per replicate
+    assert f"| {p_latent:.3f} | {p_latent:.3f} | **not resolved** |" in lines["pixel beats latent"]  # largest: ×1
+    # the reference's published numbers: Δ and the noise floor scaled from our replicates' relative seed sd
+    values = {
+        "plain": [20.0 + r for r in range(3)],
+        "guided": [15.0 + r + 0.1 * r * r for r in range(3)],
+        "latent": [20.0 + r + (-1) ** r for r in range(3)],
+    }
+    rel = np.median([np.std(v, ddof=1) / np.mean(v) for v in values.values()])
+    floor = 1.959964 * math.sqrt(2) * rel * (94.2 + 150.0) / 2
+    assert f"holds (94.2 vs 150: Δ -55.80, noise floor {floor:.2f})" in lines["guidance helps"]
+    assert "reversed (94.2 vs 150" in lines["guidance hurts"] and lines["pixel beats latent"].endswith("| – |")
 
 
 def test_a_claim_naming_the_full_studys_claim_shows_that_claims_published_direction(tmp_path):
@@ -186,21 +200,62 @@ def test_a_claim_naming_the_full_studys_claim_shows_that_claims_published_direct
     guided = next(c for c in claims if (c["a"], c["b"]) == ("DDPM-CFG", "DDPM"))
     equal = next(c for c in claims if c["expect"] == "equal")  # DDIM-25 ≈ DDPM-50 within 2; full-a's within 10
     runs = [
-        fake_run(tmp_path, 10, fd, 2.0, e, spread=0.5) for e, fd in (("DDPM-CFG", 10.0), ("DDPM", 20.0), ("DDIM", 25.0))
+        fake_run(tmp_path, 10, fd + 0.1 * r * r, 2.0, e, replicate=r, spread=0.5)
+        for e, fd in (("DDPM-CFG", 10.0), ("DDPM", 20.0), ("DDIM", 25.0))
+        for r in range(3)
     ]
     table = run_report(tmp_path, study({e: exp() for e in ("DDPM-CFG", "DDPM", "DDIM")}, claims=[guided, equal]), runs)
     lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
-    assert lines[guided["claim"]].endswith("| **holds** | holds (full-a: DDPM-CFG vs DDPM, 94.2 vs 150) |")
-    # the demo's own margin (2) decides the demo's verdict, the full study's (10) the reference's direction
-    assert lines[equal["claim"]].endswith("| **reversed** | holds (full-a: DDIM vs DDPM, 152.1 vs 150, \\|Δ\\| < 10) |")
+    vals = [[fd + 0.1 * r * r for r in range(3)] for fd in (10.0, 20.0, 25.0)]
+    rel = np.median([np.std(v, ddof=1) / np.mean(v) for v in vals])
+    floor = 1.959964 * math.sqrt(2) * rel * (94.2 + 150.0) / 2
+    assert lines[guided["claim"]].endswith(
+        f"| **holds** | guidance_scale 0.0→3.0 | holds (full-a: DDPM-CFG vs DDPM, 94.2 vs 150: Δ -55.80, noise floor "
+        f"{floor:.2f}) |"
+    )
+    # the demo's own margin (2) decides the demo's verdict, the full study's (10) the reference's direction: its
+    # |Δ| 2.1 is within 10 by more than the floor
+    floor = 1.959964 * math.sqrt(2) * rel * (152.1 + 150.0) / 2
+    assert "| **reversed** |" in lines[equal["claim"]]
+    assert lines[equal["claim"]].endswith(
+        f"holds (full-a: DDIM vs DDPM, 152.1 vs 150: Δ +2.10, \\|Δ\\| < 10, noise floor {floor:.2f}) |"
+    )
 
 
-def test_a_single_run_claim_uses_the_bootstrap_of_the_difference(tmp_path):
+def test_a_claim_lists_what_differs_and_is_marked_confounded(tmp_path):
+    claims = Plan(yaml.safe_load((ROOT / "config.yaml").read_text())).claims["demo-b"]
+    width = next(c for c in claims if (c["a"], c["b"]) == ("width-12", "baseline"))
+    flips = next(c for c in claims if (c["a"], c["b"]) == ("low-lr-flip", "low-lr"))
+    assert width["confounded"] == ["model.train.hflip no→yes"] and not flips["confounded"]
+    names = ("width-12", "baseline", "low-lr-flip", "low-lr")
+    runs = [fake_run(tmp_path, 10, 10.0 + e, 2.0, n) for e, n in enumerate(names)]
+    table = run_report(tmp_path, study({n: exp() for n in names}, claims=[width, flips]), runs)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| **confounded**: model.net.base_channels 8→12; model.train.hflip no→yes |" in lines[width["claim"]]
+    assert "| model.train.hflip no→yes |" in lines[flips["claim"]]
+
+
+def test_a_single_run_against_replicates_borrows_their_seed_spread(tmp_path):
+    runs = [fake_run(tmp_path, 10, 10.0, 2.0, "a", spread=0.5)]
+    runs += [fake_run(tmp_path, 10, fd, 2.0, "b", replicate=r, spread=0.5) for r, fd in enumerate((12.0, 16.0, 20.0))]
+    claims = [{"claim": "a beats b", "a": "a", "b": "b", "metric": "fid", "expect": "less"}]
+    table = run_report(tmp_path, study({"a": exp(), "b": exp()}, claims=claims), runs)
+    line = next(x for x in table.splitlines() if x.startswith("| a beats b |"))
+    # Δ̂ = 10 − 16 = −6, se = 4·√(4/3), t_{0.975,2}; replicate 0 alone (10 vs 12, the bootstrap of the sampling noise
+    # of one trained network each) would have called it
+    half = scipy.stats.t.ppf(0.975, 2) * 4 * math.sqrt(4 / 3)
+    assert f"-6.00 [{-6 - half:+.2f}, {-6 + half:+.2f}] (95%)" in line
+    assert "seed sd 4 of b borrowed (df 2)" in line and "**not resolved**" in line
+
+
+def test_two_single_runs_use_the_bootstrap_of_the_difference_and_are_tentative(tmp_path):
     runs = [fake_run(tmp_path, 10, 10.0, 2.0, "a", spread=0.5), fake_run(tmp_path, 10, 20.0, 2.0, "b", spread=0.5)]
     claims = [{"claim": "a beats b", "a": "a", "b": "b", "metric": "fid", "expect": "less"}]
     table = run_report(tmp_path, study({"a": exp(), "b": exp()}, claims=claims), runs)
     line = next(x for x in table.splitlines() if x.startswith("| a beats b |"))
-    assert "**holds**" in line and "bootstrap (centred) of the difference, 50 resamples" in line
+    assert "bootstrap (centred) of the difference, one run each, 50 resamples" in line
+    # one training run on each side: sampling noise only, so never a bold verdict
+    assert "| holds, tentative (one training run each) |" in line and "**holds**" not in line
 
 
 def test_sweeps_published_numbers_and_cost(tmp_path):
@@ -271,3 +326,22 @@ def test_fd_infinity_is_a_column_when_evaluated(tmp_path):
     Path(metrics).write_text(json.dumps(m))
     table = run_report(tmp_path, study({"run": exp()}), [(metrics, samples)])
     assert "FD∞ ↓ (Chong & Forsyth 2020) |" in table and table.split("\n")[4].endswith("| 8.50 |")
+
+
+def test_kid_and_precision_recall_get_t_intervals_over_replicates_and_no_spread_for_a_single_run(tmp_path):
+    runs = [fake_run(tmp_path, 10, 10.0, 2.0, "single")]
+    runs += [fake_run(tmp_path, 10, 10.0, 2.0, "rep", replicate=r) for r in range(3)]
+    kid = {("single", 0): 0.004, ("rep", 0): 0.001, ("rep", 1): 0.002, ("rep", 2): 0.006}
+    for metrics, _ in runs:
+        m = json.loads(Path(metrics).read_text())
+        key = (m["samples"]["experiment"], m["samples"]["replicate"])
+        m.update(kid_mean=kid[key], kid_std=0.5, precision=0.6 + 0.1 * key[1], recall=0.3)
+        Path(metrics).write_text(json.dumps(m))
+    table = run_report(tmp_path, study({"single": exp(), "rep": exp()}), runs)
+    part = table.split("## Further metrics")[1].split("\n## ")[0]
+    iv = stats.t_interval([1.0, 2.0, 6.0])  # KID × 10³ of the three replicates
+    p = stats.t_interval([0.6, 0.7, 0.8])
+    assert f"| rep | 10 | 3 | {iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}] | {p.estimate:.3f} [{p.low:.3f}" in part
+    assert "| single | 10 | 1 | 4.000 | 0.600 | 0.300 |" in part  # a single run: no ± (the subsets' sd 0.5 unused)
+    with open(tmp_path / "out" / "table.csv", newline="") as fh:
+        assert {r["kid_subset_sd"] for r in csv.DictReader(fh)} == {"0.5"}

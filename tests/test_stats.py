@@ -1,5 +1,5 @@
 """Statistics for the report: t and bootstrap intervals (formulas and coverage), the bootstrap FD/IS against
-``core.metrics``, differences between rows, verdicts, and FD∞."""
+``core.metrics``, and FD∞ (differences between rows and verdicts: tests/test_verdicts.py)."""
 
 import math
 
@@ -160,117 +160,6 @@ def test_chosen_bootstrap_interval_covers_expected_fd():
     covered, percentile = _fd_coverage(stats.BOOTSTRAP_METHOD, trials=150)
     assert 0.88 <= covered <= 0.99
     assert percentile < 0.8  # the case separates the types: the percentile interval sits too high here
-
-
-# ----------------------------------------------------------------------------------------- differences
-
-
-def test_difference_interval_paired_when_replicates_match():
-    a = stats.RowValues({2: 5.0, 0: 3.0, 1: 4.5})
-    b = stats.RowValues([1.0, 2.0, 2.5])
-    iv = stats.difference_interval(a, b)
-    expected = scipy.stats.ttest_rel([3.0, 4.5, 5.0], [1.0, 2.0, 2.5]).confidence_interval(0.95)
-    assert (iv.low, iv.high) == pytest.approx((expected.low, expected.high), rel=1e-10)
-    assert iv.estimate == pytest.approx(7 / 3)
-    assert iv.method == "paired t over 3 replicates" and iv.n == 3
-
-
-def test_paired_difference_is_narrow_for_perfectly_correlated_replicates():
-    rng = np.random.default_rng(0)
-    seed_effect = rng.normal(0, 10, 4)  # shared by both rows (same seeds): cancels in the paired difference
-    a = stats.RowValues(list(seed_effect + 2.0 + rng.normal(0, 0.01, 4)))
-    b = stats.RowValues(list(seed_effect))
-    iv = stats.difference_interval(a, b)
-    assert iv.contains(2.0) and iv.high - iv.low < 0.1 and iv.excludes(0.0)
-    # the same numbers as independent rows (Welch) cannot resolve the shift
-    welch = stats.difference_interval(a, stats.RowValues(dict(zip(range(1, 5), seed_effect, strict=True))))
-    assert welch.method.startswith("Welch") and welch.contains(0.0)
-
-
-def test_difference_interval_welch_when_replicates_differ():
-    a, b = [1.0, 2.0, 4.0, 3.0], [0.0, 2.5, 1.0, 1.0, 7.0]
-    expected = scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.9)
-    for rb in (stats.RowValues(b), stats.RowValues(dict(zip(range(5, 10), b, strict=True)))):
-        iv = stats.difference_interval(stats.RowValues(a), rb, level=0.9)
-        assert (iv.low, iv.high) == pytest.approx((expected.low, expected.high), rel=1e-10)
-        assert iv.method == "Welch t over 4 vs 5 replicates"
-    # same count, different indices: still Welch
-    iv = stats.difference_interval(stats.RowValues({0: 1.0, 1: 2.0}), stats.RowValues({0: 1.0, 2: 3.0}))
-    assert iv.method.startswith("Welch")
-
-
-def test_difference_interval_bootstrap_when_a_row_has_one_replicate():
-    rng = np.random.default_rng(0)
-    ra, rb = rng.normal(10.4, 0.3, 200), rng.normal(8.2, 0.3, 200)
-    a = stats.RowValues([10.0], resamples=ra)
-    b = stats.RowValues([8.0, 8.3, 7.9], resamples=rb)  # several replicates: only replicate 0 is used
-    iv = stats.difference_interval(a, b)
-    expected = stats.bootstrap_interval(2.0, ra - rb)
-    assert (iv.estimate, iv.low, iv.high, iv.n) == (2.0, expected.low, expected.high, 200)
-    assert iv.method == f"bootstrap ({stats.BOOTSTRAP_METHOD}) of the difference, 200 resamples"
-    with pytest.raises(ValueError, match="missing for b"):
-        stats.difference_interval(a, stats.RowValues([8.0]))
-    with pytest.raises(ValueError, match="different numbers"):
-        stats.difference_interval(a, stats.RowValues([8.0], resamples=rb[:100]))
-    with pytest.raises(ValueError, match="replicate 0"):
-        stats.difference_interval(a, stats.RowValues({3: 8.0}, resamples=rb))
-
-
-# ------------------------------------------------------------------------------------------------ verdicts
-
-
-def iv(low: float, high: float) -> stats.Interval:
-    return stats.Interval((low + high) / 2, low, high, 0.95, "constructed", 3)
-
-
-@pytest.mark.parametrize(
-    ("low", "high", "expect", "margin", "result"),
-    [
-        (-3.0, -1.0, "less", None, "holds"),
-        (1.0, 3.0, "less", None, "reversed"),
-        (-1.0, 1.0, "less", None, "not resolved"),
-        (-1.0, 0.0, "less", None, "not resolved"),  # touching 0 is not resolved
-        (1.0, 3.0, "greater", None, "holds"),
-        (-3.0, -1.0, "greater", None, "reversed"),
-        (0.0, 1.0, "greater", None, "not resolved"),
-        (-0.5, 0.5, "equal", 1.0, "holds"),
-        (-0.5, 1.5, "equal", 1.0, "not resolved"),
-        (-2.0, 2.0, "equal", 1.0, "not resolved"),
-        (1.5, 2.0, "equal", 1.0, "reversed"),
-        (-2.0, -1.5, "equal", 1.0, "reversed"),
-        (-1.0, 0.5, "equal", 1.0, "not resolved"),  # the margin itself is not inside
-    ],
-)
-def test_verdict(low, high, expect, margin, result):
-    assert stats.verdict(iv(low, high), expect, margin) == result
-
-
-def test_verdict_rejects_bad_claims():
-    with pytest.raises(ValueError, match="margin"):
-        stats.verdict(iv(-1, 1), "equal")
-    with pytest.raises(ValueError, match="margin"):
-        stats.verdict(iv(-1, 1), "equal", 0.0)
-    with pytest.raises(ValueError, match="margin applies"):
-        stats.verdict(iv(-1, 1), "less", 0.5)
-    with pytest.raises(ValueError, match="expect"):
-        stats.verdict(iv(-1, 1), "lower")
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "expect", "margin", "result"),
-    [
-        (1.0, 2.0, "less", None, "holds"),
-        (3.0, 2.0, "less", None, "reversed"),
-        (2.0, 2.0, "less", None, "not resolved"),
-        (3.0, 2.0, "greater", None, "holds"),
-        (1.0, 2.0, "greater", None, "reversed"),
-        (2.0, 2.4, "equal", 0.5, "holds"),
-        (2.0, 2.6, "equal", 0.5, "reversed"),
-        (2.6, 2.0, "equal", 0.5, "reversed"),
-    ],
-)
-def test_published_direction(a, b, expect, margin, result):
-    assert stats.published_direction(a, b, expect, margin) == result
 
 
 # --------------------------------------------------------------------------------------------------- FD∞

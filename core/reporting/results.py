@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core import stats
+from core import stats, verdicts
 from core.config import METRIC_VALUE_KEY as VALUE_KEY
 from core.provenance import read_json
 
@@ -97,11 +97,13 @@ class Row:
     def last_step(self) -> int:
         return self.steps()[-1]
 
-    def values(self, metric: str, step: int | None = None) -> stats.RowValues:
+    def values(self, metric: str, step: int | None = None) -> verdicts.RowValues:
         """Per-replicate values at a step (default: the reported one), with replicate 0's resamples."""
         runs = {rep: r for rep in self.replicates if (r := self.at(rep, step)) is not None}
         r0 = runs.get(0)
-        return stats.RowValues({rep: r.value(metric) for rep, r in runs.items()}, r0.resamples(metric) if r0 else None)
+        return verdicts.RowValues(
+            {rep: r.value(metric) for rep, r in runs.items()}, r0.resamples(metric) if r0 else None
+        )
 
     def interval(self, metric: str, step: int | None = None) -> stats.Interval | None:
         """The number a table shows for this row: mean and 95% interval over replicates, or the single run's
@@ -132,7 +134,8 @@ def load_runs(metric_files: list[str]) -> dict[str, Row]:
 
 @dataclass
 class Finding:
-    """A claim of the study tested on its rows."""
+    """A claim of the study tested on its rows: the difference, its interval (95%, or 90% for an equivalence
+    claim: TOST at 5%), raw and adjusted p-values, the verdict, and the reference study's direction."""
 
     claim: dict[str, Any]
     difference: stats.Interval | None
@@ -140,36 +143,88 @@ class Finding:
     published: str | None
     published_values: tuple[float, float] | None
     note: str = ""
+    tentative: bool = False
+    p_raw: float | None = None
+    p_adjusted: float | None = None
+    floor: float | None = None
+
+
+def relative_seed_sd(rows: dict[str, Row], metric: str) -> float | None:
+    """The median over rows with R ≥ 2 replicates of their seed sd relative to their mean (at the reported step):
+    the spread our own training seeds show, which scales the noise floor of the reference's single numbers."""
+    ratios = []
+    for row in rows.values():
+        vals = [r.value(metric) for r in row.reported()]
+        if len(vals) >= 2 and np.mean(vals) != 0:
+            ratios.append(float(np.std(vals, ddof=1) / abs(np.mean(vals))))
+    return float(np.median(ratios)) if ratios else None
 
 
 def published_verdict(
-    claim: dict[str, Any], experiments: dict[str, Any]
-) -> tuple[str | None, tuple[float, float] | None]:
+    claim: dict[str, Any], experiments: dict[str, Any], relative_sd: float | None = None
+) -> tuple[str | None, tuple[float, float] | None, float | None]:
     """The reference study's direction on a claim, read off its published numbers: those of the claim's own rows,
     or, for a claim with a ``reference`` (resolved by ``core.plan``), those of the claim it names, with that claim's
-    expectation and margin. (None, None) where a row has no published number."""
+    expectation and margin, against the noise floor ``verdicts.noise_floor`` scaled from ``relative_sd``.
+    (None, None, None) where a row has no published number."""
     if ref := claim.get("reference"):
         values = (float(ref["published"]["a"]), float(ref["published"]["b"]))
-        return stats.published_direction(*values, ref["expect"], ref.get("margin")), values
-    pa, pb = (experiments.get(x, {}).get("published") or {} for x in (claim["a"], claim["b"]))
-    key = VALUE_KEY[claim["metric"]]
-    if key not in pa or key not in pb:
-        return None, None
-    values = (float(pa[key]), float(pb[key]))
-    return stats.published_direction(*values, claim["expect"], claim.get("margin")), values
+        expect, margin = ref["expect"], ref.get("margin")
+    else:
+        pa, pb = (experiments.get(x, {}).get("published") or {} for x in (claim["a"], claim["b"]))
+        key = VALUE_KEY[claim["metric"]]
+        if key not in pa or key not in pb:
+            return None, None, None
+        values = (float(pa[key]), float(pb[key]))
+        expect, margin = claim["expect"], claim.get("margin")
+    floor = verdicts.noise_floor(relative_sd, *values)
+    return verdicts.published_direction(*values, expect, margin, floor), values, floor
 
 
-def test_claim(claim: dict[str, Any], rows: dict[str, Row], experiments: dict[str, Any]) -> Finding:
-    """Δ = a − b on the claim's metric with its 95% interval (paired over shared replicates where both rows have
-    them), the verdict, and the reference study's published direction (``published_verdict``)."""
-    a, b, metric = claim["a"], claim["b"], claim["metric"]
-    expect, margin = claim["expect"], claim.get("margin")
-    published, pub_values = published_verdict(claim, experiments)
-    if a not in rows or b not in rows:
-        missing = ", ".join(x for x in (a, b) if x not in rows)
-        return Finding(claim, None, "not resolved", published, pub_values, f"no results for {missing}")
-    try:
-        iv = stats.difference_interval(rows[a].values(metric), rows[b].values(metric))
-    except ValueError as err:  # e.g. a single run evaluated without bootstrap resamples
-        return Finding(claim, None, "not resolved", published, pub_values, str(err))
-    return Finding(claim, iv, stats.verdict(iv, expect, margin), published, pub_values)
+def test_claims(
+    claims: list[dict[str, Any]], rows: dict[str, Row], experiments: dict[str, Any], correction: str = "holm"
+) -> list[Finding]:
+    """Every claim's Δ = a − b on its metric (``verdicts.difference``), its p-value adjusted over the study's claims
+    that have results (``correction``), the verdict, and the reference study's published direction."""
+    diffs: list[verdicts.Difference | None] = []
+    notes: list[str] = []
+    for c in claims:
+        a, b = c["a"], c["b"]
+        if a not in rows or b not in rows:
+            diffs.append(None)
+            notes.append("no results for " + ", ".join(x for x in (a, b) if x not in rows))
+            continue
+        try:
+            diffs.append(verdicts.difference(rows[a].values(c["metric"]), rows[b].values(c["metric"])))
+            notes.append("")
+        except ValueError as err:  # e.g. a single run evaluated without bootstrap resamples
+            diffs.append(None)
+            notes.append(str(err))
+    tested = [i for i, d in enumerate(diffs) if d is not None]
+    raw = {i: verdicts.claim_p_value(diffs[i], claims[i]["expect"], claims[i].get("margin")) for i in tested}  # type: ignore[arg-type]
+    adjusted = dict(zip(tested, verdicts.adjust([raw[i] for i in tested], correction), strict=True))
+    relative = {m: relative_seed_sd(rows, m) for m in ("fid", "is")}
+    out = []
+    for i, c in enumerate(claims):
+        published, pub_values, floor = published_verdict(c, experiments, relative[c["metric"]])
+        d = diffs[i]
+        if d is None:
+            out.append(Finding(c, None, "not resolved", published, pub_values, notes[i], floor=floor))
+            continue
+        margin = c.get("margin")
+        verdict = verdicts.decide(d, c["expect"], margin, adjusted[i], len(tested))
+        level = 0.90 if c["expect"] == "equal" else 0.95
+        out.append(
+            Finding(
+                c,
+                d.interval(level),
+                verdict,
+                published,
+                pub_values,
+                tentative=not d.seed_variance,
+                p_raw=raw[i],
+                p_adjusted=adjusted[i],
+                floor=floor,
+            )
+        )
+    return out

@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 
 from core.provenance import read_json
-from core.reporting.markdown import md_table, number, signed_interval, with_interval
-from core.reporting.results import Finding, Row
+from core.reporting.markdown import md_table, number, with_interval
+from core.reporting.results import Row
 
 
 def fmt_lr(x: float) -> str:
@@ -151,43 +151,6 @@ def provenance_note(m: dict[str, Any]) -> str:
         + (f", validation accuracy {acc:.3f}" if acc else "")
         + f"); {counts}; IS over {splits}. These are not Inception FID/IS and are not comparable with "
         "published numbers. "
-    )
-
-
-def findings_table(findings: list[Finding], rows: dict[str, Row]) -> str:
-    if not findings:
-        return ""
-    out = []
-    for f in findings:
-        c = f.claim
-        metric = "FD" if c["metric"] == "fid" else "IS"
-        relation = {"less": "<", "greater": ">", "equal": "≈"}[c["expect"]]
-        expected = f"{c['a']} {relation} {c['b']}" + (f" (|Δ| < {c['margin']:g})" if c["expect"] == "equal" else "")
-        diff = signed_interval(f.difference) if f.difference else "–"
-        method = f.difference.method if f.difference else f.note
-        verdict = f"**{f.verdict}**"
-        published = "–"
-        if f.published:
-            pa, pb = f.published_values
-            ref = c.get("reference")  # another study's claim: name its rows and margin
-            rows_of = f"{ref['study']}: {ref['a']} vs {ref['b']}, " if ref else ""
-            within = f", |Δ| < {ref['margin']:g}" if ref and ref["expect"] == "equal" else ""
-            published = f"{f.published} ({rows_of}{pa:g} vs {pb:g}{within})"
-        out.append([c["claim"], f"{metric}: {expected}", diff, method, verdict, published])
-    return (
-        "\n## Findings\n\n"
-        + md_table(
-            ["claim", "expected", "Δ = a − b [95% CI]", "interval", "verdict", "reference study (published)"], out
-        )
-        + "\nA claim **holds** when the 95% interval of the difference lies entirely on the expected side of zero "
-        "(for ≈: inside ±margin), is **reversed** when it lies entirely on the other side (for ≈: outside the margin), "
-        "and is **not resolved** otherwise. Rows with the same replicates are compared pairwise (a paired t interval "
-        "over replicate k of each: shared seeds, and for two rows of one model the same trained copy), rows with "
-        "different replicates by Welch's t interval, and a row with a single run by the bootstrap of the difference "
-        "of replicate 0 of each. A bootstrap interval covers the noise of drawing the generated images, not the "
-        "spread between training seeds, so a verdict it resolves is weaker than one over replicates. The reference "
-        "study's direction is read off its published single numbers (no interval); a claim that names the same claim "
-        "in another study (its `reference`, e.g. the full study's) shows that claim's rows, numbers and margin.\n"
     )
 
 
@@ -449,7 +412,7 @@ CSV_FIELDS = [
     "is_high",
     "is_std",
     "kid_mean",
-    "kid_std",
+    "kid_subset_sd",
     "precision",
     "recall",
     "fd_infinity",
@@ -490,7 +453,7 @@ def write_csv(rows: dict[str, Row]) -> str:
                         "is_high": f"{is_iv.high:.6g}" if is_iv else "",
                         "is_std": f"{m['is_std']:.6g}",
                         "kid_mean": f"{m['kid_mean']:.6g}",
-                        "kid_std": f"{m['kid_std']:.6g}",
+                        "kid_subset_sd": f"{m['kid_std']:.6g}",
                         "precision": f"{m['precision']:.4f}",
                         "recall": f"{m['recall']:.4f}",
                         "fd_infinity": f"{m['fd_infinity']['value']:.6g}" if "fd_infinity" in m else "",

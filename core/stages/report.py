@@ -22,7 +22,9 @@ import h5py
 from core import data
 from core.provenance import code_fingerprint, code_version, read_json, write_text
 from core.reporting import figures, tables
-from core.reporting.results import Row, load_runs, test_claim
+from core.reporting.findings import findings_table
+from core.reporting.other_metrics import other_metrics_table
+from core.reporting.results import Row, load_runs, test_claims
 
 STAGES_RECORDED = {
     "train": ("sample_provenance", "model_code"),
@@ -91,7 +93,8 @@ def run(
     shown = [figures.sample_file(samples, n, rows[n].first.replicate, rows[n].first.tag) for n in names]
     figures.verify_shown(samples, shown)
     flags = code_flags(rows)
-    findings = [test_claim(c, rows, study["experiments"]) for c in study["claims"]]
+    correction = study["claims"][0].get("correction", "holm") if study["claims"] else "holm"
+    findings = test_claims(study["claims"], rows, study["experiments"], correction)
     first = rows[names[0]].first.m if names else next(iter(rows.values())).first.m
     text = f"# {study['title']}\n\n" + tables.results_table(study, rows, flags)
     text += "\n" + tables.interval_note(rows) + tables.provenance_note(first)
@@ -102,9 +105,13 @@ def run(
         )
     text += (
         "Samples from the EMA weights unless a row says otherwise; rows with several checkpoints report the step with "
-        f"the best mean Fréchet distance and the IS of that same step. Report code version `{code_version()}`.\n"
+        "the best mean Fréchet distance and the IS of that same step. That step is chosen and scored on the same "
+        "samples, so its FD is biased low (the winner's curse: the minimum of several noisy values); the ablation "
+        "table shows the last checkpoint's FD beside it, and the Findings compare rows at their chosen steps. "
+        f"Report code version `{code_version()}`.\n"
     )
-    text += tables.findings_table(findings, rows)
+    text += findings_table(findings)
+    text += other_metrics_table(study, rows)
     text += tables.sweep_tables(study, rows)
     text += tables.cost_table(study, rows, train_logs, samples)
     text += tables.autoencoder_table(autoencoders or [])
