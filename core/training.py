@@ -190,6 +190,28 @@ def train_step(
     return StepResult(loss_value, grad_norm, stop)
 
 
+@torch.no_grad()
+def ema_loss(
+    diffusion: GaussianDiffusion,
+    ema_model: torch.nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor | None,
+    step: int,
+    seed: int,
+) -> float:
+    """The ε-loss of the EMA weights on a step's batch (a TensorBoard curve), with timesteps and noise from a
+    generator of its own seeded by (seed, step): the training streams are not touched, so training with or without
+    the curve gives the same weights."""
+    gen = torch.Generator(device=x0.device).manual_seed(int(seed) * 1_000_003 + int(step))
+    t = torch.randint(0, diffusion.num_timesteps, (len(x0),), generator=gen, device=x0.device)
+    noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+    was_training = ema_model.training
+    ema_model.eval()
+    loss = float(diffusion.training_loss(ema_model, x0, y, t=t, noise=noise))
+    ema_model.train(was_training)
+    return loss
+
+
 class Validation:
     """The fixed validation batch of early stopping: successive evaluations differ only by the weights.
 

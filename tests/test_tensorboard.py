@@ -5,6 +5,7 @@ import csv
 import shutil
 
 import pytest
+import torch
 
 from core import tboard
 from core.config import ConfigError
@@ -57,6 +58,13 @@ def test_curves_continue_across_a_resume_without_duplicate_steps(tiny_spec, tiny
         assert [s for s, _ in scalars[tag]] == [4, 8, 12], tag  # step 12 once: the first attempt's is purged
         assert [v for _, v in scalars[tag]] == pytest.approx([float(rows[s][column]) for s in (4, 8, 12)], rel=1e-5)
     assert all(v > 0 for _, v in scalars["train/step_time_s"])
+    assert [s for s, _ in scalars["train/ema_loss"]] == [4, 8, 12] and all(v > 0 for _, v in scalars["train/ema_loss"])
+    # the EMA curve draws from a generator of its own: training with the curves gives the weights of one without
+    monkeypatch.setenv(tboard.ENV, "0")
+    plain = tmp_path / "plain"
+    train_stage.run(tiny_spec, str(tiny_dataset), str(plain), "cpu")
+    a, b = (torch.load(r / "ckpt" / "step0000012.pt", weights_only=False) for r in (run, plain))
+    assert all(torch.equal(a["ema"]["model"][k], v) for k, v in b["ema"]["model"].items())
 
 
 def test_validation_loss_is_a_curve(tiny_spec, tiny_dataset, tmp_path, monkeypatch):

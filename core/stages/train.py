@@ -421,6 +421,12 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
             state.step += 1
             step = state.step
             logs.step(step, total_steps, result, lr, n_global, waiting.step_done())
+            if board is not None and (step % int(train["log_every"]) == 0 or step == total_steps):
+                with s.levers.autocast(device):
+                    board.scalars(
+                        step,
+                        {"train/ema_loss": training.ema_loss(s.diffusion, state.ema.model, x0, y, step, train["seed"])},
+                    )
 
             # ---- validation and early stopping
             improved = converged = False
