@@ -222,16 +222,3 @@ def barrier(ctx: Context, what: str = "a barrier") -> None:
 def shutdown(ctx: Context) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def launcher(gpus: int, nodes: int = 1, port: int = 29500) -> str:
-    """The command that starts ``-m core.stages.train`` on ``nodes`` × ``gpus`` processes (``python`` for one)."""
-    if nodes <= 1 and gpus <= 1:
-        return "python"
-    if nodes <= 1:
-        return f"torchrun --standalone --nproc-per-node {gpus}"
-    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-    return (
-        f"srun --nodes {nodes} --ntasks-per-node 1 torchrun --nnodes {nodes} --nproc-per-node {gpus} "
-        f'--rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d --rdzv-endpoint {head}:{port}'
-    )
