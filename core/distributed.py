@@ -2,7 +2,7 @@
 
 Processes are started by ``torchrun`` (one node: ``torchrun --standalone --nproc-per-node G -m core.stages.train …``;
 several nodes under SLURM: ``srun`` starts one ``torchrun`` per node with a c10d rendezvous on the first
-node, see ``launcher``). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them training runs as one
+node, see ``core.launch``). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them training runs as one
 process.
 
 Equivalence with one process: every rank draws the same global batch order, timesteps and noise from
