@@ -145,5 +145,6 @@ def test_bench_data_memory_writes_its_ranks(tmp_path):
         assert all(r["rows_read_from_file"] == (setting["variant"] != "old") for r in ranks)
         assert all(r["peak_rss_gib"] >= r["peak_anon_gib"] > 0 and r["batches_per_s"] > 0 for r in ranks)
     val = result["validation"]
-    assert val["images"] == 20 and val["tensors_gib"] == pytest.approx((2 * 20 * 3 * 16 * 16 * 4 + 20 * 8) / 2**30)
+    # the validation batch as stored: uint8 images, int64 labels and timesteps (no float copies of images or noise)
+    assert val["images"] == 20 and val["tensors_gib"] == pytest.approx((20 * 3 * 16 * 16 + 2 * 20 * 8) / 2**30)
     assert not standin.exists()  # the stand-in is deleted unless --keep
