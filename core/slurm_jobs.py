@@ -84,12 +84,18 @@ def newest(candidates: list[SlurmJob]) -> SlurmJob | None:
 
 
 def join(comment: str, job_ids: set[str], queue: list[SlurmJob], accounting: list[SlurmJob]) -> SlurmJob | None:
-    """The newest record of one planned job: squeue rows with its comment or one of its ids win over sacct rows
-    (the queue is current; accounting may lag)."""
-    in_queue = [j for j in queue if j.comment == comment or j.job_id in job_ids]
+    """The newest record of one planned job. Its own job ids (from its sbatch logs and Snakemake's markers) decide
+    whenever there are any: the comment names only the rule and wildcards, so a run of the same study into another
+    results folder has the same comments. Without ids, the comment. squeue rows win over sacct rows (the queue is
+    current; accounting may lag)."""
+
+    def mine(j: SlurmJob) -> bool:
+        return j.job_id in job_ids if job_ids else bool(j.comment) and j.comment == comment
+
+    in_queue = [j for j in queue if mine(j)]
     if in_queue:
         return newest(in_queue)
-    return newest([j for j in accounting if j.job_id in job_ids or (j.comment and j.comment == comment)])
+    return newest([j for j in accounting if mine(j)])
 
 
 def query(job_ids: set[str]) -> tuple[list[SlurmJob], list[SlurmJob], list[str]]:

@@ -99,6 +99,8 @@ def test_a_planned_job_is_joined_by_the_plugins_comment_or_its_ids():
     assert slurm_jobs.join("rule_x", {"4100", "4101"}, q, a).job_id == "4101"
     assert slurm_jobs.join("rule_x", {"4100", "4250"}, q, a).job_id == "4250"
     assert slurm_jobs.join("rule_x", set(), q, a) is None
+    # ids known: another results folder's run of the same job (same comment, its own id) is not this job
+    assert slurm_jobs.join(train.slurm_comment, {"4100"}, q, a).job_id == "4100"
 
 
 def test_the_comment_is_the_one_the_slurm_plugin_writes():
