@@ -345,3 +345,19 @@ def test_kid_and_precision_recall_get_t_intervals_over_replicates_and_no_spread_
     assert "| single | 10 | 1 | 4.000 | 0.600 | 0.300 |" in part  # a single run: no ± (the subsets' sd 0.5 unused)
     with open(tmp_path / "out" / "table.csv", newline="") as fh:
         assert {r["kid_subset_sd"] for r in csv.DictReader(fh)} == {"0.5"}
+
+
+def test_the_footer_names_each_rows_training_precision():
+    from types import SimpleNamespace
+
+    from core.reporting import tables
+
+    def row(precision):
+        return SimpleNamespace(first=SimpleNamespace(m={"training_precision": precision}))
+
+    same = {"A": row("bf16 autocast + TF32"), "B": row("bf16 autocast + TF32")}
+    assert tables.precision_note(same) == "Training precision: bf16 autocast + TF32 (every row; metrics in fp32). "
+    mixed = {"A": row("fp32"), "B": row("bf16 autocast + TF32"), "C": row(None)}
+    assert tables.precision_note(mixed) == (
+        "Training precision: fp32: A; bf16 autocast + TF32: B; not recorded: C (metrics in fp32). "
+    )

@@ -52,6 +52,7 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
     table = (report / "table.md").read_text()
     assert "| DDPM-CFG |" in table and "| DDIM |" in table
     assert "FD_clf" in table and "not Inception FID" in table
+    assert "Training precision: fp32 (every row; metrics in fp32)." in table
     for name in ("table.csv", "fid_is.png", "loss.png", "grids.png", "trajectory.png", "curves.png"):
         assert (report / name).stat().st_size > 0, name
     # DDPM-CFG is evaluated at every checkpoint (10 and 20), DDIM at the last one only

@@ -132,6 +132,17 @@ def interval_note(rows: dict[str, Row]) -> str:
     return "Intervals: " + "; ".join(parts) + ". "
 
 
+def precision_note(rows: dict[str, Row]) -> str:
+    """The precision each row's model trained in (``training_precision`` of its metrics files): one phrase when all
+    rows agree, else the rows of each; metrics are fp32 whatever it was."""
+    by: dict[str, list[str]] = {}
+    for name, r in rows.items():
+        by.setdefault(r.first.m.get("training_precision") or "not recorded", []).append(name)
+    if len(by) == 1:
+        return f"Training precision: {next(iter(by))} (every row; metrics in fp32). "
+    return "Training precision: " + "; ".join(f"{p}: {', '.join(n)}" for p, n in by.items()) + " (metrics in fp32). "
+
+
 def provenance_note(m: dict[str, Any]) -> str:
     """How the metric numbers were made, from one metrics file (extractor, weights, preprocessing, N)."""
     ex = m["extractor"]

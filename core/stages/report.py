@@ -97,7 +97,7 @@ def run(
     findings = test_claims(study["claims"], rows, study["experiments"], correction)
     first = rows[names[0]].first.m if names else next(iter(rows.values())).first.m
     text = f"# {study['title']}\n\n" + tables.results_table(study, rows, flags)
-    text += "\n" + tables.interval_note(rows) + tables.provenance_note(first)
+    text += "\n" + tables.interval_note(rows) + tables.precision_note(rows) + tables.provenance_note(first)
     if any(study["experiments"][n].get("published") for n in names):
         text += (
             "Published: the reference study's numbers for the same row (Inception FID/IS as the reference computed "
