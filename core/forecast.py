@@ -40,6 +40,7 @@ from core.config import ConfigError
 from core.diffusion import GaussianDiffusion
 from core.models import build_autoencoder, build_model
 from core.plan import Plan
+from core.provenance import write_text
 
 # Dense peak TFLOP/s (datasheets, without sparsity) and memory in GB.
 GPUS: dict[str, dict[str, float]] = {
@@ -332,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path(plan.root) / "forecast")
     out.mkdir(parents=True, exist_ok=True)
     text = render(studies, jobs, profile_limits(Path(args.profile)))
-    from core.provenance import write_text
-
     write_text(out / "forecast.md", text)
     write_csv(out / "forecast.csv", jobs)
     print(text, end="")

@@ -20,39 +20,28 @@ Exit status 1 when an input is missing or wrong, so that a submission script can
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from core import folders
-from core.config import ConfigError, check_duplicate_keys, deep_merge
+from core import folders, status
+from core.config import ConfigError, check_duplicate_keys
 from core.paths import checkpoint_steps
 from core.plan import Plan
+from core.provenance import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CKPT_COPIES = 4  # weights, EMA weights and AdamW's two moments, each fp32
 
 
-def load_config(configfiles: list[str], overrides: list[str], base: str | Path = ROOT / "config.yaml") -> dict:
-    """The config as Snakemake builds it: ``base``, each of ``configfiles`` deep-merged over it in order, then each
-    ``KEY=VALUE`` of ``overrides`` (VALUE read as YAML), deep-merged too (``snakemake.utils.update_config``)."""
-    files = [Path(base), *map(Path, configfiles)]
-    check_duplicate_keys(files)
-    config: dict[str, Any] = {}
-    for f in files:
-        config = deep_merge(config, yaml.safe_load(f.read_text()) or {})
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--config {item!r}: expected KEY=VALUE")
-        config = deep_merge(config, {key: yaml.safe_load(value)})
-    return config
+def load_config(configfiles: list[str], overrides: list[str], base: str | Path = ROOT) -> dict:
+    """The config as Snakemake builds it (``core.status.load_config``: ``config.yaml`` in ``base``, each of
+    ``configfiles`` merged over it, then the ``KEY=VALUE`` entries of ``overrides``), duplicate keys refused."""
+    check_duplicate_keys([Path(base) / "config.yaml", *map(Path, configfiles)])
+    return status.load_config(Path(base), configfiles, overrides)
 
 
 def selected_studies(plan: Plan, config: dict[str, Any], cluster: bool = True) -> list[str]:
@@ -115,20 +104,12 @@ def dataset_images(plan: Plan, name: str) -> tuple[DataSize, Need | None]:
     return DataSize(counts, len(src.class_names)), need
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_need(what: str, path: str | None, want: str | None, key: str) -> Need:
     if not path:
         return Need(what, "(not set)", f"set {key} to the file's path", key)
     if not os.path.isfile(path):
         return Need(what, path, "no such file", key)
-    if want and sha256_of(path) != want:
+    if want and file_sha256(path) != want:
         return Need(what, path, f"SHA-256 differs from {want[:12]}… (a different file)", key)
     return Need(what, path, "", key)
 

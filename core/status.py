@@ -89,7 +89,7 @@ def load_config(directory: Path, configfiles: list[str], entries: list[str]) -> 
     for entry in entries:
         key, sep, value = entry.partition("=")
         if not sep:
-            raise ConfigError(f"--config {entry}: entries are key=value")
+            raise ConfigError(f"--config {entry!r}: expected KEY=VALUE")
         update(config, {key: None if value == "" else parse_config_value(value)})
     return config
 
