@@ -28,6 +28,7 @@ localrules:
     all,
     report,
     collect_checkpoints,
+    forecast,
 
 
 # Without a target: the reports of `studies_to_run`, else of `default_studies` (local or cluster: rules/common.smk).

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from core import preflight
+from core import costs, measured, paths, preflight
 from core.config import ConfigError
 from core.diffusion import GaussianDiffusion
 from core.models import build_autoencoder, build_model
@@ -65,26 +66,11 @@ class Job:
     train_mem_bytes: float | None = None  # per GPU, training jobs
     note: str = ""
     hours: dict[str, float] = field(default_factory=dict)  # "<gpu>/<precision>" -> GPU-hours of one job
-
-
-def _meta_counts(build: Any, loss: Any) -> tuple[float, float, float]:
-    """(forward FLOPs, backward FLOPs, bytes saved for backward) of ``loss(build())`` on the meta device."""
-    saved = [0.0]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.device("meta"):
-        net = build()
-        with FlopCounterMode(display=False) as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = loss(net)
-        backward = 0.0
-        if out.requires_grad:
-            with FlopCounterMode(display=False) as bwd:
-                out.backward()
-            backward = float(bwd.get_total_flops())
-    return float(fwd.get_total_flops()), backward, saved[0]
+    # the work by section (core.costs): section -> (image-units at the real budget, FLOPs per image-unit)
+    work: dict[str, tuple[float, float]] = field(default_factory=dict)
+    params: int | None = None
+    batch_per_gpu: int | None = None
+    measured: dict[str, Any] | None = None  # the rehearsal's cost record (core.costs) of one such job
 
 
 def train_costs(plan: Plan, study: str, model: str, classes: int) -> tuple[float, float, float, int]:
@@ -103,17 +89,8 @@ def train_costs(plan: Plan, study: str, model: str, classes: int) -> tuple[float
         params[0] = sum(p.numel() for p in net.parameters())
         return net
 
-    def loss(batch: int) -> Any:
-        def run(net: torch.nn.Module) -> torch.Tensor:
-            x = torch.zeros(batch, channels, size, size)
-            t = torch.zeros(batch, dtype=torch.long)
-            y = torch.zeros(batch, dtype=torch.long) if k else None
-            return diffusion.training_loss(net, x, y, t=t, noise=torch.zeros_like(x))
-
-        return run
-
-    fwd, bwd, saved_1 = _meta_counts(build, loss(1))
-    saved_2 = _meta_counts(build, loss(2))[2]
+    fwd, bwd, saved_1 = costs.meta_counts(build, costs.epsilon_loss(diffusion, 1, channels, size, k))
+    saved_2 = costs.meta_counts(build, costs.epsilon_loss(diffusion, 2, channels, size, k))[2]
     return fwd + bwd, fwd, saved_2 - saved_1, params[0]
 
 
@@ -148,10 +125,12 @@ def jobs_of(plan: Plan, studies: list[str], counts: dict[str, preflight.DataSize
         ae = plan.autoencoder_spec(name)
         enc, dec = autoencoder_costs(plan, name)
         t = ae["train"]
-        jobs.append(Job("train_autoencoder", name, 3 * (enc + dec) * int(t["steps"]) * int(t["batch_size"])))
+        units = float(int(t["steps"]) * int(t["batch_size"]))
+        jobs.append(Job("train_autoencoder", name, 3 * (enc + dec) * units, work={"step": (units, 3 * (enc + dec))}))
         images = counts[ae["dataset"]].splits
         n = sum(images.values()) if images else 0
-        jobs.append(Job("encode_latents", name, enc * n, note="" if images else "dataset not found: 0 images"))
+        note = "" if images else "dataset not found: 0 images"
+        jobs.append(Job("encode_latents", name, enc * n, note=note, work={"encode": (float(n), enc)}))
     for study in studies:
         dataset = plan.dataset_of(study)
         classes = counts[dataset].classes or 100
@@ -165,23 +144,29 @@ def jobs_of(plan: Plan, studies: list[str], counts: dict[str, preflight.DataSize
             mem = 20.0 * params + activations * (batch // world)
             note = "early stopping: up to" if "early_stopping" in train else ""
             reps = len(plan.model_replicates(study, model))
-            flops = per_image * batch * int(train["steps"])
-            jobs.append(Job("train", f"{study}/{model}", flops, reps, world, mem, note))
+            units = float(batch * int(train["steps"]))
+            job = Job("train", f"{study}/{model}", per_image * units, reps, world, mem, note)
+            job.work, job.params, job.batch_per_gpu = {"step": (units, per_image)}, params, batch // world
+            jobs.append(job)
         ev = plan.config["studies"][study]["evaluation"]
         ref = int(ev["reference_num"]) or sum((counts[dataset].splits or {}).values()) or 5000
-        jobs.append(Job("reference_stats", f"{study}/{dataset}", inception * ref))
+        jobs.append(Job("reference_stats", f"{study}/{dataset}", inception * ref, work={"extract": (ref, inception)}))
         for exp in plan.experiments[study]:
             e = plan.experiment(study, exp)
             model_spec = plan.model(study, e["model"])
             nfe = int(e["sampler"]["steps"])
             guided = bool(model_spec["net"].get("class_conditional")) and float(e["guidance_scale"]) not in (0.0, 1.0)
-            per_image = nfe * forward[e["model"]] * (2 if guided else 1)
-            if model_spec["space"] == "latent":
-                per_image += autoencoder_costs(plan, model_spec["autoencoder"])[1]
             n = int(e["num_samples"])
+            step_flops = forward[e["model"]] * (2 if guided else 1)
+            work = {"denoise": (float(n * nfe), step_flops)}
+            if model_spec["space"] == "latent":
+                work["decode"] = (float(n), autoencoder_costs(plan, model_spec["autoencoder"])[1])
             count = len(plan.experiment_replicates(study, exp)) * len(plan.eval_steps(study, exp))
-            jobs.append(Job("sample", f"{study}/{exp}", per_image * n, count, int(e["gpus"])))
-            jobs.append(Job("evaluate", f"{study}/{exp}", inception * n, count))
+            flops = sum(u * f for u, f in work.values())
+            jobs.append(Job("sample", f"{study}/{exp}", flops, count, int(e["gpus"]), work=work))
+            jobs.append(
+                Job("evaluate", f"{study}/{exp}", inception * n, count, work={"extract": (float(n), inception)})
+            )
     for job in jobs:
         price(job)
     return jobs
@@ -201,7 +186,14 @@ def profile_limits(path: Path = PROFILE) -> dict[str, Any]:
     default = prof.get("default-resources", {})
     retries = int(prof.get("retries", 0))
     rules = {r: {**default, **(v or {})} for r, v in (prof.get("set-resources") or {}).items()}
-    return {"retries": retries, "jobs": int(prof.get("jobs", 1)), "rules": rules, "default": default}
+    threads = dict(prof.get("set-threads") or {})
+    return {
+        "retries": retries,
+        "jobs": int(prof.get("jobs", 1)),
+        "rules": rules,
+        "default": default,
+        "threads": threads,
+    }
 
 
 def flags(jobs: list[Job], limits: dict[str, Any], gpu: str, precision: str) -> list[str]:
@@ -234,10 +226,16 @@ def makespan(jobs: list[Job], key: str, gpus: int) -> float:
     return max(total / gpus, chain)
 
 
-def render(studies: list[str], jobs: list[Job], limits: dict[str, Any]) -> str:
+def render(studies: list[str], jobs: list[Job], limits: dict[str, Any], rehearsal: str = "") -> str:
+    """forecast.md; with ``rehearsal`` (its root) the FLOPs are the rehearsal's counts and its measurements shown."""
     key_gpu = "A100-80GB"
     problems = flags(jobs, limits, key_gpu, "bf16")
-    lines = [f"# Forecast: {', '.join(studies)} (from FLOP counts, not measured)", ""]
+    if rehearsal:
+        problems += measured.memory_flags(jobs, limits)
+        source = f"from the rehearsal in {rehearsal}: FLOPs counted on the real networks, then priced"
+    else:
+        source = "from FLOP counts, not measured"
+    lines = [f"# Forecast: {', '.join(studies)} ({source})", ""]
     if problems:
         lines += [f"**{len(problems)} job(s) do not fit profiles/slurm on {key_gpu} in bf16:**", ""]
         lines += [f"- {p}" for p in problems] + [""]
@@ -260,6 +258,10 @@ def render(studies: list[str], jobs: list[Job], limits: dict[str, Any]) -> str:
                 f"| {gpu} | {precision} | {total:,.0f} | {makespan(jobs, key, 8) / 24:,.1f} d | "
                 f"{makespan(jobs, key, limits['jobs']) / 24:,.1f} d |"
             )
+    on_gpu = {j.measured["device_name"] for j in jobs if measured.measured_hours(j) is not None}
+    for name in sorted(on_gpu):
+        hours = sum((measured.measured_hours(j) or 0.0) * j.count for j in jobs if j.measured)
+        lines.append(f"| {name} (measured by the rehearsal) | as run | {hours:,.0f} | {hours / 8 / 24:,.1f} d | |")
     lines += ["", "## Per rule (A100-80GB, bf16)", "", "| rule | jobs | PFLOP | GPU-hours |", "|---|---|---|---|"]
     for rule in dict.fromkeys(j.rule for j in jobs):
         group = [j for j in jobs if j.rule == rule]
@@ -296,6 +298,8 @@ def render(studies: list[str], jobs: list[Job], limits: dict[str, Any]) -> str:
         "longest sampling job after it; queue waits are not counted (a lower bound).",
         f"- Profile: profiles/slurm/config.yaml (retries {limits['retries']}, jobs {limits['jobs']}).",
     ]
+    if rehearsal:
+        lines += ["", *measured.table(jobs, limits)]
     return "\n".join(lines) + "\n"
 
 
@@ -304,12 +308,37 @@ def write_csv(path: Path, jobs: list[Job]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
-            ["rule", "job", "count", "gpus", "flops", "train_mem_bytes", "note", *[f"gpu_hours:{k}" for k in keys]]
+            [
+                "rule",
+                "job",
+                "count",
+                "gpus",
+                "flops",
+                "train_mem_bytes",
+                "note",
+                *[f"gpu_hours:{k}" for k in keys],
+                "measured_device",
+                "measured_hours_on_device",
+                "measured_peak_rss_bytes",
+            ]
         )
         for j in jobs:
+            rec = j.measured
             mem = "" if j.train_mem_bytes is None else f"{j.train_mem_bytes:.0f}"
             w.writerow(
-                [j.rule, j.name, j.count, j.gpus, f"{j.flops:.6g}", mem, j.note, *[f"{j.hours[k]:.6g}" for k in keys]]
+                [
+                    j.rule,
+                    j.name,
+                    j.count,
+                    j.gpus,
+                    f"{j.flops:.6g}",
+                    mem,
+                    j.note,
+                    *[f"{j.hours[k]:.6g}" for k in keys],
+                    f"{rec['device']} ({rec['device_name']})" if rec else "",
+                    f"{rec['forecast_seconds'] / 3600:.6g}" if rec and rec.get("forecast_seconds") is not None else "",
+                    rec["peak_rss_bytes"] if rec else "",
+                ]
             )
 
 
@@ -321,18 +350,37 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="", help="folder for forecast.md and forecast.csv (default: <results_dir>/forecast)"
     )
     p.add_argument("--profile", default=str(PROFILE), help="the SLURM profile whose limits are checked")
+    p.add_argument("--config-json", default="", help="the whole config as JSON (the forecast rule's), not the files")
+    p.add_argument(
+        "--rehearsal",
+        default="",
+        metavar="ROOT",
+        help="price from the cost records of the rehearsal under ROOT (<results_dir>/rehearsal) instead of meta counts",
+    )
     args = p.parse_args(argv)
     try:
-        plan = Plan(preflight.load_config(args.configfile, args.config))
+        if args.config_json:
+            config = json.loads(args.config_json)
+        else:
+            config = preflight.load_config(args.configfile, args.config)
+        config["rehearse"] = False  # the real plan: its budgets are what is priced
+        plan = Plan(config)
         studies = preflight.selected_studies(plan, plan.config)
     except ConfigError as err:
         print(f"forecast: {err}", file=sys.stderr)
         return 2
     _, counts = preflight.inputs(plan, studies)
     jobs = jobs_of(plan, studies, counts)
-    out = Path(args.out or Path(plan.root) / "forecast")
+    if args.rehearsal:
+        missing = measured.attach(jobs, args.rehearsal)
+        if len(missing) == len(jobs):
+            print(f"forecast: no cost records under {args.rehearsal}: run the rehearsal first", file=sys.stderr)
+            return 2
+        for job in jobs:
+            price(job)
+    out = Path(args.out or paths.forecast_dir(plan.root))
     out.mkdir(parents=True, exist_ok=True)
-    text = render(studies, jobs, profile_limits(Path(args.profile)))
+    text = render(studies, jobs, profile_limits(Path(args.profile)), args.rehearsal)
     write_text(out / "forecast.md", text)
     write_csv(out / "forecast.csv", jobs)
     print(text, end="")

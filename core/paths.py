@@ -21,6 +21,9 @@ imports it). ``root`` is the config's ``results_dir``.
     <root>/<study>/report/                                      the report (REPORT_FILES)
     <root>/<study>/status.md                                    core.status's view of the study
     <root>/logs/<rule>/…, <root>/benchmarks/<rule>/…            per-job logs and Snakemake benchmarks
+    <output>.cost.json, <model>/r<k>/train.cost.json          what a job cost (core.costs), beside its output
+    <root>/standin/<dataset>/                                  a rehearsal's stand-in data tree (core.standin)
+    <root>/forecast/forecast.md, forecast.csv                  what the study costs (core.forecast)
 
 ``<step>`` is ``step0004000`` or ``best`` (``step_tag``), ``r<k>`` the replicate (``replicate_tag``).
 """
@@ -157,3 +160,20 @@ def log(root: str, rule: str, *parts: str) -> str:
 
 def benchmark(root: str, rule: str, *parts: str) -> str:
     return f"{root}/benchmarks/{rule}/{'/'.join(parts)}.tsv"
+
+
+def cost(output: str) -> str:
+    """What the job that wrote ``output`` cost (``core.costs``); a training run's is ``cost(<model>/r<k>/train)``."""
+    return f"{output}.cost.json"
+
+
+def train_cost(root: str, study: str, model: str, replicate: int | str) -> str:
+    return cost(f"{model_dir(root, study, model, replicate)}/train")
+
+
+def standin(root: str, dataset_name: str) -> str:
+    return f"{root}/standin/{dataset_name}"
+
+
+def forecast_dir(root: str) -> str:
+    return f"{root}/forecast"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core import claims as claim_specs
-from core import paths, tboard
+from core import paths, rehearsal, tboard
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
     METRIC_VALUE_KEY,
@@ -62,6 +62,7 @@ class Plan:
 
     def __init__(self, config: dict[str, Any]) -> None:
         check(config, load_schema(), [])
+        self.raw_config = copy.deepcopy(dict(config))  # as given: what core.forecast prices a rehearsal's run at
         self.config = config
         filled = _fill_top_level(config)
         config.clear()
@@ -83,6 +84,9 @@ class Plan:
         for study in config["studies"]:
             self._resolve_study(study)
         self.claims = {study: self._resolve_claims(study) for study in config["studies"]}
+        self.standins: dict[str, dict[str, Any]] = {}
+        if config["rehearse"]:
+            self._rehearse()
         for name, ds in config["datasets"].items():
             if ds["source"] == "shapes":  # the built-in data's split sizes are known now: check them now
                 from core import folders
@@ -93,6 +97,33 @@ class Plan:
                     raise ConfigError(str(err)) from None
 
     # -- checks and resolution
+
+    def _rehearse(self) -> None:
+        """Overlay the rehearsal on the resolved plan (``core.rehearsal``): its own root, cut budgets, stand-in data
+        for image-folder datasets, the stand-in Inception (``extractor_kind``)."""
+        r = self.config["rehearsal"]
+        self.root = rehearsal.root(self.config["results_dir"])
+        for study, s in self.config["studies"].items():
+            s["title"] = f"{rehearsal.LABEL}: {s['title']}"
+            rehearsal.cut_evaluation(s["evaluation"], r)
+            for spec in self.models[study].values():
+                rehearsal.cut_model(spec, r)
+            for spec in self.experiments[study].values():
+                rehearsal.cut_experiment(spec, r)
+        for ae in self.config["autoencoders"].values():
+            rehearsal.cut_autoencoder(ae, r)
+        for name, ds in self.config["datasets"].items():
+            if ds["source"] in rehearsal.FOLDER_SOURCES:
+                self.standins[name] = rehearsal.standin_spec(ds["source"], r)
+                ds["path"] = paths.standin(self.root, name)
+
+    @property
+    def rehearse(self) -> bool:
+        return bool(self.config["rehearse"])
+
+    def standin(self, dataset: str) -> dict[str, Any] | None:
+        """The stand-in tree a rehearsal writes for ``dataset`` (``core.standin``), or None (real data, shapes)."""
+        return self.standins.get(dataset)
 
     def _known_study(self, name: str, key: str) -> None:
         if name not in self.config["studies"]:
@@ -309,7 +340,8 @@ class Plan:
         chosen = self.config["studies_to_run"]
         if chosen is not None:
             return list(chosen)
-        return list(self.config["default_studies"]["cluster" if on_cluster else "local"])
+        # a rehearsal is of the full study, wherever its jobs run
+        return list(self.config["default_studies"]["cluster" if on_cluster or self.rehearse else "local"])
 
     def study(self, study: str) -> dict[str, Any]:
         return self.config["studies"][study]
@@ -399,14 +431,15 @@ class Plan:
         """``inception`` or ``classifier``, resolving ``auto`` by whether Inception weights are configured."""
         kind = self.config["studies"][study]["evaluation"]["extractor"]
         if kind == "auto":
-            return "inception" if self.config["metrics"]["inception_weights"] else "classifier"
-        return kind
+            kind = "inception" if self.config["metrics"]["inception_weights"] else "classifier"
+        return "inception-standin" if kind == "inception" and self.rehearse else kind
 
     def extractor_tag(self, study: str) -> str:
         """The extractor as named in reference-statistics file names, e.g. ``inception-pytorch-fid``."""
-        if self.extractor_kind(study) == "inception":
+        kind = self.extractor_kind(study)
+        if kind == "inception":
             return f"inception-{self.config['metrics']['preprocessing']}"
-        return "classifier"
+        return kind
 
     def extractor_spec(self, study: str) -> dict[str, Any]:
         """What ``core.features.load_extractor`` needs for the study's extractor (Inception weights checked)."""
@@ -425,12 +458,16 @@ class Plan:
                 "sha256": m["inception_sha256"],
                 "preprocessing": m["preprocessing"],
             }
+        if self.extractor_kind(study) == "inception-standin":
+            return self.extractor_for_tag(self.dataset_of(study), "inception-standin")
         return {"kind": "classifier", "weights": paths.classifier(self.root, self.dataset_of(study))}
 
     def extractor_for_tag(self, dataset: str, tag: str) -> dict[str, Any]:
         """The extractor spec behind a reference-statistics file name (``classifier`` or ``inception-<mode>``)."""
         if tag == "classifier":
             return {"kind": "classifier", "weights": paths.classifier(self.root, dataset)}
+        if tag == "inception-standin":  # random weights from a seed: no file (core.features)
+            return {"kind": "inception-standin", "preprocessing": self.config["metrics"]["preprocessing"], "seed": 0}
         m = self.config["metrics"]
         return {
             "kind": "inception",

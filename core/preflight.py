@@ -8,7 +8,8 @@
    ``checkpoint`` when one is imported. Each is ``ok`` or says what to fix, naming the config key.
 2. **Disk** at the real budgets, per kind of artefact and in total: the ingested datasets (uint8, uncompressed),
    the latent caches (float32 posterior moments), each model replicate's checkpoints (weights, EMA and the two
-   AdamW moments, fp32: the live ``state/`` copies and the published ``ckpt/`` ones, which share no storage), and
+   AdamW moments, fp32: one file per kept step, whose published ``ckpt/`` name is a hard link, plus the live
+   ``latest.pt``), and
    the sample files of every experiment, replicate and checkpoint it samples (for early-stopping models that
    sample ``all``, every checkpoint they may keep: an upper bound). Parameter counts come from building each
    network on PyTorch's meta device (no memory, no compute).
@@ -217,7 +218,9 @@ def disk(plan: Plan, studies: list[str], counts: dict[str, DataSize]) -> tuple[l
         for model in plan.models[study]:
             spec = plan.model(study, model)
             kept = len(checkpoint_steps(spec["train"])) + (1 if "early_stopping" in spec["train"] else 0)
-            files = 2 * kept + 1  # state/ and ckpt/ copies of each kept step (and best), plus state/latest.pt
+            # one file per kept step (and best): ckpt/ holds second names of state/'s (core.provenance.share),
+            # plus state/latest.pt while a run is between kept steps (an upper bound)
+            files = kept + 1
             classes = counts[plan.dataset_of(study)].classes
             if classes is None and spec["net"].get("class_conditional"):
                 classes = 100

@@ -121,9 +121,14 @@ class Progress:
         return True
 
 
-def extract(extractor: Any, images: Any, batch_size: int, device: Any, ctx: Any, stage: str) -> tuple[Any, Any]:
+def extract(
+    extractor: Any, images: Any, batch_size: int, device: Any, ctx: Any, stage: str, meter: Any = None
+) -> tuple[Any, Any]:
     """``extractor.extract`` (core.features) of ``images`` with progress lines: batch by batch in one process (the
-    same batches, so the same features, as one call), in one call under torchrun (each rank extracts its part)."""
+    same batches, so the same features, as one call), in one call under torchrun (each rank extracts its part).
+    A ``core.costs.Meter`` counts the first batch and times the others (section ``extract``)."""
+    import contextlib
+
     n = int(images.shape[0])
     progress = Progress(stage, n, "images")
     if ctx is not None and ctx.enabled:
@@ -134,7 +139,10 @@ def extract(extractor: Any, images: Any, batch_size: int, device: Any, ctx: Any,
 
     feats, logits = [], []
     for i in range(0, n, batch_size):
-        f, lg = extractor.extract(images[i : min(i + batch_size, n)], batch_size=batch_size, device=device)
+        m = min(i + batch_size, n) - i
+        measured = meter.run("extract", m, count=meter.counting("extract")) if meter else contextlib.nullcontext()
+        with measured:
+            f, lg = extractor.extract(images[i : i + m], batch_size=batch_size, device=device)
         feats.append(f)
         logits.append(lg)
         progress.update(min(i + batch_size, n))

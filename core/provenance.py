@@ -148,6 +148,27 @@ def clone(src: str | os.PathLike[str], dst: str | os.PathLike[str], read_only: b
         os.chmod(dst, file_mode(read_only=True))
 
 
+def share(src: str | os.PathLike[str], dst: str | os.PathLike[str], read_only: bool = False) -> None:
+    """``dst`` as a second name of ``src`` (a hard link, put in place atomically), or a ``clone`` where the file
+    system has no hard links. Only for files that are never written in place but replaced whole (``atomic_path``,
+    as every checkpoint is): replacing ``src`` later gives it a new file and leaves ``dst`` as it was, so a kept
+    checkpoint costs its disk once, not once per name. ``read_only`` applies to the file (both names)."""
+    dst = Path(dst)
+    if dst.exists() and os.path.samefile(src, dst):
+        if read_only:
+            os.chmod(dst, file_mode(read_only=True))
+        return
+    tmp = dst.with_name(f".{dst.name}.link-{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        clone(src, dst, read_only)
+        return
+    if read_only:
+        os.chmod(tmp, file_mode(read_only=True))
+    os.replace(tmp, dst)
+
+
 class Busy(RuntimeError):
     """Another process holds the lock of what this one was about to write."""
 

@@ -213,10 +213,34 @@ def sample(
             eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
         return x0, eps
 
-    x = SAMPLERS[spec["name"]].fn(denoise, x_T, ts, acp, spec, generator, callback)
+    try:
+        x = SAMPLERS[spec["name"]].fn(denoise, x_T, ts, acp, spec, generator, callback)
+    except Truncated as stop:  # a rehearsal's first steps (``truncated``)
+        return stop.x
     if callback:
         callback(len(ts), -1, x)
     return x
+
+
+class Truncated(Exception):
+    """Raised by a ``truncated`` callback to end sampling early; ``x`` is the state reached."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__("sampling truncated")
+        self.x = x
+
+
+def truncated(callback: Callback | None, steps: int) -> Callback:
+    """``callback``, and an end to sampling once ``steps`` steps have run (``sample`` then returns that x_t): a
+    rehearsal runs the first steps of the real schedule (core.rehearsal). No change when ``steps`` covers them all."""
+
+    def stop(i: int, t: int, x: torch.Tensor) -> None:
+        if callback:
+            callback(i, t, x)
+        if i >= steps and t >= 0:
+            raise Truncated(x)
+
+    return stop
 
 
 def trajectory_recorder(points: int, steps: int) -> tuple[Callback, list[tuple[int, torch.Tensor]]]:

@@ -66,9 +66,11 @@ def on_cluster():
 
 
 def default_target(wildcards):
-    return [
+    reports = [
         f for s in PLAN.default_studies(on_cluster()) for f in paths.report_files(R, s)
     ]
+    forecast = [f"{paths.forecast_dir(R)}/forecast.md"] if PLAN.rehearse else []
+    return reports + forecast
 
 
 def dataset_source(wildcards):
@@ -79,6 +81,8 @@ def dataset_source(wildcards):
     key = f"datasets.{wildcards.dataset}"
     if spec["source"] == "shapes":
         return []
+    if PLAN.standin(wildcards.dataset):  # a rehearsal's stand-in tree: the standin_data job writes it
+        return [paths.standin(R, wildcards.dataset)]
     try:
         summary = folders.source_summary(
             spec["source"], spec["path"], f"{key}.path", spec["on_error"]
@@ -111,6 +115,8 @@ def dataset_fingerprint(wildcards):
     spec = PLAN.dataset_spec(wildcards.dataset)
     if spec["source"] == "shapes":
         return ""
+    if PLAN.standin(wildcards.dataset):  # written by the workflow from this spec: the spec is its content
+        return spec_json(PLAN.standin(wildcards.dataset))
     return folders.source_fingerprint(
         spec["source"], spec["path"], f"datasets.{wildcards.dataset}.path"
     )
@@ -232,4 +238,5 @@ def report_study(study):
         "models": PLAN.models[study],
         "experiments": PLAN.experiments[study],
         "experiment_order": list(PLAN.experiments[study]),
+        "rehearsal": PLAN.rehearse,
     }

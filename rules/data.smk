@@ -23,3 +23,21 @@ rule make_dataset:
     shell:
         "python -m core.stages.make_dataset --spec {params.spec:q} --requirements {params.requirements:q}"
         " --workers {threads:q} --out {output:q} > {log:q} 2>&1"
+
+
+# A rehearsal's stand-in for an image-folder dataset (core/rehearsal.py): a synthetic tree in the dataset's layout.
+rule standin_data:
+    output:
+        directory(paths.standin(R, "{dataset}")),
+    log:
+        paths.log(R, "standin_data", "{dataset}"),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        code=code_param("standin_data"),
+        spec=lambda w: spec_json(PLAN.standin(w.dataset)),
+        layout=lambda w: PLAN.standin(w.dataset)["layout"],
+    shell:
+        "python -m core.stages.standin_data --layout {params.layout:q} --spec {params.spec:q}"
+        " --out {output:q} > {log:q} 2>&1"

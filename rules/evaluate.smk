@@ -30,7 +30,7 @@ rule train_classifier:
 rule reference_stats:
     input:
         data=paths.dataset(R, "{dataset}"),
-        weights=lambda w: PLAN.extractor_for_tag(w.dataset, w.extractor)["weights"],
+        weights=lambda w: PLAN.extractor_for_tag(w.dataset, w.extractor).get("weights", []),
     output:
         paths.reference(R, "{dataset}", "{split}", "{extractor}", "{num}"),
     log:
@@ -39,7 +39,7 @@ rule reference_stats:
         paths.benchmark(R, "reference_stats", "{dataset}", "{split}-{extractor}-n{num}")
     wildcard_constraints:
         split="train|val",
-        extractor="classifier|inception-pytorch-fid|inception-tf",
+        extractor="classifier|inception-pytorch-fid|inception-tf|inception-standin",
         num=r"\d+",
     conda:
         "../envs/environment.yaml"
@@ -67,7 +67,7 @@ rule evaluate:
     input:
         samples=paths.samples(R, "{study}", "{experiment}", "{replicate}", "{step}"),
         reference=lambda w: PLAN.reference_file(w.study),
-        weights=lambda w: PLAN.extractor_spec(w.study)["weights"],
+        weights=lambda w: PLAN.extractor_spec(w.study).get("weights", []),
     output:
         paths.metrics(R, "{study}", "{experiment}", "{replicate}", "{step}"),
     log:

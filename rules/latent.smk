@@ -54,7 +54,7 @@ rule evaluate_autoencoder:
         vae=paths.autoencoder(R, "{ae}"),
         data=lambda w: paths.dataset(R, PLAN.dataset_of(w.study)),
         reference=lambda w: PLAN.reference_file(w.study),
-        weights=lambda w: PLAN.extractor_spec(w.study)["weights"],
+        weights=lambda w: PLAN.extractor_spec(w.study).get("weights", []),
     output:
         metrics=paths.autoencoder_report(R, "{study}", "{ae}", "json"),
         grid=paths.autoencoder_report(R, "{study}", "{ae}", "png"),

@@ -62,3 +62,27 @@ rule collect_checkpoints:
     shell:
         "python -m core.stages.collect_checkpoints --metrics {input.metrics:q} --samples {input.samples:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+# A rehearsal's forecast: the real budgets × what each rehearsal job measured (core/forecast.py, --rehearsal).
+rule forecast:
+    input:
+        reports=lambda w: [
+            f for s in PLAN.default_studies(on_cluster()) for f in paths.report_files(R, s)
+        ],
+    output:
+        md=f"{paths.forecast_dir(R)}/forecast.md",
+        csv=f"{paths.forecast_dir(R)}/forecast.csv",
+    log:
+        paths.log(R, "forecast", "forecast"),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        code=code_param("forecast"),
+        config=spec_json({**PLAN.raw_config, "rehearse": False}),
+        root=R,
+        out_dir=paths.forecast_dir(R),
+    shell:
+        "python -m core.forecast --config-json {params.config:q} --rehearsal {params.root:q}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"

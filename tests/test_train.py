@@ -53,8 +53,11 @@ def test_resume_equals_uninterrupted_run(tiny_spec, tiny_dataset, tmp_path):
     run_train(tiny_spec, tiny_dataset, tmp_path / "full")
     part = tmp_path / "part"
     run_train(tiny_spec, tiny_dataset, part)
-    # roll the run back to its step-8 state, as if it had died between steps 8 and 12
-    shutil.copyfile(part / "state" / "step0000008.pt", part / "state" / "latest.pt")
+    # roll the run back to its step-8 state, as if it had died between steps 8 and 12 (a save replaces latest.pt
+    # whole; it is never written in place: at the end it is a read-only second name of step0000012.pt)
+    assert os.path.samefile(part / "state" / "latest.pt", part / "state" / "step0000012.pt")
+    shutil.copyfile(part / "state" / "step0000008.pt", part / "state" / "rollback.tmp")
+    os.replace(part / "state" / "rollback.tmp", part / "state" / "latest.pt")
     shutil.rmtree(part / "ckpt")
     (part / "train_log.csv").unlink()
     run_train(tiny_spec, tiny_dataset, part)

@@ -23,8 +23,14 @@ from core.provenance import atomic_path
 from core.reporting.results import Row
 from core.reporting.tables import network_evaluations, sweep_series
 
+# A label stamped across every figure (a rehearsal's: core.rehearsal), so that no figure of it passes for a result.
+STAMP = {"text": ""}
+
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
+    if STAMP["text"]:
+        fig.text(0.5, 0.5, STAMP["text"], fontsize=28, color="red", alpha=0.35, ha="center", va="center", rotation=20)
+        fig.text(0.01, 0.99, STAMP["text"], fontsize=10, color="red", ha="left", va="top")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import torch
 
-from core import data
+from core import costs, data, paths
 from core.models import load_autoencoder
 from core.provenance import atomic_path, file_sha256, provenance
 
@@ -29,6 +29,7 @@ from core.provenance import atomic_path, file_sha256, provenance
 def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, device_name: str = "auto") -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     vae, meta = load_autoencoder(autoencoder, device)
+    meter = costs.Meter("encode_latents", device, name=str(autoencoder), parameters=meta.get("num_parameters"))
     c, h, w = meta["latent_shape"]
     t0 = time.time()
     with h5py.File(data_path, "r") as src:
@@ -66,7 +67,8 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
                 f[f"{split}/labels"] = src[f"{split}/labels"][:]
                 for i in range(0, n, batch_size):
                     x = data.to_model_range(src[f"{split}/images"][i : i + batch_size], device)
-                    posterior = vae.encode(x)
+                    with meter.run("encode", len(x), count=meter.counting("encode")):
+                        posterior = vae.encode(x)
                     rows_out = torch.cat([posterior.mean, posterior.logvar], 1).float()
                     if not bool(torch.isfinite(rows_out).all()):
                         raise FloatingPointError(
@@ -76,6 +78,7 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
                 f[split].attrs["count"] = n
                 print(f"[encode] {split}: {n} images → {c}×{h}×{w} latents", flush=True)
             data.seal(f)
+    meter.write(paths.cost(out))
     print(f"[encode] wrote {out} in {time.time() - t0:.1f}s", flush=True)
 
 

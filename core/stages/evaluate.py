@@ -20,7 +20,7 @@ import argparse
 import json
 from typing import Any
 
-from core import data, distributed, metrics, progress, stats, tboard
+from core import costs, data, distributed, metrics, paths, progress, stats, tboard
 from core.config import precision_of
 from core.features import load_extractor, load_reference
 from core.provenance import code_fingerprint, provenance, write_json
@@ -63,8 +63,10 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
         check_counts(f["samples/images"].shape[0], len(ref["features"]), options)
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         checksums = {k: str(f[k].attrs["sha256"]) for k in ("samples/images", "samples/labels")}
+        n_images = len(f["samples/images"])
+        meter = costs.Meter("evaluate", device, name=samples, extractor=extractor.label, images=n_images)
         feats, logits = progress.extract(
-            extractor, f["samples/images"], int(options["batch_size"]), device, ctx, "evaluate"
+            extractor, f["samples/images"], int(options["batch_size"]), device, ctx, "evaluate", meter
         )
     distributed.shutdown(ctx)
     if not ctx.is_main:
@@ -136,6 +138,7 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
             "values": list(fit.values),
         }
     write_json(out, result)
+    meter.write(paths.cost(out))
     if tboard.requested():  # config key tensorboard: the scores and the first 16 samples at the checkpoint's step
         with data.open_images(samples, "samples") as f:
             first = f["samples/images"][:16]

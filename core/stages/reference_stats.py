@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core import data, distributed, metrics, progress
+from core import costs, data, distributed, metrics, paths, progress
 from core.features import load_extractor
 from core.provenance import atomic_path, provenance
 
@@ -30,8 +30,9 @@ def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], ou
         n = available if num == 0 else num
         if n > available:
             raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
+        meter = costs.Meter("reference_stats", device, name=f"{data_path}:{split}", extractor=extractor.label, images=n)
         feats, logits = progress.extract(
-            extractor, f[f"{split}/images"][:n], batch_size, device, ctx, "reference_stats"
+            extractor, f[f"{split}/images"][:n], batch_size, device, ctx, "reference_stats", meter
         )
         data_sha256 = data.content_sha256(f, data_path)
     distributed.shutdown(ctx)
@@ -48,6 +49,7 @@ def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], ou
     )
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=feats, logits=logits, mu=mu, sigma=sigma, meta=json.dumps(meta))
+    meter.write(paths.cost(out))
     print(f"[reference_stats] {n} images of {data_path}:{split} -> {out}", flush=True)
 
 

@@ -13,13 +13,15 @@ shows are re-hashed in full. Rows made by other code than the current are marked
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import h5py
 
-from core import data
+from core import data, rehearsal
 from core.provenance import code_fingerprint, code_version, read_json, write_text
 from core.reporting import figures, tables
 from core.reporting.findings import findings_table
@@ -75,6 +77,18 @@ def code_flags(rows: dict[str, Row]) -> dict[str, str]:
     return flags
 
 
+def label_csv(text: str, stamp: str) -> str:
+    """The results CSV with a first column ``run`` saying what made it (a rehearsal's rows say so on every line)."""
+    if not stamp:
+        return text
+    rows = list(csv.reader(io.StringIO(text)))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for i, row in enumerate(rows):
+        w.writerow(["run" if i == 0 else f"{stamp} (not a result)", *row])
+    return buf.getvalue()
+
+
 def run(
     study: dict[str, Any],
     metrics: list[str],
@@ -96,7 +110,10 @@ def run(
     correction = study["claims"][0].get("correction", "holm") if study["claims"] else "holm"
     findings = test_claims(study["claims"], rows, study["experiments"], correction)
     first = rows[names[0]].first.m if names else next(iter(rows.values())).first.m
-    text = f"# {study['title']}\n\n" + tables.results_table(study, rows, flags)
+    stamp = rehearsal.LABEL if study.get("rehearsal") else ""
+    figures.STAMP["text"] = f"{stamp}: not a result" if stamp else ""
+    text = f"# {study['title']}\n\n" + (f"{rehearsal.BANNER}\n\n" if stamp else "")
+    text += tables.results_table(study, rows, flags)
     text += "\n" + tables.interval_note(rows) + tables.precision_note(rows) + tables.provenance_note(first)
     if any(study["experiments"][n].get("published") for n in names):
         text += (
@@ -117,7 +134,7 @@ def run(
     text += tables.autoencoder_table(autoencoders or [])
     text += tables.code_table(flags)
     write_text(out / "table.md", text)
-    write_text(out / "table.csv", tables.write_csv(rows))
+    write_text(out / "table.csv", label_csv(tables.write_csv(rows), stamp))
     figures.plot_sweeps(out / "sweeps.png", study, rows)
     figures.plot_fid_is(out / "fid_is.png", names, rows)
     figures.plot_losses(out / "loss.png", train_logs)

@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 import torch
 
-from core import data, distributed, sampling
+from core import costs, data, distributed, paths, sampling
 from core.diffusion import GaussianDiffusion
 from core.models import load_autoencoder, load_denoiser
 from core.progress import Progress
@@ -175,6 +175,24 @@ def _sample(
                 f["samples/labels"][:] = labels_all
         return h5py.File(path, "a")
 
+    # a rehearsal runs the first `sampler_steps` steps of each batch's real schedule (core.rehearsal)
+    steps_run = int((spec.get("rehearsal") or {}).get("sampler_steps") or sampler["steps"])
+    meter = costs.Meter(
+        "sample",
+        device,
+        name=f"{spec['study']}/{spec['experiment']}",
+        replicate=spec["replicate"],
+        checkpoint_step=int(meta["step"]),
+        parameters=sum(p.numel() for p in model.parameters()),
+        input_shape=[int(meta["in_channels"]), size, size],
+        batch_size=batch,
+        sampler_steps=int(sampler["steps"]),
+        sampler_steps_run=steps_run,
+        guided=bool(num_classes) and guidance not in (0.0, 1.0),
+        world_size=ctx.world_size,
+        rehearsal=spec.get("rehearsal"),
+    )
+
     def draw(b: int, f: h5py.File) -> int:
         """Sample batch ``b`` (its own generator: the same images whichever process draws it) into ``f``."""
         start = b * batch
@@ -184,9 +202,15 @@ def _sample(
         y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
         record = record_points if (start == 0 and record_images) else 0
         callback, traj = sampling.trajectory_recorder(record, sampler["steps"]) if record else (None, [])
-        x0 = sampling.sample(model, diffusion, x_T, sampler, y, guidance, gen, callback)
+        count = not ctx.enabled
+        with meter.run("denoise", m, units=steps_run, count=count and meter.counting("denoise")):
+            x0 = sampling.sample(
+                model, diffusion, x_T, sampler, y, guidance, gen, sampling.truncated(callback, steps_run)
+            )
+        with meter.run("decode", m, count=count and meter.counting("decode")):
+            pixels = decode(x0)
         try:
-            f["samples/images"][start : start + m] = data.to_uint8(decode(x0))
+            f["samples/images"][start : start + m] = data.to_uint8(pixels)
         except FloatingPointError as err:
             raise FloatingPointError(
                 f"batch {b} (images {start}–{start + m - 1}) sampled from {checkpoint} has {err}: the model's "
@@ -227,6 +251,7 @@ def _sample(
                 progress.update(end)
             finish(f, time.time() - t0)  # this run's wall time × 1 process
         os.replace(partial, out)
+        meter.write(paths.cost(str(out)))
         print(f"[sample] wrote {out} in {time.time() - t0:.1f}s", flush=True)
         return
 
@@ -255,6 +280,7 @@ def _sample(
                         src.copy("trajectory", f)
             finish(f, (time.time() - t0) * ctx.world_size)
         os.replace(partial, out)
+        meter.write(paths.cost(str(out)))
         for shard in shards:
             shard.unlink()
         print(f"[sample] wrote {out} from {ctx.world_size} processes in {time.time() - t0:.1f}s", flush=True)

@@ -42,12 +42,12 @@ from typing import Any
 
 import torch
 
-from core import data, distributed, paths, progress, tboard, training
+from core import costs, data, distributed, paths, progress, tboard, training
 from core.config import precision_of
 from core.diffusion import GaussianDiffusion
 from core.models import EMA, UnreadableCheckpoint, build_model, load_checkpoint, save_checkpoint
 from core.paths import checkpoint_steps, step_tag
-from core.provenance import clone, code_fingerprint, code_version, exclusive, spec_hash
+from core.provenance import clone, code_fingerprint, code_version, exclusive, share, spec_hash
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s", "peak_mem_mb", "input_wait_s"]
 VAL_FIELDS = ["step", "val_loss", "best_step", "best_val_loss"]
@@ -133,12 +133,13 @@ def last_checkpoint_on_disk(state_dir: Path) -> str:
 
 
 def publish(out: Path, keep_steps: list[int], best: bool = False) -> None:
-    """Copy the finished run's checkpoints and logs to the paths the workflow declares (read-only copies: nothing
-    done to the live state can reach them)."""
+    """Publish the finished run's checkpoints (read-only second names of the kept states, which are replaced whole,
+    never written in place: nothing done to the live state can reach them, and they take no disk of their own) and
+    copies of its logs at the paths the workflow declares."""
     (out / "ckpt").mkdir(exist_ok=True)
     names = [checkpoint_name(s) for s in keep_steps] + (["best.pt"] if best else [])
-    for name in names:
-        clone(out / "state" / name, out / "ckpt" / name, read_only=True)
+    for name in names:  # second names of the kept states (never written in place: they take no extra disk)
+        share(out / "state" / name, out / "ckpt" / name, read_only=True)
     for log in ["train_log.csv"] + (["val_log.csv"] if best else []):
         clone(out / "state" / log, out / log)
 
@@ -386,6 +387,27 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
 
     state.model.train()
     waiting = data.InputWait(device)
+    meter = costs.Meter(
+        "train",
+        device,
+        name=f"{spec['study']}/{spec['name']}",
+        replicate=spec["replicate"],
+        parameters=state.meta["num_parameters"],
+        input_shape=[state.meta["in_channels"], state.meta["image_size"], state.meta["image_size"]],
+        batch_size=int(train["batch_size"]),
+        world_size=ctx.world_size,
+        precision=state.meta["precision"],
+        rehearsal=spec.get("rehearsal"),
+    )
+    # FLOPs and saved activations of one step at this process's batch, counted on the meta device (core.costs)
+    n_local = len(range(int(train["batch_size"]))[s.share])
+    fwd, bwd, saved = costs.meta_counts(
+        lambda: build_model(spec, state.meta["image_size"], state.meta["in_channels"], state.meta["num_classes"]),
+        costs.epsilon_loss(
+            s.diffusion, n_local, state.meta["in_channels"], state.meta["image_size"], state.meta["num_classes"]
+        ),
+    )
+    meter.add_count("step", n_local, fwd + bwd, saved)
     with logs:
         while state.step < total_steps:
             # ---- a step
@@ -396,24 +418,25 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
             waiting.batch_ready()
             lr = training.lr_at(state.step, train)
             try:
-                result = training.train_step(
-                    s.net,
-                    state.model,
-                    s.diffusion,
-                    state.optimizer,
-                    state.ema,
-                    x0,
-                    y,
-                    n_global,
-                    s.share,
-                    state.noise_gen,
-                    s.levers,
-                    train["grad_clip"],
-                    lr,
-                    state.step,
-                    ctx,
-                    preempt.signal is not None,
-                )
+                with meter.timed("step", int(x0.shape[0])):
+                    result = training.train_step(
+                        s.net,
+                        state.model,
+                        s.diffusion,
+                        state.optimizer,
+                        state.ema,
+                        x0,
+                        y,
+                        n_global,
+                        s.share,
+                        state.noise_gen,
+                        s.levers,
+                        train["grad_clip"],
+                        lr,
+                        state.step,
+                        ctx,
+                        preempt.signal is not None,
+                    )
             except training.NonFinite as err:
                 raise training.NonFinite(
                     f"{err}; the last checkpoint on disk is {last_checkpoint_on_disk(state_dir)}"
@@ -442,9 +465,10 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
                 logs.flush()
                 save(state_dir / "latest.pt")
                 if step in keep_steps and ctx.is_main:
-                    clone(state_dir / "latest.pt", state_dir / checkpoint_name(step))
+                    # a second name, read-only: latest.pt is replaced at its next save, never written in place
+                    share(state_dir / "latest.pt", state_dir / checkpoint_name(step), read_only=True)
                 if improved and ctx.is_main:
-                    clone(state_dir / "latest.pt", state_dir / "best.pt")
+                    share(state_dir / "latest.pt", state_dir / "best.pt", read_only=True)
             if converged:
                 if ctx.is_main:
                     print(
@@ -470,6 +494,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
     # ---- publish
     state.loader.close()
     if ctx.is_main:
+        meter.write(paths.cost(str(out / "train")))
         publish(out, [s for s in keep_steps if s <= state.step], best=early is not None)
         print(f"[train] done in {time.time() - logs.t_start:.1f}s", flush=True)
     distributed.barrier(ctx, "the barrier after publishing the checkpoints")

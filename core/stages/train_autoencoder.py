@@ -18,6 +18,7 @@ code version, data provenance); ``--log`` is the per-step training log (CSV: los
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import time
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from core import data
+from core import costs, data, paths
 from core.models import build_autoencoder, save_checkpoint
 from core.nets.vae import latent_scale_factor, vae_loss
 from core.provenance import atomic_path, code_version, file_sha256, spec_hash
@@ -68,8 +69,16 @@ def import_weights(vae: torch.nn.Module, spec: dict[str, Any]) -> dict[str, Any]
     return {"source": "checkpoint", "checkpoint": str(path.resolve()), "checkpoint_sha256": digest}
 
 
-def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, log_path: str, device: torch.device):
-    """Train ``vae`` in place; write the per-step log to ``log_path``."""
+def train_weights(
+    vae: torch.nn.Module,
+    spec: dict[str, Any],
+    data_path: str,
+    log_path: str,
+    device: torch.device,
+    meter: costs.Meter | None = None,
+):
+    """Train ``vae`` in place; write the per-step log to ``log_path``; ``meter`` counts the first step, times the
+    others."""
     train = spec["train"]
     steps, batch = int(train["steps"]), int(train["batch_size"])
     kl_weight = float(train["kl_weight"])
@@ -88,12 +97,13 @@ def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, lo
             images, _ = loader.next()
             x = data.to_model_range(images, device)
             waiting.batch_ready()
-            loss, parts = vae_loss(vae, x, kl_weight, noise)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite autoencoder loss at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with meter.timed("step", len(x)) if meter else contextlib.nullcontext():
+                loss, parts = vae_loss(vae, x, kl_weight, noise)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite autoencoder loss at step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             writer.writerow(
                 {
                     "step": step,
@@ -109,6 +119,12 @@ def train_weights(vae: torch.nn.Module, spec: dict[str, Any], data_path: str, lo
     loader.close()
     vae.eval()
     return {"source": "trained", "steps": steps, "train_seconds": round(time.time() - t0, 2)}
+
+
+def reconstruction_l1(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The L1 reconstruction through the posterior mean: ``vae_loss``'s network work (what ``core.costs`` counts on
+    the meta device, where ``vae_loss``'s logged floats cannot be read)."""
+    return (vae.decode(vae.encode(x).mean) - x).abs().mean()
 
 
 @torch.no_grad()
@@ -132,11 +148,25 @@ def run(spec: dict[str, Any], data_path: str, out: str, log_path: str, device_na
         data_sha256 = data.content_sha256(f, data_path)
     torch.manual_seed(int(spec["train"]["seed"]))
     vae = build_autoencoder(spec["net"], image_size, channels).to(device)
+    meter = costs.Meter(
+        "train_autoencoder",
+        device,
+        name=spec["name"],
+        parameters=sum(p.numel() for p in vae.parameters()),
+        input_shape=[channels, image_size, image_size],
+        batch_size=int(spec["train"]["batch_size"]),
+    )
     if spec["checkpoint"]:
         source = import_weights(vae, spec)
         vae.to(device).eval()
     else:
-        source = train_weights(vae, spec, data_path, log_path, device)
+        batch = int(spec["train"]["batch_size"])
+        fwd, bwd, saved = costs.meta_counts(  # one step on the meta device (core.costs)
+            lambda: build_autoencoder(spec["net"], image_size, channels),
+            lambda net: reconstruction_l1(net, torch.zeros(batch, channels, image_size, image_size)),
+        )
+        meter.add_count("step", batch, fwd + bwd, saved)
+        source = train_weights(vae, spec, data_path, log_path, device, meter)
     factor = scale_factor_from_data(vae, data_path, int(spec["scale_images"]), int(spec["train"]["seed"]), device)
     f = vae.downsampling_factor
     meta = {
@@ -155,6 +185,7 @@ def run(spec: dict[str, Any], data_path: str, out: str, log_path: str, device_na
         **source,
     }
     save_checkpoint(out, {"model": vae.state_dict(), "meta": meta})
+    meter.write(paths.cost(out))
     if spec["checkpoint"]:  # an imported model has no training log; say so in the file the rule declares
         with atomic_path(log_path) as tmp:
             Path(tmp).write_text(",".join(LOG_FIELDS) + "\n")

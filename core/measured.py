@@ -1,0 +1,139 @@
+"""A rehearsal's measured costs (``core.costs`` records) attached to the forecast's jobs (``core.forecast``).
+
+Each job of the real plan is matched with the cost record its rehearsal twin wrote (the same study, model,
+experiment or dataset under ``<results_dir>/rehearsal``). Its FLOPs become the real budget's image-units × the
+FLOPs per image-unit the rehearsal *counted on the real network* (instead of the meta-device count); its time on
+the rehearsal's device is the image-units × the measured seconds per image-unit; a GPU rehearsal's time is its
+GPU-hours (``measured_hours``), replacing the FLOP estimate for that GPU. Training memory per GPU is 20 bytes a
+parameter plus the activations the rehearsal's step saved per image × the real per-GPU batch.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+from core import costs, paths
+
+PER_PARAMETER_BYTES = 20.0  # fp32 weights, gradients, AdamW's two moments and the EMA
+
+
+def cost_files(root: str, job: Any) -> list[str]:
+    """The rehearsal cost records of ``job`` (a ``core.forecast.Job``) under the rehearsal root ``root``."""
+    if job.rule == "train":
+        study, model = job.name.split("/", 1)
+        return sorted(glob.glob(paths.train_cost(root, study, model, "r*")))
+    if job.rule == "train_autoencoder":
+        return [p for p in [paths.cost(paths.autoencoder(root, job.name))] if Path(p).is_file()]
+    if job.rule == "encode_latents":
+        return [p for p in [paths.cost(paths.latents(root, job.name))] if Path(p).is_file()]
+    study, what = job.name.split("/", 1)
+    if job.rule == "reference_stats":
+        return sorted(glob.glob(paths.cost(f"{root}/refstats/{what}/*.npz")))
+    if job.rule == "sample":
+        return sorted(glob.glob(paths.cost(paths.samples(root, study, what, "r*", "*"))))
+    if job.rule == "evaluate":
+        return sorted(glob.glob(paths.cost(paths.metrics(root, study, what, "r*", "*"))))
+    return []
+
+
+def attach(jobs: list[Any], root: str) -> list[str]:
+    """Give each job its rehearsal record and re-price it from the measurement; the jobs without one, named."""
+    missing = []
+    for job in jobs:
+        files = cost_files(root, job)
+        if not files:
+            missing.append(f"{job.rule} {job.name}")
+            continue
+        job.measured = costs.read(files[0])
+        apply(job)
+    return missing
+
+
+def apply(job: Any) -> None:
+    """Re-price ``job`` from ``job.measured``: FLOPs and seconds per section, memory, GPU-hours if on a GPU."""
+    rec = job.measured
+    flops = seconds = 0.0
+    timed = True
+    for section, (units, meta_per_unit) in job.work.items():
+        m = rec["sections"].get(section) or {}
+        per_unit = m.get("flops_per_image_unit")
+        flops += units * (per_unit if per_unit is not None else meta_per_unit)
+        if m.get("seconds_per_image_unit") is None:
+            timed = False
+        else:
+            seconds += units * m["seconds_per_image_unit"]
+    job.flops = flops
+    rec["forecast_seconds"] = seconds if timed else None
+    step = rec["sections"].get("step") or {}
+    if job.rule == "train" and rec.get("parameters") and step.get("activation_bytes_per_image") is not None:
+        job.params = int(rec["parameters"])
+        job.train_mem_bytes = PER_PARAMETER_BYTES * job.params + step["activation_bytes_per_image"] * (
+            job.batch_per_gpu or 1
+        )
+
+
+def measured_hours(job: Any) -> float | None:
+    """GPU-hours of one such job at the real budget from a GPU rehearsal's measured time; None on a CPU."""
+    rec = job.measured
+    if not rec or rec["device"] != "cuda" or rec.get("forecast_seconds") is None:
+        return None
+    return rec["forecast_seconds"] / 3600
+
+
+def profile_memory_mb(limits: dict[str, Any], job: Any) -> float | None:
+    """The host memory the SLURM profile gives one process of ``job`` (mem_mb, or mem_mb_per_cpu × its CPUs)."""
+    res = {**limits["default"], **limits["rules"].get(job.rule, {})}
+    if "mem_mb_per_cpu" in res:
+        return float(res["mem_mb_per_cpu"]) * int(limits["threads"].get(job.rule, res.get("cpus_per_task", 1)))
+    return float(res["mem_mb"]) if "mem_mb" in res else None
+
+
+def memory_flags(jobs: list[Any], limits: dict[str, Any]) -> list[str]:
+    """Jobs whose measured peak host memory exceeds what the profile gives them."""
+    out = []
+    for job in jobs:
+        rec, mem = job.measured, profile_memory_mb(limits, job)
+        if rec and mem and rec["peak_rss_bytes"] > mem * 2**20:
+            out.append(
+                f"{job.rule} {job.name}: peak host memory {rec['peak_rss_bytes'] / 2**30:,.1f} GiB measured "
+                f"({rec['device']}) > {mem / 1024:,.1f} GiB that profiles/slurm gives it (set-resources.{job.rule}."
+                "mem_mb or mem_mb_per_cpu)"
+            )
+    return out
+
+
+def table(jobs: list[Any], limits: dict[str, Any]) -> list[str]:
+    """The markdown table of what each rehearsal job measured and what that makes of the real budget."""
+    lines = [
+        "## Measured by the rehearsal",
+        "",
+        "FLOPs per image-unit counted on the real network during the rehearsal's own step (a training image, one "
+        "sampler step of one image, one image through the extractor), and its seconds per image-unit on the "
+        "rehearsal's device; × the real budget's image-units.",
+        "",
+        "| rule | job | device | image-units (real) | GFLOP / unit | s / unit | hours on that device | "
+        "peak RSS | profile memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for job in jobs:
+        rec = job.measured
+        if not rec:
+            lines.append(f"| {job.rule} | {job.name} | not rehearsed | | | | | | |")
+            continue
+        units = sum(u for u, _ in job.work.values())
+        per_unit = [
+            (rec["sections"].get(sec) or {}).get("flops_per_image_unit") for sec in job.work
+        ]  # the main section first
+        secs = [(rec["sections"].get(sec) or {}).get("seconds_per_image_unit") for sec in job.work]
+        gflop = " + ".join("–" if f is None else f"{f / 1e9:,.2f}" for f in per_unit)
+        spu = " + ".join("–" if t is None else f"{t:.3g}" for t in secs)
+        hours = rec.get("forecast_seconds")
+        mem = profile_memory_mb(limits, job)
+        lines.append(
+            f"| {job.rule} | {job.name} | {rec['device']} ({rec['device_name']}) | {units:,.0f} | {gflop} | {spu} | "
+            f"{'–' if hours is None else f'{hours / 3600:,.1f}'} | {rec['peak_rss_bytes'] / 2**30:,.2f} GiB | "
+            f"{'–' if mem is None else f'{mem / 1024:,.0f} GiB'} |"
+        )
+    return lines

@@ -1,0 +1,106 @@
+"""The rehearsal (config key ``rehearse: true``): every job of a study at its real shapes with its budgets cut.
+
+One home: the rehearsal is not a copy of the presets but this overlay of them, applied by ``core.plan.Plan`` once
+the real config has been validated and resolved (so a rehearsal checks the real config too). What it changes:
+
+- the results go to ``<results_dir>/rehearsal`` (``ROOT``), apart from any real run's; every study's title starts
+  with ``LABEL`` and its report carries a banner, so that its numbers cannot pass for a study's;
+- image-folder datasets (``imagenet100``, ``sysu-shapes``, ``folder``) read a stand-in tree written by the
+  ``standin_data`` job in the dataset's own layout, class count and file types (``core.standin``);
+- Inception metrics use a random-weight stand-in Inception (``inception-standin``: the real architecture, 299²,
+  2048 features; labelled FD_standin/IS_standin, never FID);
+- budgets (``rehearsal`` keys): training steps, the images of a step and of a sampler batch, the sampler steps run
+  of each batch's real schedule, samples, validation and reference images, bootstrap resamples. Each cut spec
+  keeps its real values under ``rehearsal.real``; the stages write what each job costs (``core.costs``) and
+  ``core.forecast --rehearsal`` prices the real budgets from those costs;
+- multi-GPU models train in one process (the per-process batch is cut anyway; the multi-GPU path is what
+  ``.ci/slurm-gpu-e2e.sh`` exercises).
+
+What keeps its real value: every network's architecture and input size (so parameter counts and shapes are the
+real ones), the diffusion schedule, the sampler and its real step count (its schedule is built at the real count
+and the first ``sampler_steps`` steps run), guidance, precision settings, the number of checkpoints kept is one.
+Free of heavy imports (planning imports it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LABEL = "REHEARSAL"
+BANNER = (
+    "**REHEARSAL — not a result.** Every job ran at its real shapes with cut budgets on stand-in data "
+    "(core/standin.py) and a random-weight stand-in Inception: the numbers below mean nothing. What the real run "
+    "will cost: ../../forecast/forecast.md (docs/full-study.md, Rehearsal)."
+)
+FOLDER_SOURCES = ("imagenet100", "sysu-shapes", "folder")
+
+
+def root(results_dir: str) -> str:
+    return f"{results_dir.rstrip('/')}/rehearsal"
+
+
+def _cut(spec: dict[str, Any], key: str, value: Any, real: dict[str, Any]) -> None:
+    """Set ``spec[a][b]…`` (``key`` dotted) to ``value``, keeping the real value in ``real[key]``."""
+    *path, last = key.split(".")
+    node = spec
+    for k in path:
+        node = node[k]
+    if node.get(last) != value:
+        real[key] = node.get(last)
+        node[last] = value
+
+
+def cut_model(spec: dict[str, Any], r: dict[str, Any]) -> None:
+    """A model spec with its training budget cut (in place); architecture, schedule and precision stay."""
+    real: dict[str, Any] = {}
+    train = spec["train"]
+    steps = int(r["train_steps"])
+    _cut(spec, "train.steps", min(int(train["steps"]), steps), real)
+    _cut(spec, "train.checkpoint_every", int(spec["train"]["steps"]), real)
+    _cut(spec, "train.log_every", 1, real)
+    _cut(spec, "train.batch_size", min(int(train["batch_size"]), int(r["batch_size"])), real)
+    if "early_stopping" in train:
+        _cut(spec, "train.early_stopping.every", int(spec["train"]["steps"]), real)
+        val = min(int(train["early_stopping"]["num_images"]), int(r["val_images"]))
+        _cut(spec, "train.early_stopping.num_images", val, real)
+    _cut(spec, "resources.gpus", min(1, int(spec["resources"]["gpus"])), real)
+    _cut(spec, "resources.nodes", 1, real)
+    spec["rehearsal"] = {"real": real}
+
+
+def cut_experiment(spec: dict[str, Any], r: dict[str, Any]) -> None:
+    """An experiment spec with its sampling budget cut (in place); the sampler keeps its real step count."""
+    real: dict[str, Any] = {}
+    _cut(spec, "num_samples", min(int(spec["num_samples"]), int(r["num_samples"])), real)
+    _cut(spec, "batch_size", min(int(spec["batch_size"]), int(r["batch_size"])), real)
+    _cut(spec, "gpus", 1, real)
+    steps = int(spec["sampler"]["steps"])
+    spec["rehearsal"] = {"real": real, "sampler_steps": min(steps, int(r["sampler_steps"]))}
+
+
+def cut_autoencoder(spec: dict[str, Any], r: dict[str, Any]) -> None:
+    if spec.get("checkpoint"):
+        return  # given weights: nothing is trained
+    real: dict[str, Any] = {}
+    _cut(spec, "train.steps", min(int(spec["train"]["steps"]), int(r["train_steps"])), real)
+    _cut(spec, "train.batch_size", min(int(spec["train"]["batch_size"]), int(r["batch_size"])), real)
+    _cut(spec, "scale_images", min(int(spec["scale_images"]), int(r["scale_images"])), real)
+    del real  # the real budgets are the real plan's (core.forecast reads them there)
+
+
+def cut_evaluation(ev: dict[str, Any], r: dict[str, Any]) -> None:
+    """A study's evaluation with the reference images, IS splits, KID subsets and bootstrap cut (in place)."""
+    n = int(r["reference_images"])
+    ev["reference_num"] = min(int(ev["reference_num"]) or n, n)
+    ev["is_splits"] = min(int(ev["is_splits"]), 2)
+    ev["kid_subsets"] = min(int(ev["kid_subsets"]), 10)
+    ev["kid_subset_size"] = min(int(ev["kid_subset_size"] or r["num_samples"]), int(r["num_samples"]))
+    ev["bootstrap"] = min(int(ev["bootstrap"]), int(r["bootstrap"]))
+    ev["fd_infinity"] = False
+
+
+def standin_spec(source: str, r: dict[str, Any]) -> dict[str, Any]:
+    """What ``core.standin.write_tree`` writes for a dataset of ``source``: its own layout, or for a generic
+    ``folder`` dataset the ImageNet-100 tree (``train/`` and ``validation/`` of class folders is one of its forms)."""
+    layout = "sysu-shapes" if source == "sysu-shapes" else "imagenet100"
+    return {"layout": layout, "seed": int(r["standin"]["seed"]), **r["standin"][layout]}

@@ -1,0 +1,156 @@
+"""The rehearsal (config key ``rehearse``, core/rehearsal.py): the full presets at their real shapes with cut budgets,
+results apart and labelled, stand-in data and Inception; and its run (slow) against the real presets."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import costs, forecast, paths, preflight, rehearsal
+from core.plan import Plan
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def plans() -> tuple[Plan, Plan]:
+    config = preflight.load_config([], [])
+    return Plan(copy.deepcopy(config)), Plan({**copy.deepcopy(config), "rehearse": True})
+
+
+def test_a_rehearsal_keeps_every_shape_and_cuts_every_budget(plans):
+    real, rh = plans
+    cut = rh.config["rehearsal"]
+    assert rh.root == f"{real.root}/rehearsal"
+    assert rh.default_studies(on_cluster=False) == real.default_studies(on_cluster=True) == ["full-a", "full-b"]
+    for study in ("full-a", "full-b"):
+        assert rh.study(study)["title"].startswith(rehearsal.LABEL)
+        assert rh.extractor_kind(study) == "inception-standin" and rh.extractor_tag(study) == "inception-standin"
+        for model, spec in real.models[study].items():
+            r = rh.model(study, model)
+            # what decides a network's shape and numerics stays
+            for key in ("net", "backbone", "space", "autoencoder", "diffusion"):
+                assert r.get(key) == spec.get(key), (study, model, key)
+            assert rh.input_size(study, r) == real.input_size(study, spec)
+            assert r["train"]["precision"] == spec["train"]["precision"]
+            # budgets are cut, and the real ones are recorded
+            assert r["train"]["steps"] == cut["train_steps"] == r["train"]["checkpoint_every"]
+            assert r["train"]["batch_size"] == min(spec["train"]["batch_size"], cut["batch_size"])
+            assert r["rehearsal"]["real"]["train.steps"] == spec["train"]["steps"]
+            assert r["rehearsal"]["real"]["train.batch_size"] == spec["train"]["batch_size"]
+            assert r["resources"]["gpus"] == 1 and r["resources"]["nodes"] == 1
+            if spec["resources"]["gpus"] > 1:
+                assert r["rehearsal"]["real"]["resources.gpus"] == spec["resources"]["gpus"]
+        for exp, spec in real.experiments[study].items():
+            e = rh.experiment(study, exp)
+            assert e["sampler"] == spec["sampler"] and e["guidance_scale"] == spec["guidance_scale"]
+            assert e["rehearsal"]["sampler_steps"] == min(spec["sampler"]["steps"], cut["sampler_steps"])
+            assert e["num_samples"] == min(spec["num_samples"], cut["num_samples"])
+            assert e["rehearsal"]["real"]["num_samples"] == spec["num_samples"]
+            assert rh.eval_steps(study, exp) in (["best"], [cut["train_steps"]])
+    for name in ("imagenet100", "sysu-shapes"):
+        assert rh.dataset_spec(name)["path"] == f"{rh.root}/standin/{name}"
+        assert rh.standin(name)["layout"] == name
+        assert real.standin(name) is None
+    assert rh.config["datasets"]["imagenet100"]["image_size"] == 128
+    assert rh.config["datasets"]["sysu-shapes"]["image_size"] == 64
+
+
+def test_the_real_plan_is_untouched_by_the_switch(plans):
+    real, _ = plans
+    assert real.root == "results" and not real.rehearse
+    assert real.model("full-a", "unet")["train"]["steps"] == 791800
+    assert "rehearsal" not in real.model("full-a", "unet")
+    assert real.extractor_kind("full-a") == "inception"
+
+
+@pytest.fixture(scope="module")
+def rehearsed(tmp_path_factory) -> tuple[Plan, Path]:
+    """The README's rehearsal command, into a folder of its own (the whole full study: ~15 min on 2 cores)."""
+    results = tmp_path_factory.mktemp("rh") / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            "profiles/local",
+            "--cores",
+            "2",
+            "--resources",
+            "mem_mb=20000",
+            "--config",
+            "rehearse=True",
+            f"results_dir={results}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    config = preflight.load_config([], [f"results_dir={results}"])
+    return Plan(config), results / "rehearsal"
+
+
+@pytest.mark.slow
+def test_every_rehearsal_job_ran_at_the_real_shapes(rehearsed):
+    """Each model's parameter count (the real preset's, counted on the meta device), image size and batch size,
+    each experiment's sampler and image size, and the evaluation's extractor, from the jobs' own cost records."""
+    real, root = rehearsed
+    counts = {"full-a": 100, "full-b": 0}  # ImageNet-100's classes; Study B is unconditional
+    for study in ("full-a", "full-b"):
+        for model in real.models[study]:
+            spec = real.model(study, model)
+            rec = costs.read(paths.train_cost(str(root), study, model, 0))
+            params = forecast.train_costs(real, study, model, counts[study])[3]
+            size = real.input_size(study, spec)
+            channels = 3  # RGB pixels, or the f4 autoencoder's 3 latent channels
+            assert rec["parameters"] == params, (study, model)
+            assert rec["input_shape"] == [channels, size, size], (study, model)
+            real_batch = rec["rehearsal"]["real"].get("train.batch_size", rec["batch_size"])
+            assert real_batch == spec["train"]["batch_size"], (study, model)
+            step = rec["sections"]["step"]
+            assert step["flops_per_image_unit"] > 0 and step["seconds_per_image_unit"] > 0
+            assert not step["timed_under_counter"]
+        for exp in real.experiments[study]:
+            e = real.experiment(study, exp)
+            files = glob.glob(paths.cost(paths.samples(str(root), study, exp, "r0", "*")))
+            assert files, (study, exp)
+            rec = costs.read(files[0])
+            assert rec["sampler_steps"] == e["sampler"]["steps"], (study, exp)
+            assert rec["sampler_steps_run"] == min(e["sampler"]["steps"], 2)
+            model = real.model(study, e["model"])
+            size = real.input_size(study, model)
+            assert rec["input_shape"][1:] == [size, size]
+            assert rec["rehearsal"]["real"].get("batch_size", rec["batch_size"]) == e["batch_size"]
+            files = glob.glob(paths.cost(paths.metrics(str(root), study, exp, "r0", "*")))
+            ev = costs.read(files[0])
+            assert (
+                ev["extractor"]["extractor"] == "inception-v3-random-standin" and ev["extractor"]["feature_dim"] == 2048
+            )
+
+
+@pytest.mark.slow
+def test_the_rehearsal_is_labelled_and_forecast(rehearsed):
+    _, root = rehearsed
+    for study in ("full-a", "full-b"):
+        md = (root / study / "report" / "table.md").read_text()
+        assert md.startswith(f"# {rehearsal.LABEL}: ") and rehearsal.BANNER in md
+        assert "FID" not in md.split("## ")[1]  # the stand-in's numbers are FD_standin, never FID
+        with open(root / study / "report" / "table.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and all(r["run"].startswith(rehearsal.LABEL) for r in rows)
+    text = (root / "forecast" / "forecast.md").read_text()
+    assert text.startswith("# Forecast: full-a, full-b (from the rehearsal")
+    assert "## Measured by the rehearsal" in text and "not rehearsed" not in text
+    with open(root / "forecast" / "forecast.csv", newline="") as fh:
+        jobs = list(csv.DictReader(fh))
+    assert {j["rule"] for j in jobs} >= {"train", "sample", "evaluate", "reference_stats", "train_autoencoder"}
+    assert all(j["measured_device"] for j in jobs)
+    assert not (root.parent / "full-a").exists()  # nothing outside the rehearsal's folder
