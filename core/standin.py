@@ -195,7 +195,9 @@ def _same(found: dict[str, Any] | None, layout: str, spec: dict[str, Any]) -> bo
 def _check_ours(root: Path) -> None:
     """Raise unless ``root`` is a folder this module wrote (it holds ``STANDIN.txt``)."""
     if root.is_symlink() or not root.is_dir():
-        raise FileExistsError(f"{root} exists and is not a folder; not replacing it with a stand-in tree")
+        raise FileExistsError(
+            f"{root} exists and is not a folder (or is a symbolic link); not replacing it with a stand-in tree"
+        )
     if not (root / MARKER).is_file():
         raise FileExistsError(
             f"{root} exists and has no {MARKER}: it may be real data, so the stand-in is not written there; "
@@ -232,13 +234,15 @@ def write_tree(layout: str, root: str | os.PathLike[str], spec: dict[str, Any]) 
 def _install(partial: Path, root: Path, layout: str, spec: dict[str, Any]) -> None:
     """Rename ``partial`` onto ``root``, moving an older stand-in aside first (and removing it after)."""
     old = root.parent / f"{root.name}.old-{os.getpid()}"
-    if root.exists():
+    if root.exists() or root.is_symlink():
         _check_ours(root)
+        if _same(_read_record(root), layout, spec):
+            return  # a concurrent writer installed the same tree meanwhile: keep it (it may be read already)
         os.rename(root, old)
     try:
         os.rename(partial, root)
     except OSError:
-        # another writer installed a tree meanwhile: fine if it is the same one, else an error naming both
+        # another writer installed a tree in between: fine if it is the same one, else the OSError naming both
         if root.is_dir() and (root / MARKER).is_file() and _same(_read_record(root), layout, spec):
             return
         raise

@@ -123,6 +123,24 @@ def test_same_spec_is_kept_another_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no partial or old tree left behind
 
 
+def test_a_concurrent_writer_of_the_same_tree_wins_untouched(tmp_path, monkeypatch):
+    root = tmp_path / "t"
+    write_sysu = standin._write_sysu
+
+    def racing(partial: Path, spec: dict) -> dict:
+        monkeypatch.setattr(standin, "_write_sysu", write_sysu)
+        with monkeypatch.context() as m:  # the other writer (another process: its own partial) finishes first
+            m.setattr(os, "getpid", lambda: 4_000_000)
+            standin.write_tree("sysu-shapes", root, spec)
+        os.utime(root / standin.MARKER, ns=(1, 1))
+        return write_sysu(partial, spec)
+
+    monkeypatch.setattr(standin, "_write_sysu", racing)
+    assert not standin.write_tree("sysu-shapes", root, {"per_class": 2})["reused"]
+    assert (root / standin.MARKER).stat().st_mtime_ns == 1  # the installed tree was kept, not swapped under a reader
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+
+
 def test_interrupted_tree_is_replaced(tmp_path):
     root = tmp_path / "t"
     standin.write_tree("sysu-shapes", root, {"per_class": 2})
