@@ -3,6 +3,9 @@
 Extractors:
 - ``inception``: the FID Inception-v3 (``core.nets.inception``) with the community's weights, 299² input in the
   configured preprocessing mode; its numbers are labelled "FID" / "IS".
+- ``inception-standin``: the same architecture and preprocessing with random weights from ``seed``
+  (``core.nets.inception.standin_fid_inception``), for the rehearsal, where the real weights are not at hand; no
+  weights file. Its numbers are labelled "FD_standin" / "IS_standin" and mean nothing beyond "the job ran".
 - ``classifier``: the dataset's own small CNN (``core.nets.classifier``), native resolution, x/127.5 − 1, for
   when no Inception weights are configured. Its numbers are labelled "FD_clf" / "IS_clf", never "FID".
 
@@ -112,7 +115,26 @@ def load_extractor(spec: dict[str, Any]) -> Extractor:
             "feature_dim": 2048,
         }
         return Extractor("inception", model, lambda x: inception.preprocess(torch.as_tensor(x), mode), label)
-    raise ValueError(f"unknown extractor kind {kind!r} (known: classifier, inception)")
+    if kind == "inception-standin":
+        from core.nets import inception
+
+        mode, seed = spec["preprocessing"], spec.get("seed", 0)
+        if mode not in inception.PREPROCESSING_MODES:
+            raise ValueError(f"metrics.preprocessing must be one of {inception.PREPROCESSING_MODES}, got {mode!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"the stand-in Inception's seed must be an integer >= 0, got {seed!r}")
+        model = inception.standin_fid_inception(seed)
+        label = {
+            "extractor": "inception-v3-random-standin",
+            "display": "standin",
+            "weights": f"none: random (seed {seed}), rehearsal stand-in",
+            "weights_sha256": inception.state_sha256(model),
+            "preprocessing": mode,
+            "feature_dim": 2048,
+            "standin": True,
+        }
+        return Extractor(kind, model, lambda x: inception.preprocess(torch.as_tensor(x), mode), label)
+    raise ValueError(f"unknown extractor kind {kind!r} (known: classifier, inception, inception-standin)")
 
 
 def load_reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

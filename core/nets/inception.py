@@ -12,6 +12,7 @@ as torch-fidelity computes it), both from the same network. Batched extraction (
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -184,6 +185,39 @@ class FIDInceptionV3(nn.Module):
             x = block(x)
         pool = x.mean(dim=(2, 3))
         return pool, pool @ self.fc.weight.T
+
+
+def standin_fid_inception(seed: int = 0) -> FIDInceptionV3:
+    """The FID Inception-v3 architecture with random weights from ``seed``: the rehearsal's stand-in for the weights
+    file a user provides (its numbers are labelled ``standin``, never FID; ``core.features``).
+
+    PyTorch's default init (uniform, variance 1/(3·fan_in)) shrinks activations ~6× per conv + ReLU, so after
+    the ~20 convs of the longest path the pool features are ~1e-8 and every Fréchet distance is ~0. Instead the
+    convs draw He-normal weights (std √(2/fan_in): a ReLU layer keeps the second moment of its input), BatchNorm is
+    the identity in eval mode (scale 1, shift 0, running mean 0, variance 1), and ``fc`` draws N(0, 1/2048), so
+    features and logits stay O(1). Built on the meta device and initialised from one ``torch.Generator``: the global
+    RNG is not touched and the same seed gives the same bytes everywhere."""
+    with torch.device("meta"):
+        model = FIDInceptionV3()
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, (2.0 / module.weight[0].numel()) ** 0.5, generator=gen)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()  # weight 1, bias 0, running mean 0, variance 1, batches tracked 0
+        nn.init.normal_(model.fc.weight, 0.0, model.fc.in_features**-0.5, generator=gen)
+        nn.init.zeros_(model.fc.bias)
+    return model.eval()
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of the bytes of the state dict's tensors, in state-dict order (the stand-in's weights identity)."""
+    h = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _tf1_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:

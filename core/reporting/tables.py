@@ -148,6 +148,14 @@ def provenance_note(m: dict[str, Any]) -> str:
     ex = m["extractor"]
     splits = m["label"]["is"].split("(")[-1].rstrip(")")
     counts = f"{m['n_generated']} generated images against {m['n_real']} real `{m['reference']['split']}` images"
+    if ex.get("standin"):  # before the Inception branch: the same architecture, but random weights
+        return (
+            "How these numbers were made: Fréchet distance and Inception-Score-style score on the 2048-d pool "
+            "features and 1008 logits of the FID Inception-v3 architecture with random weights, a rehearsal stand-in "
+            f"({ex['weights']}; SHA-256 `{ex['weights_sha256'][:16]}…`), preprocessing `{ex['preprocessing']}`; "
+            f"{counts}; IS over {splits}. These are not FID/IS: they show that evaluation ran at its real shapes and "
+            "say nothing about image quality. "
+        )
     if ex["extractor"].startswith("inception"):
         return (
             "How these numbers were made: FID on the 2048-d pool features and IS on the 1008 logits (fc bias "
