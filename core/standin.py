@@ -139,7 +139,6 @@ def _write_imagenet(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
     classes = wordnet_ids()
     counts = {"train": 0, "val": 0}
     modes = {"L": 0, "CMYK": 0, "RGB": 0}
-    serial = 0
     for split, folder, per in (
         ("train", "train", spec["train_per_class"]),
         ("val", "validation", spec["val_per_class"]),
@@ -148,8 +147,8 @@ def _write_imagenet(root: Path, spec: dict[str, Any]) -> dict[str, Any]:
             d = root / folder / wnid
             d.mkdir(parents=True)
             for i in range(per):
-                serial += 1
-                name = f"{wnid}_{i + 1}.JPEG" if split == "train" else f"ILSVRC2012_val_{serial:08d}.JPEG"
+                n = counts[split] + 1  # ImageNet numbers its validation files across classes
+                name = f"{wnid}_{i + 1}.JPEG" if split == "train" else f"ILSVRC2012_val_{n:08d}.JPEG"
                 mode = _mode(label, i + (split == "val") * 10, cmyk=True)
                 ids = [spec["seed"], _LAYOUT_ID["imagenet100"], int(split == "val"), label, i]
                 _write_image(d / name, ids, IMAGENET_SIZES, IMAGENET_SIZE_P, label / len(classes), label % 3, mode)

@@ -55,6 +55,7 @@ def test_imagenet100_tree_has_the_real_layout_and_ingests_at_128(tmp_path):
     files = sorted((root / "train").glob("*/*")) + sorted((root / "validation").glob("*/*"))
     assert len(files) == 300 and all(p.suffix == ".JPEG" for p in files)
     assert all(len(list((root / "train" / w).iterdir())) == 2 for w in wnids)
+    assert [p.name for p in (root / "validation" / wnids[1]).iterdir()] == ["ILSVRC2012_val_00000002.JPEG"]
     modes: dict[str, int] = {}
     sizes = set()
     for p in files:
