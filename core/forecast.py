@@ -164,9 +164,9 @@ def jobs_of(plan: Plan, studies: list[str], counts: dict[str, preflight.DataSize
             count = len(plan.experiment_replicates(study, exp)) * len(plan.eval_steps(study, exp))
             flops = sum(u * f for u, f in work.values())
             jobs.append(Job("sample", f"{study}/{exp}", flops, count, int(e["gpus"]), work=work))
-            jobs.append(
-                Job("evaluate", f"{study}/{exp}", inception * n, count, work={"extract": (float(n), inception)})
-            )
+            resamples = float(plan.config["studies"][study]["evaluation"]["bootstrap"])  # CPU work: timed, no FLOPs
+            work = {"extract": (float(n), inception), "bootstrap": (resamples, 0.0)}
+            jobs.append(Job("evaluate", f"{study}/{exp}", inception * n, count, work=work))
     for job in jobs:
         price(job)
     return jobs

@@ -113,7 +113,8 @@ def table(jobs: list[Any], limits: dict[str, Any]) -> list[str]:
         "sampler step of one image, one image through the extractor), and its seconds per image-unit on the "
         "rehearsal's device; × the real budget's image-units.",
         "",
-        "| rule | job | device | image-units (real) | GFLOP / unit | s / unit | hours on that device | "
+        "| rule | job | device | image-units (real) | GFLOP / unit (by section) | s / unit (by section) | "
+        "hours on that device | "
         "peak RSS | profile memory |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -122,7 +123,7 @@ def table(jobs: list[Any], limits: dict[str, Any]) -> list[str]:
         if not rec:
             lines.append(f"| {job.rule} | {job.name} | not rehearsed | | | | | | |")
             continue
-        units = sum(u for u, _ in job.work.values())
+        units = next(iter(job.work.values()))[0]  # the main section's (the others: decode, bootstrap)
         per_unit = [
             (rec["sections"].get(sec) or {}).get("flops_per_image_unit") for sec in job.work
         ]  # the main section first

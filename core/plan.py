@@ -81,6 +81,9 @@ class Plan:
             )
         if config["metrics"]["inception_weights"] and not Path(config["metrics"]["inception_weights"]).is_file():
             raise ConfigError(_missing_inception(config["metrics"]["inception_weights"]))
+        if config["rehearse"]:  # a rehearsal runs one point of each sweep list (core.rehearsal)
+            for study in config["studies"].values():
+                rehearsal.cut_sweeps(study.get("sweeps") or {})
         for study in config["studies"]:
             self._resolve_study(study)
         self.claims = {study: self._resolve_claims(study) for study in config["studies"]}

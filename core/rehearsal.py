@@ -10,7 +10,8 @@ the real config has been validated and resolved (so a rehearsal checks the real 
 - Inception metrics use a random-weight stand-in Inception (``inception-standin``: the real architecture, 299²,
   2048 features; labelled FD_standin/IS_standin, never FID);
 - budgets (``rehearsal`` keys): training steps, the images of a step and of a sampler batch, the sampler steps run
-  of each batch's real schedule, samples, validation and reference images, bootstrap resamples. Each cut spec
+  of each batch's real schedule, samples, validation and reference images, bootstrap resamples, the images the
+  latent cache encodes (the other rows repeat them), and each sweep list cut to its largest point. Each cut spec
   keeps its real values under ``rehearsal.real``; the stages write what each job costs (``core.costs``) and
   ``core.forecast --rehearsal`` prices the real budgets from those costs;
 - multi-GPU models train in one process (the per-process batch is cut anyway; the multi-GPU path is what
@@ -72,10 +73,11 @@ def cut_experiment(spec: dict[str, Any], r: dict[str, Any]) -> None:
     """An experiment spec with its sampling budget cut (in place); the sampler keeps its real step count."""
     real: dict[str, Any] = {}
     _cut(spec, "num_samples", min(int(spec["num_samples"]), int(r["num_samples"])), real)
-    _cut(spec, "batch_size", min(int(spec["batch_size"]), int(r["batch_size"])), real)
+    _cut(spec, "batch_size", min(int(spec["batch_size"]), int(spec["num_samples"])), real)  # one batch
     _cut(spec, "gpus", 1, real)
     steps = int(spec["sampler"]["steps"])
     spec["rehearsal"] = {"real": real, "sampler_steps": min(steps, int(r["sampler_steps"]))}
+    spec.pop("published", None)  # the reference's numbers are not shown beside a rehearsal's
 
 
 def cut_autoencoder(spec: dict[str, Any], r: dict[str, Any]) -> None:
@@ -86,6 +88,16 @@ def cut_autoencoder(spec: dict[str, Any], r: dict[str, Any]) -> None:
     _cut(spec, "train.batch_size", min(int(spec["train"]["batch_size"]), int(r["batch_size"])), real)
     _cut(spec, "scale_images", min(int(spec["scale_images"]), int(r["scale_images"])), real)
     del real  # the real budgets are the real plan's (core.forecast reads them there)
+
+
+def cut_sweeps(sweeps: dict[str, Any]) -> None:
+    """Each sweep list cut to its largest point (in place): per sampler of an ``nfe`` sweep its most steps (the
+    respacing at the real scale), per ``guidance`` sweep its largest scale. Every point has its base's shapes; the
+    sweep's tables, figures and the forecast (which prices every real point) still run."""
+    for entry in sweeps.get("nfe", []):
+        entry["samplers"] = {name: [max(steps)] for name, steps in entry["samplers"].items()}
+    for entry in sweeps.get("guidance", []):
+        entry["scales"] = [max(entry["scales"])]
 
 
 def cut_evaluation(ev: dict[str, Any], r: dict[str, Any]) -> None:
@@ -103,4 +115,4 @@ def standin_spec(source: str, r: dict[str, Any]) -> dict[str, Any]:
     """What ``core.standin.write_tree`` writes for a dataset of ``source``: its own layout, or for a generic
     ``folder`` dataset the ImageNet-100 tree (``train/`` and ``validation/`` of class folders is one of its forms)."""
     layout = "sysu-shapes" if source == "sysu-shapes" else "imagenet100"
-    return {"layout": layout, "seed": int(r["standin"]["seed"]), **r["standin"][layout]}
+    return {"layout": layout, "spec": {"seed": int(r["standin"]["seed"]), **r["standin"][layout]}}

@@ -36,7 +36,7 @@ rule standin_data:
         runtime=30,
     params:
         code=code_param("standin_data"),
-        spec=lambda w: spec_json(PLAN.standin(w.dataset)),
+        spec=lambda w: spec_json(PLAN.standin(w.dataset)["spec"]),
         layout=lambda w: PLAN.standin(w.dataset)["layout"],
     shell:
         "python -m core.stages.standin_data --layout {params.layout:q} --spec {params.spec:q}"

@@ -44,9 +44,10 @@ rule encode_latents:
         runtime=240,
     params:
         code=code_param("encode_latents"),
+        rehearsal=config["rehearsal"]["encode_images"] if PLAN.rehearse else 0,
     shell:
         "python -m core.stages.encode_latents --data {input.data:q} --autoencoder {input.vae:q}"
-        " --out {output:q} --threads {threads:q} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads:q} --rehearsal-images {params.rehearsal:q} > {log:q} 2>&1"
 
 
 rule evaluate_autoencoder:

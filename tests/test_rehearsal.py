@@ -14,7 +14,12 @@ import pytest
 
 from core import costs, forecast, paths, preflight, rehearsal
 from core.plan import Plan
+from core.config import load_schema
 from tests.conftest import ROOT
+
+REHEARSAL = {
+    k: v["default"] for k, v in load_schema()["properties"]["rehearsal"]["properties"].items() if "default" in v
+}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +129,7 @@ def test_every_rehearsal_job_ran_at_the_real_shapes(rehearsed):
             assert files, (study, exp)
             rec = costs.read(files[0])
             assert rec["sampler_steps"] == e["sampler"]["steps"], (study, exp)
-            assert rec["sampler_steps_run"] == min(e["sampler"]["steps"], 2)
+            assert rec["sampler_steps_run"] == min(e["sampler"]["steps"], REHEARSAL["sampler_steps"])
             model = real.model(study, e["model"])
             size = real.input_size(study, model)
             assert rec["input_shape"][1:] == [size, size]

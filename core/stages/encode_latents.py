@@ -26,7 +26,16 @@ from core.provenance import atomic_path, file_sha256, provenance
 
 
 @torch.no_grad()
-def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, device_name: str = "auto") -> None:
+def run(
+    data_path: str,
+    autoencoder: str,
+    out: str,
+    batch_size: int = 256,
+    device_name: str = "auto",
+    rehearsal_images: int = 0,
+) -> None:
+    """Encode every split; a rehearsal (``rehearsal_images`` > 0) encodes that many images of each split and fills
+    the other rows by repeating them, recorded in the file's ``rehearsal_encoded`` attribute (core.rehearsal)."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     vae, meta = load_autoencoder(autoencoder, device)
     meter = costs.Meter("encode_latents", device, name=str(autoencoder), parameters=meta.get("num_parameters"))
@@ -65,8 +74,9 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
                     f"{split}/moments", shape=(n, 2 * c, h, w), dtype=np.float32, chunks=(rows, 2 * c, h, w)
                 )
                 f[f"{split}/labels"] = src[f"{split}/labels"][:]
-                for i in range(0, n, batch_size):
-                    x = data.to_model_range(src[f"{split}/images"][i : i + batch_size], device)
+                encoded = min(n, rehearsal_images) if rehearsal_images else n
+                for i in range(0, encoded, batch_size):
+                    x = data.to_model_range(src[f"{split}/images"][i : min(i + batch_size, encoded)], device)
                     with meter.run("encode", len(x), count=meter.counting("encode")):
                         posterior = vae.encode(x)
                     rows_out = torch.cat([posterior.mean, posterior.logvar], 1).float()
@@ -75,6 +85,9 @@ def run(data_path: str, autoencoder: str, out: str, batch_size: int = 256, devic
                             f"{autoencoder} encodes images {i}– of split {split} to non-finite latents"
                         )
                     moments[i : i + len(x)] = rows_out.cpu().numpy()
+                for i in range(encoded, n, encoded):  # a rehearsal's repeated rows
+                    moments[i : min(i + encoded, n)] = moments[: min(encoded, n - i)]
+                f[split].attrs["rehearsal_encoded"] = encoded if encoded < n else 0
                 f[split].attrs["count"] = n
                 print(f"[encode] {split}: {n} images → {c}×{h}×{w} latents", flush=True)
             data.seal(f)
@@ -90,10 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--rehearsal-images", type=int, default=0, help="a rehearsal's images encoded per split (0: all)")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    run(args.data, args.autoencoder, args.out, args.batch_size, args.device)
+    run(args.data, args.autoencoder, args.out, args.batch_size, args.device, args.rehearsal_images)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,9 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
     }
     resamples = int(options["bootstrap"])
     if resamples > 0:
-        fd_boot = stats.bootstrap_fd(feats, ref["mu"], ref["sigma"], resamples, BOOTSTRAP_SEED)
-        is_boot = stats.bootstrap_is(logits, splits, resamples, BOOTSTRAP_SEED)
+        with meter.timed("bootstrap", 1, units=resamples):  # one unit: a resample's FD and IS (CPU, numpy)
+            fd_boot = stats.bootstrap_fd(feats, ref["mu"], ref["sigma"], resamples, BOOTSTRAP_SEED)
+            is_boot = stats.bootstrap_is(logits, splits, resamples, BOOTSTRAP_SEED)
         result["bootstrap"] = {
             "resamples": resamples,
             "seed": BOOTSTRAP_SEED,
