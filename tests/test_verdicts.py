@@ -131,6 +131,17 @@ def test_holm_and_benjamini_hochberg_on_a_known_p_vector():
         verdicts.adjust([1.5], "holm")
 
 
+def test_benjamini_hochberg_takes_the_running_minimum_from_the_top():
+    # m = 4, unsorted on purpose. Sorted: 0.01, 0.03, 0.04, 0.05; m/j·p = 0.04, 0.06, 0.0533…, 0.05. The step-up
+    # running minimum from the largest p down gives 0.05 for ranks 2 and 3 (the raw ratios 0.06 and 0.0533 exceed
+    # the 0.05 of rank 4), so the adjusted values keep the order of the raw ones.
+    p = [0.04, 0.01, 0.05, 0.03]
+    assert verdicts.adjust(p, "bh") == pytest.approx([0.05, 0.04, 0.05, 0.05], abs=1e-15)
+    # a rank whose own ratio is below those above it keeps its ratio: sorted 0.001, 0.02, 0.021 → 0.003, 0.03, 0.021
+    # → running minimum 0.003, 0.021, 0.021
+    assert verdicts.adjust([0.021, 0.001, 0.02], "bh") == pytest.approx([0.021, 0.003, 0.021], abs=1e-15)
+
+
 def test_the_correction_can_unresolve_a_claim():
     d = constructed(-1.0, 0.35, 4)  # two-sided p = 2·t.cdf(−2.857, 4) ≈ 0.046
     p = verdicts.claim_p_value(d, "less")
