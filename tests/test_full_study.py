@@ -79,6 +79,7 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
         "sample": samples,
         "evaluate": samples,
         "collect_checkpoints": curves,
+        "score_selected": 5,  # B's five rows pick one of 25 checkpoints each: scored on a fresh draw there
         "report": 2,
         "all": 1,
     }
