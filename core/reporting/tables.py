@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from core import verdicts
+from core import selection, verdicts
 from core.provenance import read_json
 from core.reporting.markdown import md_table, number, with_interval
 from core.reporting.results import Row
@@ -58,6 +58,7 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
     fd_h, is_h = f"{first['label']['fid']} ↓ [95% CI]", f"{first['label']['is']} ↑ [95% CI]"
     pub = any(exps[n].get("published") for n in names)
     fd_inf = any("fd_infinity" in run.m for n in names for run in rows[n].reported())
+    fresh = any(rows[n].selected for n in names)  # rows scored on a fresh draw at their selected checkpoint
     out = []
     for n in names:
         r, exp = rows[n], exps[n]
@@ -76,14 +77,16 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
                 "yes" if model["train"]["hflip"] else "no",
                 sampler,
                 len(r.replicates),
-                f"{fd} ({r.step})",
+                f"{fd} ({r.step_label()})",
                 is_,
-                number(last),
             ]
+            cells += [selection_cell(r)] if fresh else []
+            cells.append(number(last))
             cells += published_cells(exp.get("published"), with_step=True) if pub else []
         else:
             vae = f"yes ({model['autoencoder']})" if model["space"] == "latent" else "no"
-            cells = [name, vae, guidance_cell(exp, model), model["label"], sampler, r.step, len(r.replicates), fd, is_]
+            cells = [name, vae, guidance_cell(exp, model), model["label"], sampler, r.step_label(), len(r.replicates)]
+            cells += [fd, is_] + ([selection_cell(r)] if fresh else [])
             cells += published_cells(exp.get("published")) if pub else []
         if fd_inf:
             values = [run.m["fd_infinity"]["value"] for run in r.reported() if "fd_infinity" in run.m]
@@ -97,17 +100,49 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
             "h-flip",
             "sampler",
             "replicates",
-            f"best {fd_h} (step)",
+            f"{fd_h}, fresh draw at the selected step (step)" if fresh else f"best {fd_h} (step)",
             f"{is_h} at that step",
-            f"last {first['label']['fid']} ↓",
         ]
+        headers += [SELECTION_HEADER] if fresh else []
+        headers.append(f"last {first['label']['fid']} ↓")
         headers += ["published best FID (step)", "published IS at that step"] if pub else []
     else:
         headers = ["name", "VAE", "CFG", "backbone", "sampler", "step", "replicates", fd_h, is_h]
+        headers += [SELECTION_HEADER] if fresh else []
         headers += ["published FID", "published IS"] if pub else []
     if fd_inf:
         headers.append("FD∞ ↓ (Chong & Forsyth 2020)")
     return md_table(headers, out)
+
+
+SELECTION_HEADER = "selection draw's FD there (biased low)"
+
+
+def selection_cell(r: Row) -> str:
+    """The mean FD that chose the row's checkpoints, on the draw that chose them (– for a row that chose none)."""
+    return number(r.selection_estimate()) if r.selected else "–"
+
+
+def selection_note(study: dict[str, Any], rows: dict[str, Row]) -> str:
+    """How rows evaluated at several checkpoints report one: selection apart from scoring (core.selection), or, for
+    rows without fresh draws, the biased pick on the same draw, said as such."""
+    several = [n for n in main_rows(study, rows) if len(rows[n].steps()) > 1]
+    if not several:
+        return ""
+    if all(rows[n].selected for n in several):
+        return (
+            "Rows evaluated at every checkpoint select one per replicate on the per-checkpoint samples (the "
+            f"selection draw: {selection.RULE}) and report every metric (FD, IS, KID, precision/recall, their "
+            "intervals and the Findings) from a fresh draw at that checkpoint: the same sampler and number of images, "
+            f"seed = the selection draw's seed + 2³¹ (recorded in `selected.json`). The lowest of several noisy FDs is "
+            "biased low (the winner's curse); the fresh draw never took part in the choice, so it is not. The "
+            "selection draw's FD at the selected steps is shown beside it. "
+        )
+    return (
+        "Rows with several checkpoints report the step with the best mean Fréchet distance and the IS of that same "
+        "step. That step is chosen and scored on the same samples, so its FD is biased low (the winner's curse: the "
+        "minimum of several noisy values); the Findings compare rows at their chosen steps. "
+    )
 
 
 def interval_note(rows: dict[str, Row]) -> str:
@@ -418,6 +453,7 @@ def code_table(flags: dict[str, str]) -> str:
 CSV_FIELDS = [
     "experiment",
     "replicate",
+    "draw",
     "checkpoint_step",
     "fid",
     "fid_low",
@@ -452,13 +488,15 @@ def write_csv(rows: dict[str, Row]) -> str:
     w.writeheader()
     for exp, row in rows.items():
         for rep, runs in row.runs.items():
-            for run in runs:
+            fresh = [row.selected[rep]] if rep in row.selected else []
+            for run, draw in [(r, "per checkpoint") for r in runs] + [(r, "fresh (selected step)") for r in fresh]:
                 m, s = run.m, run.m["samples"]
                 fid_iv, is_iv = run.interval("fid"), run.interval("is")
                 w.writerow(
                     {
                         "experiment": exp,
                         "replicate": rep,
+                        "draw": draw,
                         "checkpoint_step": s["checkpoint_step"],
                         "fid": f"{m['fid']:.6g}",
                         "fid_low": f"{fid_iv.low:.6g}" if fid_iv else "",
