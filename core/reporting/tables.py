@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from core import selection, verdicts
+from core import verdicts
 from core.provenance import read_json
 from core.reporting.markdown import md_table, number, with_interval
 from core.reporting.results import Row
@@ -131,12 +131,12 @@ def selection_note(study: dict[str, Any], rows: dict[str, Row]) -> str:
         return ""
     if all(rows[n].selected for n in several):
         return (
-            "Rows evaluated at every checkpoint select one per replicate on the per-checkpoint samples (the "
-            f"selection draw: {selection.RULE}) and report every metric (FD, IS, KID, precision/recall, their "
-            "intervals and the Findings) from a fresh draw at that checkpoint: the same sampler and number of images, "
-            f"seed = the selection draw's seed + 2³¹ (recorded in `selected.json`). The lowest of several noisy FDs is "
-            "biased low (the winner's curse); the fresh draw never took part in the choice, so it is not. The "
-            "selection draw's FD at the selected steps is shown beside it. "
+            "Rows evaluated at every checkpoint select one per replicate by the FD of its per-checkpoint samples "
+            "(the selection draw; the lowest FD, ties to the earliest step) and report every metric (FD, IS, KID, "
+            "precision/recall, their intervals and the Findings) from a fresh draw at that checkpoint: the same "
+            "sampler and number of images, seed = the selection draw's seed + 2³¹ (recorded in `selected.json`). The "
+            "lowest of several noisy FDs is biased low (the winner's curse); the fresh draw never took part in the "
+            "choice, so it is not. The selection draw's FD at the selected steps is shown beside it. "
         )
     return (
         "Rows with several checkpoints report the step with the best mean Fréchet distance and the IS of that same "
