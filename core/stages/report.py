@@ -35,11 +35,11 @@ STAGES_RECORDED = {
 
 
 def check_samples(rows: dict[str, Row], samples: list[str]) -> None:
-    """Every evaluated sample file is still the one that was evaluated (its stored checksums are those the metrics
-    file recorded); a file changed or remade since makes the report fail, naming it."""
+    """Every evaluated sample file (the fresh draws too) is still the one that was evaluated (its stored checksums are
+    those the metrics file recorded); a file changed or remade since makes the report fail, naming it."""
     known = set(samples)
     for row in rows.values():
-        for runs in row.runs.values():
+        for runs in [*row.runs.values(), list(row.selected.values())]:
             for run in runs:
                 path = run.m["samples"]["path"]
                 if path not in known:
