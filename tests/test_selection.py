@@ -186,3 +186,17 @@ def test_the_stage_selects_on_the_per_checkpoint_draw_and_scores_a_fresh_one(tin
         score_selected.run(files, args[0], own | {"selection_seed": 5}, *args[2:], "x.h5", "x.json", device="cpu")
     with pytest.raises(ValueError, match="is of X r0, not Y r0"):
         score_selected.run(files, args[0], spec | {"experiment": "Y"}, *args[2:], "x.h5", "x.json", device="cpu")
+
+
+def test_a_fresh_draw_changed_after_its_evaluation_is_refused(tmp_path):
+    import h5py
+
+    from core import data
+
+    per_step = {100: 30.0, 200: 10.0}
+    runs = [fake_run(tmp_path, s, fd, 2.0) for s, fd in per_step.items()]
+    fresh = [fresh_run(tmp_path, per_step, 14.0, 2.5)]
+    with h5py.File(fresh[0][1], "a") as f:
+        f["samples/images"].attrs["sha256"] = "00" * 32  # remade or edited since it was scored
+    with pytest.raises(data.CorruptFile, match=r"selected\.h5 is not the sample file that"):
+        selected_report(tmp_path, study({"run": exp()}, "ablation"), runs, fresh)
