@@ -361,14 +361,14 @@ def test_kid_and_precision_recall_get_t_intervals_over_replicates_and_no_spread_
 def test_the_footer_names_each_rows_training_precision():
     from types import SimpleNamespace
 
-    from core.reporting import tables
+    from core.reporting import notes
 
     def row(precision):
         return SimpleNamespace(first=SimpleNamespace(m={"training_precision": precision}))
 
     same = {"A": row("bf16 autocast + TF32"), "B": row("bf16 autocast + TF32")}
-    assert tables.precision_note(same) == "Training precision: bf16 autocast + TF32 (every row; metrics in fp32). "
+    assert notes.precision_note(same) == "Training precision: bf16 autocast + TF32 (every row; metrics in fp32). "
     mixed = {"A": row("fp32"), "B": row("bf16 autocast + TF32"), "C": row(None)}
-    assert tables.precision_note(mixed) == (
+    assert notes.precision_note(mixed) == (
         "Training precision: fp32: A; bf16 autocast + TF32: B; not recorded: C (metrics in fp32). "
     )

@@ -22,7 +22,7 @@ import h5py
 
 from core import data
 from core.provenance import code_fingerprint, code_version, read_json, write_text
-from core.reporting import figures, tables
+from core.reporting import figures, notes, tables
 from core.reporting.findings import findings_table
 from core.reporting.other_metrics import other_metrics_table
 from core.reporting.results import Row, load_runs, test_claims
@@ -99,7 +99,7 @@ def run(
     findings = test_claims(study["claims"], rows, study["experiments"], correction)
     first = rows[names[0]].first.m if names else next(iter(rows.values())).first.m
     text = f"# {study['title']}\n\n" + tables.results_table(study, rows, flags)
-    text += "\n" + tables.interval_note(rows) + tables.precision_note(rows) + tables.provenance_note(first)
+    text += "\n" + notes.interval_note(rows) + notes.precision_note(rows) + notes.provenance_note(first)
     if any(study["experiments"][n].get("published") for n in names):
         text += (
             "Published: the reference study's numbers for the same row (Inception FID/IS as the reference computed "
@@ -107,7 +107,7 @@ def run(
         )
     text += (
         "Samples from the EMA weights unless a row says otherwise. "
-        + tables.selection_note(study, rows)
+        + notes.selection_note(study, rows)
         + f"Report code version `{code_version()}`.\n"
     )
     text += findings_table(findings)
