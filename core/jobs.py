@@ -102,6 +102,20 @@ def _model_steps(root: Path, plan: Plan, study: str, experiment: str, replicate:
     return sorted(int(p.stem.removeprefix("step")) for p in ckpt.glob("step*.pt")) if ckpt.is_dir() else []
 
 
+def _score_selected(plan: Plan, study: str, e: str, r: int, steps: list, ev_inputs: list[str]) -> Job:
+    """The fresh draw at the checkpoint an experiment replicate's per-checkpoint metrics select (core.selection)."""
+    R, tag = plan.root, paths.replicate_tag(r)
+    ckpt = paths.checkpoint_dir(R, study, plan.experiment(study, e)["model"], plan.model_replicate_of(study, e, r))
+    return Job(
+        "score_selected",
+        {"study": study, "experiment": e, "replicate": tag},
+        [paths.selected_samples(R, study, e, r), paths.selected_metrics(R, study, e, r)],
+        paths.log(R, "score_selected", study, e, tag),
+        [*(paths.metrics(R, study, e, r, s) for s in steps), ckpt, *ev_inputs],
+        info={"experiment": e},
+    )
+
+
 def study_jobs(plan: Plan, study: str, root: Path = Path(".")) -> list[Job]:
     """Every job of a study, in the order they run; ``root`` is the working directory the paths are relative to."""
     R = plan.root
@@ -160,6 +174,8 @@ def study_jobs(plan: Plan, study: str, root: Path = Path(".")) -> list[Job]:
                         info={"experiment": e, "step": s},
                     )
                 )
+            if plan.selects_checkpoint(study, e):
+                jobs.append(_score_selected(plan, study, e, r, steps, ev_inputs))
             if plan.steps_known_after_training(study, e):
                 jobs.append(
                     Job(

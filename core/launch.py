@@ -40,6 +40,7 @@ STAGES = (
     "train_classifier",
     "reference_stats",
     "evaluate",
+    "score_selected",
     "collect_checkpoints",
     "report",
 )

@@ -17,6 +17,8 @@ imports it). ``root`` is the config's ``results_dir``.
     <root>/<study>/samples/<experiment>/r<k>/<step>.h5          replicate k of an experiment's samples
     <root>/<study>/metrics/<experiment>/r<k>/<step>.json        their metrics
     <root>/<study>/metrics/<experiment>/r<k>/checkpoints.json   the checkpoints a curve sampled (early stopping)
+    <root>/<study>/samples/<experiment>/r<k>/selected.h5        a fresh draw at the checkpoint its per-checkpoint
+    <root>/<study>/metrics/<experiment>/r<k>/selected.json      metrics selected, and its metrics (core.selection)
     <root>/<study>/autoencoders/<ae>.json, .png                 the autoencoder's reconstruction quality
     <root>/<study>/report/                                      the report (REPORT_FILES)
     <root>/<study>/status.md                                    core.status's view of the study
@@ -98,7 +100,12 @@ def checkpoint_dir(root: str, study: str, model: str, replicate: int | str) -> s
 
 
 def checkpoint(root: str, study: str, model: str, replicate: int | str, step: int | str) -> str:
-    return f"{checkpoint_dir(root, study, model, replicate)}/{step_tag(step)}.pt"
+    return checkpoint_in(checkpoint_dir(root, study, model, replicate), step)
+
+
+def checkpoint_in(ckpt_dir: str, step: int | str) -> str:
+    """A checkpoint file inside a checkpoint folder (``checkpoint_dir``)."""
+    return f"{ckpt_dir}/{step_tag(step)}.pt"
 
 
 def train_log(root: str, study: str, model: str, replicate: int | str) -> str:
@@ -125,6 +132,19 @@ def samples(root: str, study: str, experiment: str, replicate: int | str, step: 
 
 def metrics(root: str, study: str, experiment: str, replicate: int | str, step: int | str) -> str:
     return f"{root}/{study}/metrics/{experiment}/{replicate_tag(replicate)}/{step_tag(step)}.json"
+
+
+SELECTED = "selected"
+
+
+def selected_samples(root: str, study: str, experiment: str, replicate: int | str) -> str:
+    """The fresh draw at the checkpoint an experiment replicate's per-checkpoint metrics selected (core.selection)."""
+    return samples(root, study, experiment, replicate, SELECTED)
+
+
+def selected_metrics(root: str, study: str, experiment: str, replicate: int | str) -> str:
+    """The fresh draw's metrics, with the selection it was made for (``selection``)."""
+    return metrics(root, study, experiment, replicate, SELECTED)
 
 
 def checkpoint_index(root: str, study: str, experiment: str, replicate: int | str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core import claims as claim_specs
-from core import paths, rehearsal, tboard
+from core import paths, rehearsal, selection, tboard
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
     METRIC_VALUE_KEY,
@@ -394,6 +394,20 @@ class Plan:
             "model_replicate": self.model_replicate_of(study, experiment, replicate),
             **spec,
         }
+
+    def selects_checkpoint(self, study: str, experiment: str) -> bool:
+        """Whether a row picks one of several checkpoints (``checkpoints: all``, not a sweep point, more than one
+        step or not known before training), and so is scored on a fresh draw at the pick (core.selection)."""
+        exp = self.experiments[study][experiment]
+        if exp["checkpoints"] != "all" or "sweep" in exp:
+            return False
+        return self.steps_known_after_training(study, experiment) or len(self.eval_steps(study, experiment)) > 1
+
+    def selected_spec(self, study: str, experiment: str, replicate: int) -> dict[str, Any]:
+        """The fresh draw's sample spec: the replicate's own, with the seed ``selection.fresh_seed`` derives from its
+        selection draw's seed (kept as ``selection_seed``)."""
+        spec = self.sample_spec(study, experiment, replicate)
+        return {**spec, "seed": selection.fresh_seed(spec["seed"]), "selection_seed": spec["seed"]}
 
     def sample_gpus(self, study: str, experiment: str) -> int:
         return int(self.experiments[study][experiment]["gpus"])

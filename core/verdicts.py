@@ -39,11 +39,14 @@ from core.stats import Interval, _check_level, _finite_1d, bootstrap_interval
 
 __all__ = [
     "CORRECTIONS",
+    "COVERAGE_SOURCE",
+    "SEED_EFFECT_COVERAGE",
     "Difference",
     "RowValues",
     "Verdict",
     "adjust",
     "claim_p_value",
+    "coverage_range",
     "decide",
     "difference",
     "noise_floor",
@@ -54,6 +57,14 @@ Expect = Literal["less", "greater", "equal"]
 Verdict = Literal["holds", "reversed", "not resolved"]
 #: multiplicity corrections ``adjust`` knows
 CORRECTIONS = ("holm", "bh", "none")
+#: where the measured coverage below comes from (``bench/bench_stats.py --verdicts``; bench/RESULTS.md, coverage)
+COVERAGE_SOURCE = "bench/results-verdicts-cpu.json"
+#: the lowest and highest empirical coverage of the nominal-95% single-run intervals over the bench's settings with
+#: a training-seed effect (τ > 0): ``fd_boot`` the FD bootstrap of one run, ``diff_boot`` the bootstrap of the
+#: difference of two single runs. They leave the spread between seeds out, so they cover less than they say; the
+#: report quotes these figures wherever it shows such an interval. tests/test_verdicts.py checks them against
+#: ``COVERAGE_SOURCE``: a rerun of the bench that changes them fails until they are updated here.
+SEED_EFFECT_COVERAGE = {"fd_boot": (0.76, 0.87), "diff_boot": (0.685, 0.84)}
 
 
 class RowLike(Protocol):
@@ -166,6 +177,12 @@ def difference(a: RowLike, b: RowLike) -> Difference:
         raise ValueError(f"the two rows have different numbers of bootstrap resamples: {len(ra)} vs {len(rb)}")
     method = f"bootstrap (centred) of the difference, one run each, {len(ra)} resamples"
     return Difference(va[0] - vb[0], method, len(ra), False, draws=ra - rb)
+
+
+def coverage_range(kind: str) -> str:
+    """``SEED_EFFECT_COVERAGE[kind]`` as the report quotes it: "69–84%" (percent, rounded half up)."""
+    low, high = SEED_EFFECT_COVERAGE[kind]
+    return f"{math.floor(100 * low + 0.5)}–{math.floor(100 * high + 0.5)}%"
 
 
 def _check_expect(expect: str, margin: float | None) -> float | None:

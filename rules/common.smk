@@ -210,6 +210,22 @@ def study_checkpoint_indexes(study):
     ]
 
 
+def selected_gpus(wildcards):
+    """A fresh draw samples and scores on one process: one GPU where the experiment samples on GPUs."""
+    return min(1, PLAN.sample_gpus(wildcards.study, wildcards.experiment))
+
+
+def study_selected(study, path):
+    """``path`` (paths.selected_metrics or paths.selected_samples) of every experiment replicate scored on a fresh
+    draw at its selected checkpoint (core.selection)."""
+    return [
+        path(R, study, e, r)
+        for e in PLAN.experiments[study]
+        if PLAN.selects_checkpoint(study, e)
+        for r in PLAN.experiment_replicates(study, e)
+    ]
+
+
 def study_train_logs(study):
     return [
         paths.train_log(R, study, m, r)

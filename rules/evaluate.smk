@@ -96,3 +96,43 @@ rule evaluate:
         "python -m core.launch --gpus {params.gpus:q} evaluate --samples {input.samples:q}"
         " --reference {input.reference:q} --extractor {params.extractor:q} --options {params.options:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+# A row that picks one of several checkpoints is scored on a fresh draw at its pick (core.selection): one job per
+# experiment replicate, on one process.
+rule score_selected:
+    input:
+        metrics=lambda w: curve_files(w, paths.metrics),
+        ckpt=lambda w: sample_inputs(w)["ckpt"],
+        autoencoder=lambda w: sample_inputs(w).get("autoencoder", []),
+        reference=lambda w: PLAN.reference_file(w.study),
+        weights=lambda w: PLAN.extractor_spec(w.study)["weights"],
+    output:
+        samples=paths.selected_samples(R, "{study}", "{experiment}", "{replicate}"),
+        metrics=paths.selected_metrics(R, "{study}", "{experiment}", "{replicate}"),
+    log:
+        paths.log(R, "score_selected", "{study}", "{experiment}", "{replicate}"),
+    benchmark:
+        paths.benchmark(R, "score_selected", "{study}", "{experiment}", "{replicate}")
+    conda:
+        "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gres=lambda w: launch.gpu_gres(selected_gpus(w)),
+        cpus_per_task=lambda w, threads: launch.cpus_per_node(threads, selected_gpus(w)),
+    params:
+        code=code_param("score_selected"),
+        gpus=selected_gpus,
+        spec=lambda w: spec_json(PLAN.selected_spec(w.study, w.experiment, rep(w))),
+        extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),
+        options=lambda w: spec_json(PLAN.evaluation_options(w.study)),
+        autoencoder=lambda w, input: input.autoencoder or "",
+    shell:
+        "python -m core.launch --gpus {params.gpus:q} score_selected --metrics {input.metrics:q}"
+        " --checkpoint-dir {input.ckpt:q} --spec {params.spec:q} --autoencoder={params.autoencoder:q}"
+        " --reference {input.reference:q} --extractor {params.extractor:q} --options {params.options:q}"
+        " --samples-out {output.samples:q} --out {output.metrics:q} --threads {threads:q} > {log:q} 2>&1"

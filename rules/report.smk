@@ -5,6 +5,8 @@ rule report:
         train_logs=lambda w: study_train_logs(w.study),
         autoencoders=lambda w: study_autoencoder_reports(w.study),
         indexes=lambda w: study_checkpoint_indexes(w.study),
+        selected=lambda w: study_selected(w.study, paths.selected_metrics),
+        selected_samples=lambda w: study_selected(w.study, paths.selected_samples),
     output:
         [
             report(
@@ -35,7 +37,8 @@ rule report:
     shell:
         "python -m core.stages.report --study {params.study:q} --metrics {input.metrics:q}"
         " --samples {input.samples:q} --train-logs {input.train_logs:q} --autoencoders {params.autoencoders:q}"
-        " --indexes {input.indexes:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --indexes {input.indexes:q} --selected {input.selected:q} --selected-samples {input.selected_samples:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule collect_checkpoints:

@@ -79,6 +79,7 @@ def test_full_study_plans_the_reference_matrix_with_sweeps(tmp_path):
         "sample": samples,
         "evaluate": samples,
         "collect_checkpoints": curves,
+        "score_selected": 5,  # B's five rows pick one of 25 checkpoints each: scored on a fresh draw there
         "report": 2,
         "all": 1,
     }
@@ -132,7 +133,7 @@ def test_the_slurm_profile_plans_the_full_study_whatever_is_overridden(tmp_path,
     args = [a.replace("INCEPTION", str(tmp_path / "inception.pth")) for a in extra]
     proc, out = dry_run("--profile", "profiles/slurm", "--configfile", str(overlay), *args)
     assert proc.returncode == 0, out[-3000:]
-    assert sum(job_counts(out).values()) == 363
+    assert sum(job_counts(out).values()) == 368  # 363 + full-b's five fresh draws (score_selected)
     values = [a for a in args if a != "--config"]
     proc, out = dry_run(
         "--profile", "profiles/slurm", "--configfile", str(overlay), "--config", *values, "studies_to_run=[full-b]"

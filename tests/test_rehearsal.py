@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from core import costs, forecast, paths, preflight, rehearsal
-from core.plan import Plan
 from core.config import load_schema
+from core.plan import Plan
 from tests.conftest import ROOT
 
 REHEARSAL = {

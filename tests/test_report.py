@@ -256,6 +256,17 @@ def test_two_single_runs_use_the_bootstrap_of_the_difference_and_are_tentative(t
     assert "bootstrap (centred) of the difference, one run each, 50 resamples" in line
     # one training run on each side: sampling noise only, so never a bold verdict
     assert "| holds, tentative (one training run each) |" in line and "**holds**" not in line
+    # the footers quote the measured coverage of the single-run intervals they use
+    assert "The difference of two single runs covers the seed-averaged difference 69–84% of the time" in table
+    assert "covers the seed-averaged FD 76–87% of the time at nominal 95%" in table
+
+
+def test_no_coverage_warning_where_no_single_run_interval_is_used(tmp_path):
+    runs = [fake_run(tmp_path, 10, 10.0 + r, 2.0, x, replicate=r) for x in ("a", "b") for r in range(2)]
+    claims = [{"claim": "a beats b", "a": "a", "b": "b", "metric": "fid", "expect": "less"}]
+    table = run_report(tmp_path, study({"a": exp(), "b": exp()}, claims=claims), runs)
+    assert "paired t over 2 replicates" in table
+    assert "69–84%" not in table and "76–87%" not in table and "95% bootstrap interval" not in table
 
 
 def test_sweeps_published_numbers_and_cost(tmp_path):
@@ -350,14 +361,14 @@ def test_kid_and_precision_recall_get_t_intervals_over_replicates_and_no_spread_
 def test_the_footer_names_each_rows_training_precision():
     from types import SimpleNamespace
 
-    from core.reporting import tables
+    from core.reporting import notes
 
     def row(precision):
         return SimpleNamespace(first=SimpleNamespace(m={"training_precision": precision}))
 
     same = {"A": row("bf16 autocast + TF32"), "B": row("bf16 autocast + TF32")}
-    assert tables.precision_note(same) == "Training precision: bf16 autocast + TF32 (every row; metrics in fp32). "
+    assert notes.precision_note(same) == "Training precision: bf16 autocast + TF32 (every row; metrics in fp32). "
     mixed = {"A": row("fp32"), "B": row("bf16 autocast + TF32"), "C": row(None)}
-    assert tables.precision_note(mixed) == (
+    assert notes.precision_note(mixed) == (
         "Training precision: fp32: A; bf16 autocast + TF32: B; not recorded: C (metrics in fp32). "
     )

@@ -55,8 +55,10 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
     assert "Training precision: fp32 (every row; metrics in fp32)." in table
     for name in ("table.csv", "fid_is.png", "loss.png", "grids.png", "trajectory.png", "curves.png"):
         assert (report / name).stat().st_size > 0, name
-    # DDPM-CFG is evaluated at every checkpoint (10 and 20), DDIM at the last one only
+    # DDPM-CFG is evaluated at every checkpoint (10 and 20) and scored on a fresh draw at the one each replicate
+    # selects; DDIM at the last one only
     assert sorted(p.name for p in (tiny_run / "tiny" / "metrics" / "DDPM-CFG" / "r0").iterdir()) == [
+        "selected.json",
         "step0000010.json",
         "step0000020.json",
     ]
@@ -292,6 +294,30 @@ def test_replicates_fan_out_and_carry_intervals_and_findings(tiny_run):
     with open(tiny_run / "tiny" / "report" / "table.csv", newline="") as fh:
         ddim = [r for r in csv.DictReader(fh) if r["experiment"] == "DDIM"]
     assert sorted(r["replicate"] for r in ddim) == ["0", "1"]
+
+
+def test_a_row_at_every_checkpoint_reports_a_fresh_draw_at_its_selected_one(tiny_run):
+    """DDPM-CFG (every checkpoint, two replicates): each replicate's selected.json picked the lower per-checkpoint
+    FD, drew anew there with seed + 2³¹, and the report's row and CSV carry the fresh draws' values."""
+    metrics = tiny_run / "tiny" / "metrics" / "DDPM-CFG"
+    fresh = {}
+    for k in (0, 1):
+        per_step = {s: json.loads((metrics / f"r{k}" / f"step{s:07d}.json").read_text())["fid"] for s in (10, 20)}
+        m = json.loads((metrics / f"r{k}" / "selected.json").read_text())
+        sel = m["selection"]
+        assert sel["selected_step"] == min(per_step, key=lambda s: (per_step[s], s)) == m["samples"]["checkpoint_step"]
+        assert (sel["selection_seed"], m["samples"]["seed"]) == (k, k + 2**31) and sel["fresh_fid"] == m["fid"]
+        assert m["n_generated"] == 32 and m["samples"]["sampler"] == "ddpm" and m["samples"]["guidance_scale"] == 2.0
+        fresh[k] = m
+    with open(tiny_run / "tiny" / "report" / "table.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["experiment"] == "DDPM-CFG" and r["draw"] == "fresh (selected step)"]
+    csv_fid = {int(r["replicate"]): float(r["fid"]) for r in rows}
+    assert csv_fid == pytest.approx({k: m["fid"] for k, m in fresh.items()}, rel=1e-5)
+    table = (tiny_run / "tiny" / "report" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| DDPM-CFG |"))
+    mean = (fresh[0]["fid"] + fresh[1]["fid"]) / 2
+    assert f"| {mean:.2f} [" in row and "selection draw's FD there (biased low)" in table
+    assert (tiny_run / "benchmarks" / "score_selected" / "tiny" / "DDPM-CFG" / "r1.tsv").is_file()
 
 
 def torch_meta(path):

@@ -3,6 +3,7 @@ between its rows, and the reference study's published direction (``core.reportin
 
 from __future__ import annotations
 
+from core import verdicts
 from core.reporting.markdown import md_table, signed_interval
 from core.reporting.results import Finding
 
@@ -92,5 +93,17 @@ def findings_table(findings: list[Finding]) -> str:
         "floor, 1.96·√2 times the median relative seed standard deviation our own replicated rows show, times the "
         "published values' mean (the half-width for two single runs); closer than that it is **too close to "
         "call**. A claim that names the same claim in another study (its `reference`, e.g. the full study's) "
-        "shows that claim's rows, numbers and margin.\n"
+        "shows that claim's rows, numbers and margin." + coverage_note(findings) + "\n"
+    )
+
+
+def coverage_note(findings: list[Finding]) -> str:
+    """Where a verdict rests on the bootstrap of two single runs: how often that interval covers, as measured
+    (``verdicts.SEED_EFFECT_COVERAGE``); nothing otherwise."""
+    if not any(f.tentative for f in findings):
+        return ""
+    return (
+        " The difference of two single runs covers the seed-averaged difference "
+        f"{verdicts.coverage_range('diff_boot')} of the time at nominal 95% when trained models differ by seed "
+        "(bench/RESULTS.md, coverage under training-seed variance); such verdicts are marked tentative."
     )

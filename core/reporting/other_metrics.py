@@ -30,12 +30,14 @@ def other_metrics_table(study: dict[str, Any], rows: dict[str, Row]) -> str:
     out = []
     for n in names:
         runs = rows[n].reported()
-        out.append([n, rows[n].step, len(runs)] + [cell([SCALE[k] * float(r.m[k]) for r in runs]) for k in OTHER])
+        out.append(
+            [n, rows[n].step_label(), len(runs)] + [cell([SCALE[k] * float(r.m[k]) for r in runs]) for k in OTHER]
+        )
     return (
         "\n## Further metrics\n\n"
         + md_table(["row", "step", "replicates", *OTHER.values()], out)
-        + "\nAt the reported step of each row. A row with R ≥ 2 replicates shows the mean and a 95% Student t interval "
-        "over them; a single run shows its value without an interval (KID's standard deviation over subsets of one "
-        "sample set, `kid_subset_sd` in `table.csv`, measures the subsets, not the row; precision and recall "
-        "(k-NN manifolds) have no interval of their own).\n"
+        + "\nAt the reported step of each row (from the fresh draw where a row selected its checkpoint). A row with "
+        "R ≥ 2 replicates shows the mean and a 95% Student t interval over them; a single run shows its value without "
+        "an interval (KID's standard deviation over subsets of one sample set, `kid_subset_sd` in `table.csv`, "
+        "measures the subsets, not the row; precision and recall (k-NN manifolds) have no interval of their own).\n"
     )

@@ -1,8 +1,12 @@
 """A study's results as the report reads them: metrics files grouped by experiment, replicate and checkpoint, and
 each row's numbers with their 95% intervals (``core.stats``).
 
-A row (an experiment) reports one checkpoint step: its only one, or — evaluated at several — the step whose FD,
-averaged over the replicates, is lowest; its IS is that same step's. Over R ≥ 2 replicates a number is the mean
+A row (an experiment) reports one checkpoint step: its only one, or — evaluated at several — the step each
+replicate selected on its per-checkpoint draw, scored on a fresh draw there (``selected``: the
+``core.stages.score_selected`` metrics files, checked against the per-checkpoint ones by ``core.selection.check``);
+every number of the row then comes from the fresh draws. Without them (files made before, or a report of
+per-checkpoint files alone) the row reports the step whose FD, averaged over the replicates, is lowest, with its IS
+of that same step, scored on the very draw that chose it (biased low). Over R ≥ 2 replicates a number is the mean
 with a Student t interval; a single run carries the bootstrap interval over its generated images written by
 ``core.stages.evaluate``.
 """
@@ -17,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core import stats, verdicts
+from core import selection, stats, verdicts
 from core.config import METRIC_VALUE_KEY as VALUE_KEY
 from core.provenance import read_json
 
@@ -65,6 +69,7 @@ class Row:
 
     name: str
     runs: dict[int, list[Run]]
+    selected: dict[int, Run] = field(default_factory=dict)
     step: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,12 +85,28 @@ class Row:
         return sorted(self.runs)
 
     def at(self, replicate: int, step: int | None = None) -> Run | None:
+        """A replicate's run at ``step``; by default the reported one (its fresh draw where the row has them)."""
+        if step is None and self.selected:
+            return self.selected.get(replicate)
         step = self.step if step is None else step
         return next((r for r in self.runs[replicate] if r.step == step), None)
 
     def reported(self) -> list[Run]:
-        """The run of each replicate at the reported step."""
+        """The run of each replicate at the reported step (the fresh draws of a row that selected checkpoints)."""
         return [r for rep in self.replicates if (r := self.at(rep)) is not None]
+
+    def step_label(self) -> str:
+        """The reported step: one number, or each replicate's selected step where they differ (``300/600/600``)."""
+        steps = [r.step for r in self.reported()] if self.selected else [self.step]
+        return str(steps[0]) if len(set(steps)) == 1 else "/".join(map(str, steps))
+
+    def selection_estimate(self, metric: str = "fid") -> float:
+        """The mean over replicates of the selection draw's value at each selected step: what the row would report
+        if it were scored on the draw that chose it (biased low for FD). NaN without fresh draws."""
+        if not self.selected:
+            return math.nan
+        values = [r.value(metric) for rep, s in self.selected.items() if (r := self.at(rep, s.step)) is not None]
+        return float(np.mean(values)) if values else math.nan
 
     def steps(self) -> list[int]:
         return sorted({r.step for runs in self.runs.values() for r in runs})
@@ -118,17 +139,35 @@ class Row:
         return float(np.mean([r.value(metric) for r in runs])) if runs else math.nan
 
 
-def load_runs(metric_files: list[str]) -> dict[str, Row]:
-    """Metrics files → rows by experiment (replicates and steps sorted)."""
+def load_runs(metric_files: list[str], selected_files: list[str] | None = None) -> dict[str, Row]:
+    """Metrics files → rows by experiment (replicates and steps sorted); ``selected_files`` are fresh draws
+    (``core.stages.score_selected``), each checked against its replicate's per-checkpoint files. A row with fresh
+    draws for some of its replicates only is refused (its replicates would report different things)."""
     grouped: dict[str, dict[int, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for path in metric_files:
         run = Run(path, read_json(path))
         grouped[run.experiment][run.replicate].append(run)
+    fresh: dict[str, dict[int, Run]] = defaultdict(dict)
+    for path in selected_files or []:
+        run = Run(path, read_json(path))
+        per_step = grouped.get(run.experiment, {}).get(run.replicate)
+        if not per_step:
+            raise ValueError(f"{path}: no per-checkpoint metrics of {run.experiment} r{run.replicate} were given")
+        seeds = {int(r.m["samples"]["seed"]) for r in per_step}
+        if len(seeds) != 1:
+            raise ValueError(f"{run.experiment} r{run.replicate}: per-checkpoint draws with seeds {sorted(seeds)}")
+        selection.check(path, run.m, {r.step: r.value("fid") for r in per_step}, seeds.pop())
+        if run.replicate in fresh[run.experiment]:
+            raise ValueError(f"{path}: a second fresh draw of {run.experiment} r{run.replicate}")
+        fresh[run.experiment][run.replicate] = run
     rows = {}
     for exp, reps in grouped.items():
         for runs in reps.values():
             runs.sort(key=lambda r: r.step)
-        rows[exp] = Row(exp, dict(sorted(reps.items())))
+        if exp in fresh and fresh[exp].keys() != reps.keys():
+            missing = sorted(reps.keys() - fresh[exp].keys())
+            raise ValueError(f"{exp}: fresh draws at the selected checkpoint are missing for replicate(s) {missing}")
+        rows[exp] = Row(exp, dict(sorted(reps.items())), dict(sorted(fresh.get(exp, {}).items())))
     return rows
 
 

@@ -1,5 +1,5 @@
-"""The report's tables (Markdown) and its CSV: results with intervals, findings, sweeps, curves, cost, autoencoders,
-and the provenance notes that say how every number was made."""
+"""The report's tables (Markdown) and its CSV: results with intervals, sweeps, curves, cost, autoencoders (the notes
+that say how every number was made: ``core.reporting.notes``)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
     fd_h, is_h = f"{first['label']['fid']} ↓ [95% CI]", f"{first['label']['is']} ↑ [95% CI]"
     pub = any(exps[n].get("published") for n in names)
     fd_inf = any("fd_infinity" in run.m for n in names for run in rows[n].reported())
+    fresh = any(rows[n].selected for n in names)  # rows scored on a fresh draw at their selected checkpoint
     out = []
     for n in names:
         r, exp = rows[n], exps[n]
@@ -75,14 +76,16 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
                 "yes" if model["train"]["hflip"] else "no",
                 sampler,
                 len(r.replicates),
-                f"{fd} ({r.step})",
+                f"{fd} ({r.step_label()})",
                 is_,
-                number(last),
             ]
+            cells += [selection_cell(r)] if fresh else []
+            cells.append(number(last))
             cells += published_cells(exp.get("published"), with_step=True) if pub else []
         else:
             vae = f"yes ({model['autoencoder']})" if model["space"] == "latent" else "no"
-            cells = [name, vae, guidance_cell(exp, model), model["label"], sampler, r.step, len(r.replicates), fd, is_]
+            cells = [name, vae, guidance_cell(exp, model), model["label"], sampler, r.step_label(), len(r.replicates)]
+            cells += [fd, is_] + ([selection_cell(r)] if fresh else [])
             cells += published_cells(exp.get("published")) if pub else []
         if fd_inf:
             values = [run.m["fd_infinity"]["value"] for run in r.reported() if "fd_infinity" in run.m]
@@ -96,81 +99,27 @@ def results_table(study: dict[str, Any], rows: dict[str, Row], flags: dict[str, 
             "h-flip",
             "sampler",
             "replicates",
-            f"best {fd_h} (step)",
+            f"{fd_h}, fresh draw at the selected step (step)" if fresh else f"best {fd_h} (step)",
             f"{is_h} at that step",
-            f"last {first['label']['fid']} ↓",
         ]
+        headers += [SELECTION_HEADER] if fresh else []
+        headers.append(f"last {first['label']['fid']} ↓")
         headers += ["published best FID (step)", "published IS at that step"] if pub else []
     else:
         headers = ["name", "VAE", "CFG", "backbone", "sampler", "step", "replicates", fd_h, is_h]
+        headers += [SELECTION_HEADER] if fresh else []
         headers += ["published FID", "published IS"] if pub else []
     if fd_inf:
         headers.append("FD∞ ↓ (Chong & Forsyth 2020)")
     return md_table(headers, out)
 
 
-def interval_note(rows: dict[str, Row]) -> str:
-    """How the intervals were made (replicates, bootstrap), from the rows themselves."""
-    reps = sorted({len(r.replicates) for r in rows.values()})
-    boots = {r.first.m["bootstrap"]["resamples"] for r in rows.values() if "bootstrap" in r.first.m}
-    parts = []
-    if any(k >= 2 for k in reps):
-        parts.append(
-            "a row with R ≥ 2 replicates (independently trained models and sample sets, seeds seed + k) shows the mean "
-            "over them and a 95% Student t interval (t₀.₉₇₅,R−1 · s/√R; the per-replicate values are in `table.csv`)"
-        )
-    if boots:
-        resamples = ", ".join(map(str, sorted(boots)))
-        parts.append(
-            f"a single run shows its value and a 95% bootstrap interval over its generated images ({resamples} "
-            "seeded resamples with replacement, reference statistics fixed, the percentile interval moved down by the "
-            "bootstrap's bias estimate: it covers the expected FD at this number of samples, not FD∞; it measures "
-            "sampling noise only, not the spread between training runs)"
-        )
-    if not parts:
-        return "Intervals: none (single runs evaluated without bootstrap resamples: `evaluation.bootstrap: 0`). "
-    return "Intervals: " + "; ".join(parts) + ". "
+SELECTION_HEADER = "selection draw's FD there (biased low)"
 
 
-def precision_note(rows: dict[str, Row]) -> str:
-    """The precision each row's model trained in (``training_precision`` of its metrics files): one phrase when all
-    rows agree, else the rows of each; metrics are fp32 whatever it was."""
-    by: dict[str, list[str]] = {}
-    for name, r in rows.items():
-        by.setdefault(r.first.m.get("training_precision") or "not recorded", []).append(name)
-    if len(by) == 1:
-        return f"Training precision: {next(iter(by))} (every row; metrics in fp32). "
-    return "Training precision: " + "; ".join(f"{p}: {', '.join(n)}" for p, n in by.items()) + " (metrics in fp32). "
-
-
-def provenance_note(m: dict[str, Any]) -> str:
-    """How the metric numbers were made, from one metrics file (extractor, weights, preprocessing, N)."""
-    ex = m["extractor"]
-    splits = m["label"]["is"].split("(")[-1].rstrip(")")
-    counts = f"{m['n_generated']} generated images against {m['n_real']} real `{m['reference']['split']}` images"
-    if ex.get("standin"):  # before the Inception branch: the same architecture, but random weights
-        return (
-            "How these numbers were made: Fréchet distance and Inception-Score-style score on the 2048-d pool "
-            "features and 1008 logits of the FID Inception-v3 architecture with random weights, a rehearsal stand-in "
-            f"({ex['weights']}; SHA-256 `{ex['weights_sha256'][:16]}…`), preprocessing `{ex['preprocessing']}`; "
-            f"{counts}; IS over {splits}. These are not FID/IS: they show that evaluation ran at its real shapes and "
-            "say nothing about image quality. "
-        )
-    if ex["extractor"].startswith("inception"):
-        return (
-            "How these numbers were made: FID on the 2048-d pool features and IS on the 1008 logits (fc bias "
-            f"excluded) of the same TF-ported FID Inception-v3 (weights SHA-256 `{ex['weights_sha256'][:16]}…`), "
-            f"preprocessing `{ex['preprocessing']}`; {counts}; IS over {splits}. "
-        )
-    acc = ex.get("classifier_val_accuracy")
-    return (
-        "How these numbers were made: Fréchet distance and Inception-Score-style score on the features and "
-        f"softmax of the dataset's `classifier` extractor (weights SHA-256 `{ex['weights_sha256'][:16]}…`, "
-        f"preprocessing: {ex['preprocessing']}"
-        + (f", validation accuracy {acc:.3f}" if acc else "")
-        + f"); {counts}; IS over {splits}. These are not Inception FID/IS and are not comparable with "
-        "published numbers. "
-    )
+def selection_cell(r: Row) -> str:
+    """The mean FD that chose the row's checkpoints, on the draw that chose them (– for a row that chose none)."""
+    return number(r.selection_estimate()) if r.selected else "–"
 
 
 def sweep_series(study: dict[str, Any], rows: dict[str, Row], kind: str) -> dict[str, list[str]]:
@@ -422,6 +371,7 @@ def code_table(flags: dict[str, str]) -> str:
 CSV_FIELDS = [
     "experiment",
     "replicate",
+    "draw",
     "checkpoint_step",
     "fid",
     "fid_low",
@@ -456,13 +406,15 @@ def write_csv(rows: dict[str, Row]) -> str:
     w.writeheader()
     for exp, row in rows.items():
         for rep, runs in row.runs.items():
-            for run in runs:
+            fresh = [row.selected[rep]] if rep in row.selected else []
+            for run, draw in [(r, "per checkpoint") for r in runs] + [(r, "fresh (selected step)") for r in fresh]:
                 m, s = run.m, run.m["samples"]
                 fid_iv, is_iv = run.interval("fid"), run.interval("is")
                 w.writerow(
                     {
                         "experiment": exp,
                         "replicate": rep,
+                        "draw": draw,
                         "checkpoint_step": s["checkpoint_step"],
                         "fid": f"{m['fid']:.6g}",
                         "fid_low": f"{fid_iv.low:.6g}" if fid_iv else "",

@@ -3,7 +3,8 @@
     python -m core.stages.report --study '<JSON>' --metrics m1.json … --samples s1.h5 … --train-logs l1.csv … \
         --out-dir results/demo-a/report
 
-Writes ``core.paths.REPORT_FILES``. One row per experiment with its 95% interval (``core.reporting.results``),
+Writes ``core.paths.REPORT_FILES``. One row per experiment with its 95% interval (``core.reporting.results``; a row
+that selects one of several checkpoints from the fresh draws at its pick, ``--selected``),
 the Findings (the study's ``claims``, each with a verdict), sweeps, quality over training, cost and the
 autoencoders; a footer says how every number was made. Nothing unverified is reported: each sample file's stored
 checksums must equal those its metrics file recorded when it was evaluated, and the files whose images a figure
@@ -23,7 +24,7 @@ import h5py
 
 from core import data, rehearsal
 from core.provenance import code_fingerprint, code_version, read_json, write_text
-from core.reporting import figures, tables
+from core.reporting import figures, notes, tables
 from core.reporting.findings import findings_table
 from core.reporting.other_metrics import other_metrics_table
 from core.reporting.results import Row, load_runs, test_claims
@@ -36,11 +37,11 @@ STAGES_RECORDED = {
 
 
 def check_samples(rows: dict[str, Row], samples: list[str]) -> None:
-    """Every evaluated sample file is still the one that was evaluated (its stored checksums are those the metrics
-    file recorded); a file changed or remade since makes the report fail, naming it."""
+    """Every evaluated sample file (the fresh draws too) is still the one that was evaluated (its stored checksums are
+    those the metrics file recorded); a file changed or remade since makes the report fail, naming it."""
     known = set(samples)
     for row in rows.values():
-        for runs in row.runs.values():
+        for runs in [*row.runs.values(), list(row.selected.values())]:
             for run in runs:
                 path = run.m["samples"]["path"]
                 if path not in known:
@@ -96,10 +97,11 @@ def run(
     train_logs: list[str],
     out_dir: str,
     autoencoders: list[str] | None = None,
+    selected: list[str] | None = None,
 ) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_runs(metrics)
+    rows = load_runs(metrics, selected)
     if not rows:
         raise ValueError("no metrics files given: nothing to report")
     check_samples(rows, samples)
@@ -114,18 +116,16 @@ def run(
     figures.STAMP["text"] = f"{stamp}: not a result" if stamp else ""
     text = f"# {study['title']}\n\n" + (f"{rehearsal.BANNER}\n\n" if stamp else "")
     text += tables.results_table(study, rows, flags)
-    text += "\n" + tables.interval_note(rows) + tables.precision_note(rows) + tables.provenance_note(first)
+    text += "\n" + notes.interval_note(rows) + notes.precision_note(rows) + notes.provenance_note(first)
     if any(study["experiments"][n].get("published") for n in names):
         text += (
             "Published: the reference study's numbers for the same row (Inception FID/IS as the reference computed "
             "them). " + study["published_protocol"] + " "
         )
     text += (
-        "Samples from the EMA weights unless a row says otherwise; rows with several checkpoints report the step with "
-        "the best mean Fréchet distance and the IS of that same step. That step is chosen and scored on the same "
-        "samples, so its FD is biased low (the winner's curse: the minimum of several noisy values); the ablation "
-        "table shows the last checkpoint's FD beside it, and the Findings compare rows at their chosen steps. "
-        f"Report code version `{code_version()}`.\n"
+        "Samples from the EMA weights unless a row says otherwise. "
+        + notes.selection_note(study, rows)
+        + f"Report code version `{code_version()}`.\n"
     )
     text += findings_table(findings)
     text += other_metrics_table(study, rows)
@@ -159,14 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--indexes", nargs="*", default=[], help="collect_checkpoints indexes of further metrics and samples"
     )
+    p.add_argument("--selected", nargs="*", default=[], help="score_selected metrics files (fresh draws)")
+    p.add_argument("--selected-samples", nargs="*", default=[], help="their sample files")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
-    metrics, samples = list(args.metrics), list(args.samples)
+    metrics, samples = list(args.metrics), list(args.samples) + list(args.selected_samples)
     for index in args.indexes:
         entry = read_json(index)
         metrics += entry["metrics"]
         samples += entry["samples"]
-    run(json.loads(args.study), metrics, samples, args.train_logs, args.out_dir, args.autoencoders)
+    run(json.loads(args.study), metrics, samples, args.train_logs, args.out_dir, args.autoencoders, args.selected)
 
 
 if __name__ == "__main__":
