@@ -106,19 +106,24 @@ class Plan:
         for image-folder datasets, the stand-in Inception (``extractor_kind``)."""
         r = self.config["rehearsal"]
         self.root = rehearsal.root(self.config["results_dir"])
+        for name, ds in self.config["datasets"].items():
+            if ds["source"] in rehearsal.FOLDER_SOURCES:
+                self.standins[name] = rehearsal.standin_spec(ds["source"], r)
+                ds["path"] = paths.standin(self.root, name)
         for study, s in self.config["studies"].items():
             s["title"] = f"{rehearsal.LABEL}: {s['title']}"
-            rehearsal.cut_evaluation(s["evaluation"], r)
+            ds, split = self.config["datasets"][s["dataset"]], s["evaluation"]["reference_split"]
+            if ds["source"] == "shapes":
+                available = int(ds["splits"].get(split, 0))
+            else:
+                available = rehearsal.standin_images(self.standins[s["dataset"]], split)
+            rehearsal.cut_evaluation(s["evaluation"], r, available)
             for spec in self.models[study].values():
                 rehearsal.cut_model(spec, r)
             for spec in self.experiments[study].values():
                 rehearsal.cut_experiment(spec, r)
         for ae in self.config["autoencoders"].values():
             rehearsal.cut_autoencoder(ae, r)
-        for name, ds in self.config["datasets"].items():
-            if ds["source"] in rehearsal.FOLDER_SOURCES:
-                self.standins[name] = rehearsal.standin_spec(ds["source"], r)
-                ds["path"] = paths.standin(self.root, name)
 
     @property
     def rehearse(self) -> bool:

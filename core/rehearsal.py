@@ -100,15 +100,24 @@ def cut_sweeps(sweeps: dict[str, Any]) -> None:
         entry["scales"] = [max(entry["scales"])]
 
 
-def cut_evaluation(ev: dict[str, Any], r: dict[str, Any]) -> None:
-    """A study's evaluation with the reference images, IS splits, KID subsets and bootstrap cut (in place)."""
-    n = int(r["reference_images"])
+def cut_evaluation(ev: dict[str, Any], r: dict[str, Any], available: int | None) -> None:
+    """A study's evaluation with the reference images (at most ``available``, the reference split's images when
+    known), IS splits, KID subsets and bootstrap cut (in place)."""
+    n = min(int(r["reference_images"]), available or int(r["reference_images"]))
     ev["reference_num"] = min(int(ev["reference_num"]) or n, n)
     ev["is_splits"] = min(int(ev["is_splits"]), 2)
     ev["kid_subsets"] = min(int(ev["kid_subsets"]), 10)
     ev["kid_subset_size"] = min(int(ev["kid_subset_size"] or r["num_samples"]), int(r["num_samples"]))
     ev["bootstrap"] = min(int(ev["bootstrap"]), int(r["bootstrap"]))
     ev["fd_infinity"] = False
+
+
+def standin_images(standin: dict[str, Any], split: str) -> int:
+    """The images of ``split`` in a stand-in tree (``standin_spec``): 100 ImageNet classes, 5 SYSU categories."""
+    spec = standin["spec"]
+    if standin["layout"] == "imagenet100":
+        return 100 * int(spec["train_per_class" if split == "train" else "val_per_class"])
+    return 5 * int(spec["per_class"])  # all of it is `train` (val_fraction 0 as configured) or split from it
 
 
 def standin_spec(source: str, r: dict[str, Any]) -> dict[str, Any]:

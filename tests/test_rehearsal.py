@@ -51,8 +51,18 @@ def test_a_rehearsal_keeps_every_shape_and_cuts_every_budget(plans):
             assert r["resources"]["gpus"] == 1 and r["resources"]["nodes"] == 1
             if spec["resources"]["gpus"] > 1:
                 assert r["rehearsal"]["real"]["resources.gpus"] == spec["resources"]["gpus"]
-        for exp, spec in real.experiments[study].items():
-            e = rh.experiment(study, exp)
+        # every row, and each sweep list at its largest point (nfe: the most steps per sampler; guidance: the
+        # largest scale); nothing the real study does not have
+        assert set(rh.experiments[study]) <= set(real.experiments[study])
+        assert {e for e in real.experiments[study] if "sweep" not in real.experiment(study, e)} <= set(
+            rh.experiments[study]
+        )
+        assert (
+            "DDPM-CFG.nfe-ddpm-500" in rh.experiments["full-a"]
+            and "DDPM-CFG.nfe-ddpm-10" not in rh.experiments["full-a"]
+        )
+        for exp, e in rh.experiments[study].items():
+            spec = real.experiment(study, exp)
             assert e["sampler"] == spec["sampler"] and e["guidance_scale"] == spec["guidance_scale"]
             assert e["rehearsal"]["sampler_steps"] == min(spec["sampler"]["steps"], cut["sampler_steps"])
             assert e["num_samples"] == min(spec["num_samples"], cut["num_samples"])

@@ -16,7 +16,7 @@ from core import config, folders, metrics, standin
 from core.data import read_split
 from core.features import load_extractor, load_reference
 from core.ingest import load_image
-from core.reporting.tables import provenance_note
+from core.reporting.notes import provenance_note
 from core.stages import make_dataset, standin_data
 from core.stages.evaluate import run as evaluate
 from core.stages.reference_stats import run as reference_stats
