@@ -151,6 +151,11 @@ def jobs_of(plan: Plan, studies: list[str], counts: dict[str, preflight.DataSize
         ev = plan.config["studies"][study]["evaluation"]
         ref = int(ev["reference_num"]) or sum((counts[dataset].splits or {}).values()) or 5000
         jobs.append(Job("reference_stats", f"{study}/{dataset}", inception * ref, work={"extract": (ref, inception)}))
+        for name in plan.study_autoencoders(study):  # reconstructions of the reference images, their rFID
+            enc, dec = autoencoder_costs(plan, name)
+            work = {"reconstruct": (float(ref), enc + dec), "extract": (float(ref), inception), "fd": (1.0, 0.0)}
+            flops = sum(u * f for u, f in work.values())
+            jobs.append(Job("evaluate_autoencoder", f"{study}/{name}", flops, work=work))
         for exp in plan.experiments[study]:
             e = plan.experiment(study, exp)
             model_spec = plan.model(study, e["model"])
@@ -164,9 +169,15 @@ def jobs_of(plan: Plan, studies: list[str], counts: dict[str, preflight.DataSize
             count = len(plan.experiment_replicates(study, exp)) * len(plan.eval_steps(study, exp))
             flops = sum(u * f for u, f in work.values())
             jobs.append(Job("sample", f"{study}/{exp}", flops, count, int(e["gpus"]), work=work))
-            resamples = float(plan.config["studies"][study]["evaluation"]["bootstrap"])  # CPU work: timed, no FLOPs
-            work = {"extract": (float(n), inception), "bootstrap": (resamples, 0.0)}
-            jobs.append(Job("evaluate", f"{study}/{exp}", inception * n, count, work=work))
+            # CPU work, timed and no FLOPs: the Fréchet distance and one per bootstrap resample
+            resamples = float(plan.config["studies"][study]["evaluation"]["bootstrap"])
+            scoring = {"extract": (float(n), inception), "fd": (1.0 + resamples, 0.0)}
+            jobs.append(Job("evaluate", f"{study}/{exp}", inception * n, count, work=scoring))
+            if plan.selects_checkpoint(study, exp):  # a fresh draw at each replicate's selected checkpoint
+                both = {**work, **scoring}
+                reps = len(plan.experiment_replicates(study, exp))
+                flops = sum(u * f for u, f in both.values())
+                jobs.append(Job("score_selected", f"{study}/{exp}", flops, reps, int(e["gpus"]), work=both))
     for job in jobs:
         price(job)
     return jobs

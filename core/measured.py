@@ -29,13 +29,30 @@ def cost_files(root: str, job: Any) -> list[str]:
     if job.rule == "encode_latents":
         return [p for p in [paths.cost(paths.latents(root, job.name))] if Path(p).is_file()]
     study, what = job.name.split("/", 1)
+    if job.rule == "evaluate_autoencoder":
+        return [p for p in [paths.cost(paths.autoencoder_report(root, study, what, "json"))] if Path(p).is_file()]
     if job.rule == "reference_stats":
         return sorted(glob.glob(paths.cost(f"{root}/refstats/{what}/*.npz")))
     if job.rule == "sample":
         return sorted(glob.glob(paths.cost(paths.samples(root, study, what, "r*", "*"))))
     if job.rule == "evaluate":
         return sorted(glob.glob(paths.cost(paths.metrics(root, study, what, "r*", "*"))))
+    if job.rule == "score_selected":  # its sampling and its evaluation, one record each
+        both = [
+            paths.cost(paths.selected_samples(root, study, what, 0)),
+            paths.cost(paths.selected_metrics(root, study, what, 0)),
+        ]
+        return both if all(Path(p).is_file() for p in both) else []
     return []
+
+
+def merged(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record of a job that ran others (``score_selected``: sampling, then evaluation): their sections, the
+    largest peak memory."""
+    out = dict(records[0])
+    out["sections"] = {k: v for rec in records for k, v in rec["sections"].items()}
+    out["peak_rss_bytes"] = max(rec["peak_rss_bytes"] for rec in records)
+    return out
 
 
 def attach(jobs: list[Any], root: str) -> list[str]:
@@ -46,7 +63,7 @@ def attach(jobs: list[Any], root: str) -> list[str]:
         if not files:
             missing.append(f"{job.rule} {job.name}")
             continue
-        job.measured = costs.read(files[0])
+        job.measured = merged([costs.read(f) for f in files]) if job.rule == "score_selected" else costs.read(files[0])
         apply(job)
     return missing
 

@@ -105,6 +105,8 @@ class Plan:
         """Overlay the rehearsal on the resolved plan (``core.rehearsal``): its own root, cut budgets, stand-in data
         for image-folder datasets, the stand-in Inception (``extractor_kind``)."""
         r = self.config["rehearsal"]
+        if r["bootstrap"] == 1:
+            raise ConfigError("config key rehearsal.bootstrap: one resample gives no interval; set 0 or at least 2")
         self.root = rehearsal.root(self.config["results_dir"])
         for name, ds in self.config["datasets"].items():
             if ds["source"] in rehearsal.FOLDER_SOURCES:
@@ -167,6 +169,11 @@ class Plan:
                         "experiments"
                     )
         ev = s["evaluation"]
+        if ev["bootstrap"] == 1:
+            raise ConfigError(
+                f"config key {key_path([*where, 'evaluation', 'bootstrap'])}: one resample gives no interval; set 0 "
+                "(no bootstrap) or at least 2"
+            )
         if ev["reference_num"] and ev["kid_subset_size"] and ev["kid_subset_size"] > ev["reference_num"]:
             raise ConfigError(
                 f"config key {key_path([*where, 'evaluation', 'kid_subset_size'])}: {ev['kid_subset_size']} exceeds "
@@ -508,6 +515,12 @@ class Plan:
         return paths.reference(
             self.root, self.dataset_of(study), ev["reference_split"], self.extractor_tag(study), ev["reference_num"]
         )
+
+    def autoencoder_eval_images(self, study: str) -> int:
+        """The reference images an autoencoder's reconstructions are scored on (0: all); a rehearsal's
+        ``num_samples`` at most."""
+        n = int(self.config["studies"][study]["evaluation"]["reference_num"])
+        return min(n, int(self.config["rehearsal"]["num_samples"])) if self.rehearse else n
 
     def evaluation_options(self, study: str) -> dict[str, Any]:
         ev = self.config["studies"][study]["evaluation"]

@@ -81,7 +81,9 @@ def dataset_source(wildcards):
     key = f"datasets.{wildcards.dataset}"
     if spec["source"] == "shapes":
         return []
-    if PLAN.standin(wildcards.dataset):  # a rehearsal's stand-in tree: the standin_data job writes it
+    if PLAN.standin(
+        wildcards.dataset
+    ):  # a rehearsal's stand-in tree: the standin_data job writes it
         return [paths.standin(R, wildcards.dataset)]
     try:
         summary = folders.source_summary(
@@ -115,7 +117,9 @@ def dataset_fingerprint(wildcards):
     spec = PLAN.dataset_spec(wildcards.dataset)
     if spec["source"] == "shapes":
         return ""
-    if PLAN.standin(wildcards.dataset):  # written by the workflow from this spec: the spec is its content
+    if PLAN.standin(
+        wildcards.dataset
+    ):  # written by the workflow from this spec: the spec is its content
         return spec_json(PLAN.standin(wildcards.dataset))
     return folders.source_fingerprint(
         spec["source"], spec["path"], f"datasets.{wildcards.dataset}.path"

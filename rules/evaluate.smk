@@ -30,7 +30,9 @@ rule train_classifier:
 rule reference_stats:
     input:
         data=paths.dataset(R, "{dataset}"),
-        weights=lambda w: PLAN.extractor_for_tag(w.dataset, w.extractor).get("weights", []),
+        weights=lambda w: PLAN.extractor_for_tag(w.dataset, w.extractor).get(
+            "weights", []
+        ),
     output:
         paths.reference(R, "{dataset}", "{split}", "{extractor}", "{num}"),
     log:

@@ -74,7 +74,7 @@ rule evaluate_autoencoder:
     params:
         code=code_param("evaluate_autoencoder"),
         split=lambda w: PLAN.study(w.study)["evaluation"]["reference_split"],
-        num=lambda w: PLAN.study(w.study)["evaluation"]["reference_num"],
+        num=lambda w: PLAN.autoencoder_eval_images(w.study),
         extractor=lambda w: spec_json(PLAN.extractor_spec(w.study)),
         batch_size=config["metrics"]["batch_size"],
     shell:

@@ -71,7 +71,9 @@ rule collect_checkpoints:
 rule forecast:
     input:
         reports=lambda w: [
-            f for s in PLAN.default_studies(on_cluster()) for f in paths.report_files(R, s)
+            f
+            for s in PLAN.default_studies(on_cluster())
+            for f in paths.report_files(R, s)
         ],
     output:
         md=f"{paths.forecast_dir(R)}/forecast.md",

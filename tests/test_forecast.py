@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from core import forecast, preflight
+from core import costs, forecast, measured, paths, preflight, provenance
 from core.plan import Plan
 from tests.conftest import ROOT
 
@@ -68,3 +68,42 @@ def test_the_full_study_forecast_fits_the_profile_and_adds_up(tmp_path):
     assert len(train) == 13 and {r["job"] for r in train if r["gpus"] == "4"} == {"full-a/unet-ddim"}
     total = sum(float(r["gpu_hours:A100-80GB/bf16"]) * int(r["count"]) for r in rows)
     assert f"| A100-80GB | bf16 | {total:,.0f} |" in md
+
+
+def _record(device: str, sections: dict, rss: float, **info) -> dict:
+    return {
+        "schema": costs.SCHEMA,
+        "job": "train",
+        "device": device,
+        "device_name": "test device",
+        "sections": sections,
+        "peak_rss_bytes": rss,
+        "cuda_peak_bytes": None,
+        **info,
+    }
+
+
+def test_a_rehearsal_prices_the_real_budget_from_what_its_jobs_measured(tmp_path):
+    """Issue 22: FLOPs = real image-units × the FLOPs per image-unit the rehearsal counted; time at the measured
+    seconds per image-unit; memory from the measured activations at the real per-GPU batch; a GPU rehearsal's
+    time is GPU-hours; host memory beyond the profile's is flagged with the setting to change."""
+    root = tmp_path / "rehearsal"
+    step = {"flops_per_image_unit": 2e12, "seconds_per_image_unit": 0.5, "activation_bytes_per_image": 1e9}
+    rec = _record("cpu", {"step": step}, 40 * 2**30, parameters=10_000_000)
+    provenance.write_json(paths.train_cost(str(root), "s", "m", 0), rec)
+    job = forecast.Job("train", "s/m", flops=1.0, work={"step": (1000.0, 6e11)}, batch_per_gpu=32)
+    other = forecast.Job("sample", "s/x", flops=5.0, work={"denoise": (10.0, 1e9)})
+    assert measured.attach([job, other], str(root)) == ["sample s/x"]  # the jobs it found no record for
+    assert job.flops == pytest.approx(1000 * 2e12) and other.flops == 5.0
+    assert job.measured["forecast_seconds"] == pytest.approx(500.0)
+    assert job.train_mem_bytes == pytest.approx(20 * 10_000_000 + 1e9 * 32)
+    assert measured.measured_hours(job) is None  # a CPU's time is not a GPU's
+    forecast.price(job)
+    assert job.hours["A100-80GB/bf16"] == pytest.approx(2e15 / (312e12 * forecast.MFU["bf16"]) / 3600)
+    limits = forecast.profile_limits()
+    flags = measured.memory_flags([job], limits)  # 40 GiB measured > 8 CPUs × 4000 MB for train
+    assert len(flags) == 1 and "set-resources.train.mem_mb" in flags[0] and "40.0 GiB" in flags[0]
+    gpu = forecast.Job("train", "s/m", flops=1.0, work={"step": (1000.0, 6e11)}, batch_per_gpu=32)
+    provenance.write_json(paths.train_cost(str(root), "s", "m", 0), {**rec, "device": "cuda", "peak_rss_bytes": 1})
+    measured.attach([gpu], str(root))
+    assert measured.measured_hours(gpu) == pytest.approx(500.0 / 3600) and not measured.memory_flags([gpu], limits)

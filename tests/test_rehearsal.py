@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core import costs, forecast, paths, preflight, rehearsal
-from core.config import load_schema
+from core.config import ConfigError, load_schema
 from core.plan import Plan
 from tests.conftest import ROOT
 
@@ -169,3 +169,13 @@ def test_the_rehearsal_is_labelled_and_forecast(rehearsed):
     assert {j["rule"] for j in jobs} >= {"train", "sample", "evaluate", "reference_stats", "train_autoencoder"}
     assert all(j["measured_device"] for j in jobs)
     assert not (root.parent / "full-a").exists()  # nothing outside the rehearsal's folder
+
+
+def test_one_bootstrap_resample_is_refused_when_planned():
+    """Found by the rehearsal: a single resample failed every evaluate job after sampling (an interval needs two)."""
+    config = preflight.load_config([], [])
+    config["studies"]["demo-b"]["evaluation"]["bootstrap"] = 1
+    with pytest.raises(ConfigError, match=r"studies\.demo-b\.evaluation\.bootstrap: one resample"):
+        Plan(config)
+    with pytest.raises(ConfigError, match=r"rehearsal\.bootstrap: one resample"):
+        Plan({**preflight.load_config([], []), "rehearse": True, "rehearsal": {"bootstrap": 1}})

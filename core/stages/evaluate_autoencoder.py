@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import data, metrics
+from core import costs, data, metrics, paths
 from core.distributed import device_for
 from core.features import load_extractor, load_reference
 from core.models import load_autoencoder
@@ -88,11 +88,15 @@ def run(
             raise ValueError(f"{n} images requested but split '{split}' of {data_path} has {available}")
         images = f[f"{split}/images"][:n]
     vae, meta = load_autoencoder(autoencoder, device)
-    recons = reconstruct(vae, images, device)
+    meter = costs.Meter("evaluate_autoencoder", device, name=autoencoder, extractor=extractor.label, images=n)
+    with meter.timed("reconstruct", n):
+        recons = reconstruct(vae, images, device)
     psnr_mean, psnr_pooled = psnr(images, recons)
-    feats, _ = extractor.extract(recons, batch_size=batch_size, device=device)
+    with meter.timed("extract", n):
+        feats, _ = extractor.extract(recons, batch_size=batch_size, device=device)
     mu, sigma = metrics.feature_statistics(feats)
-    fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+    with meter.timed("fd", 1):
+        fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
     fd_name = "rFID" if extractor.is_inception else f"rFD_{extractor.label['display']}"
     result = {
         "autoencoder": autoencoder,
@@ -118,6 +122,7 @@ def run(
     }
     save_grid(grid, images, recons)
     write_json(out, result)
+    meter.write(paths.cost(out))
     print(f"[evaluate_autoencoder] {autoencoder}: PSNR {psnr_mean:.2f} dB, {result['label']['fid']} = {fd:.3f}")
     return result
 

@@ -95,6 +95,8 @@ def run(
     result["selection"] = selection.record(fds, seed, result, metric_files)
     write_json(out, result)
     scored.unlink()
+    if Path(paths.cost(str(scored))).is_file():  # what the evaluation cost, beside the file it became
+        os.replace(paths.cost(str(scored)), paths.cost(out))
     print(
         f"[score_selected] fresh draw (seed {spec['seed']}): FD {result['fid']:.4f}; selection draw {fds[step]:.4f}",
         flush=True,
