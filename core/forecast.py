@@ -303,6 +303,9 @@ def render(studies: list[str], jobs: list[Job], limits: dict[str, Any], rehearsa
         "- Training memory: 20 bytes per parameter (fp32 weights, gradients, AdamW moments, EMA) plus the "
         "activations saved for the backward at the per-GPU batch in fp32 (attention as the math kernel saves "
         "it): an upper bound for bf16 autocast and flash attention.",
+        "- An evaluation's Fréchet distances (one, and one per bootstrap resample) run on the CPU: no FLOPs here; "
+        "a rehearsal times one only where it has more images than feature dimensions (else ~1.4 s each at 2048-d "
+        "on 2 threads, bench/RESULTS.md).",
         "- Early-stopping models are counted to their step limit; sampling every kept checkpoint counts every "
         "step they may keep.",
         "- Wall time on N GPUs: the larger of the GPU-hours spread over N and the longest training job plus the "

@@ -78,7 +78,9 @@ def apply(job: Any) -> None:
         per_unit = m.get("flops_per_image_unit")
         flops += units * (per_unit if per_unit is not None else meta_per_unit)
         if m.get("seconds_per_image_unit") is None:
-            timed = False
+            # untimed CPU-side work (a rehearsal's Fréchet distance on fewer images than dimensions) adds
+            # nothing; untimed network work leaves the job's time unknown
+            timed = timed and not meta_per_unit
         else:
             seconds += units * m["seconds_per_image_unit"]
     job.flops = flops

@@ -84,26 +84,37 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """tr (Σ₁Σ₂)^{1/2} = Σᵢ √λᵢ(Aᵀ Σ₂ A) for Σ₁ = A Aᵀ (Cholesky, or the PSD square root if singular)."""
-    try:
-        a = np.linalg.cholesky(s1)
-    except np.linalg.LinAlgError:  # singular / rank-deficient Σ₁: symmetric square root instead
-        a = _psd_sqrt(s1)
+def covariance_factor(features: np.ndarray) -> np.ndarray:
+    """A (D, N) with A Aᵀ = the covariance of (N, D) features (centred, / √(N − 1)): with fewer samples than
+    dimensions, ``frechet_distance(..., factor1=A)`` takes the eigenvalues of an N×N matrix instead of D×D ones."""
+    f = _as_2d("features", features, min_rows=2)
+    return ((f - f.mean(axis=0)) / np.sqrt(f.shape[0] - 1)).T
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, a: np.ndarray | None = None) -> float:
+    """tr (Σ₁Σ₂)^{1/2} = Σᵢ √λᵢ(Aᵀ Σ₂ A) for Σ₁ = A Aᵀ (given, or Cholesky, or the PSD square root if singular)."""
+    if a is None:
+        try:
+            a = np.linalg.cholesky(s1)
+        except np.linalg.LinAlgError:  # singular / rank-deficient Σ₁: symmetric square root instead
+            a = _psd_sqrt(s1)
     m = a.T @ s2 @ a
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, factor1: np.ndarray | None = None
+) -> float:
     """FD between N(μ₁, Σ₁) and N(μ₂, Σ₂) (Heusel et al. 2017), via the eigenvalues of Aᵀ Σ₂ A, Σ₁ = A Aᵀ.
 
     Stable for singular covariances (fewer samples than dimensions, constant features); the result is
-    clipped at 0, which only removes rounding below zero for identical statistics.
+    clipped at 0, which only removes rounding below zero for identical statistics. ``factor1``: a known A
+    (``covariance_factor`` of the features behind Σ₁), which saves the D×D factorisation.
     """
     mu1, s1, mu2, s2 = _check_stats(mu1, sigma1, mu2, sigma2)
     diff = mu1 - mu2
-    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2)
+    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2, factor1)
     return float(max(fd, 0.0))
 
 

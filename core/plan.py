@@ -120,8 +120,9 @@ class Plan:
             else:
                 available = rehearsal.standin_images(self.standins[s["dataset"]], split)
             rehearsal.cut_evaluation(s["evaluation"], r, available)
-            for spec in self.models[study].values():
-                rehearsal.cut_model(spec, r)
+            selected = {e["model"] for e in self.experiments[study].values() if e["checkpoints"] == "all"}
+            for model, spec in self.models[study].items():
+                rehearsal.cut_model(spec, r, model in selected and "early_stopping" not in spec["train"])
             for spec in self.experiments[study].values():
                 rehearsal.cut_experiment(spec, r)
         for ae in self.config["autoencoders"].values():

@@ -51,13 +51,15 @@ def _cut(spec: dict[str, Any], key: str, value: Any, real: dict[str, Any]) -> No
         node[last] = value
 
 
-def cut_model(spec: dict[str, Any], r: dict[str, Any]) -> None:
-    """A model spec with its training budget cut (in place); architecture, schedule and precision stay."""
+def cut_model(spec: dict[str, Any], r: dict[str, Any], selected: bool = False) -> None:
+    """A model spec with its training budget cut (in place); architecture, schedule and precision stay. A model
+    whose checkpoints a row selects among (``selected``: ``checkpoints: all``) keeps two, so that the selection
+    and its fresh draw (``score_selected``) run too."""
     real: dict[str, Any] = {}
     train = spec["train"]
-    steps = int(r["train_steps"])
+    steps = max(int(r["train_steps"]), 2) if selected else int(r["train_steps"])
     _cut(spec, "train.steps", min(int(train["steps"]), steps), real)
-    _cut(spec, "train.checkpoint_every", int(spec["train"]["steps"]), real)
+    _cut(spec, "train.checkpoint_every", 1 if selected else int(spec["train"]["steps"]), real)
     _cut(spec, "train.log_every", 1, real)
     _cut(spec, "train.batch_size", min(int(train["batch_size"]), int(r["batch_size"])), real)
     if "early_stopping" in train:
@@ -75,6 +77,9 @@ def cut_experiment(spec: dict[str, Any], r: dict[str, Any]) -> None:
     _cut(spec, "num_samples", min(int(spec["num_samples"]), int(r["num_samples"])), real)
     _cut(spec, "batch_size", min(int(spec["batch_size"]), int(spec["num_samples"])), real)  # one batch
     _cut(spec, "gpus", 1, real)
+    # the trajectory figure decodes its images at each recorded point: one image, two points
+    _cut(spec, "trajectory_images", min(int(spec["trajectory_images"]), 1), real)
+    _cut(spec, "trajectory_points", min(int(spec["trajectory_points"]), 2), real)
     steps = int(spec["sampler"]["steps"])
     spec["rehearsal"] = {"real": real, "sampler_steps": min(steps, int(r["sampler_steps"]))}
     spec.pop("published", None)  # the reference's numbers are not shown beside a rehearsal's

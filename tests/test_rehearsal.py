@@ -44,7 +44,10 @@ def test_a_rehearsal_keeps_every_shape_and_cuts_every_budget(plans):
             assert rh.input_size(study, r) == real.input_size(study, spec)
             assert r["train"]["precision"] == spec["train"]["precision"]
             # budgets are cut, and the real ones are recorded
-            assert r["train"]["steps"] == cut["train_steps"] == r["train"]["checkpoint_every"]
+            if study == "full-b":  # its rows select among checkpoints: two of them, so that the selection runs
+                assert r["train"]["steps"] == 2 and r["train"]["checkpoint_every"] == 1
+            else:
+                assert r["train"]["steps"] == cut["train_steps"] == r["train"]["checkpoint_every"]
             assert r["train"]["batch_size"] == min(spec["train"]["batch_size"], cut["batch_size"])
             assert r["rehearsal"]["real"]["train.steps"] == spec["train"]["steps"]
             assert r["rehearsal"]["real"]["train.batch_size"] == spec["train"]["batch_size"]
@@ -67,7 +70,12 @@ def test_a_rehearsal_keeps_every_shape_and_cuts_every_budget(plans):
             assert e["rehearsal"]["sampler_steps"] == min(spec["sampler"]["steps"], cut["sampler_steps"])
             assert e["num_samples"] == min(spec["num_samples"], cut["num_samples"])
             assert e["rehearsal"]["real"]["num_samples"] == spec["num_samples"]
-            assert rh.eval_steps(study, exp) in (["best"], [cut["train_steps"]])
+            assert rh.eval_steps(study, exp) in (["best"], [cut["train_steps"]], [1, 2], [2])
+    assert all(
+        rh.selects_checkpoint("full-b", e)
+        for e in rh.experiments["full-b"]
+        if "sweep" not in rh.experiment("full-b", e)
+    )
     for name in ("imagenet100", "sysu-shapes"):
         assert rh.dataset_spec(name)["path"] == f"{rh.root}/standin/{name}"
         assert rh.standin(name)["layout"] == name

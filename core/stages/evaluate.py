@@ -17,6 +17,7 @@ preprocessing, N real and N generated, the sample file's settings, checksum and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from typing import Any
 
@@ -74,8 +75,11 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
     n_gen, n_real = len(feats), len(ref["features"])
     splits = int(options["is_splits"])
     mu, sigma = metrics.feature_statistics(feats)
-    with meter.timed("fd", 1):  # one Fréchet distance (CPU: a matrix square root at the feature dimension)
-        fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+    # fewer images than feature dimensions (small runs, a rehearsal): factor the covariance through the images
+    factor = metrics.covariance_factor(feats) if len(feats) <= feats.shape[1] else None
+    # one Fréchet distance at the feature dimension (CPU), timed: the forecast prices the bootstrap's from it
+    with meter.timed("fd", 1) if factor is None else contextlib.nullcontext():
+        fd = metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"], factor)
     is_mean, is_std = metrics.inception_score(logits, splits=splits)
     kid_size = kid_subset_size(options["kid_subset_size"], n_gen, n_real)
     kid_mean, kid_std = metrics.kernel_inception_distance(
