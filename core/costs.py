@@ -217,3 +217,14 @@ def epsilon_loss(diffusion: Any, batch: int, channels: int, size: int, classes: 
         return diffusion.training_loss(net, x, y, t=t, noise=torch.zeros_like(x))
 
     return run
+
+
+def count_step(
+    meter: Meter, section: str, build: Callable[[], torch.nn.Module], loss_at: Callable[[int], Any], batch: int
+) -> None:
+    """Record one step of ``batch`` images (``loss_at(batch)``, a ``meta_counts`` loss) in ``meter``: its FLOPs,
+    and as activations what one more image adds to the bytes saved for the backward (the weights that the backward
+    also keeps do not grow with the batch)."""
+    fwd, bwd, saved = meta_counts(build, loss_at(batch))
+    per_image = meta_counts(build, loss_at(batch + 1))[2] - saved
+    meter.add_count(section, batch, fwd + bwd, per_image * batch)

@@ -10,6 +10,7 @@ parameter plus the activations the rehearsal's step saved per image × the real 
 
 from __future__ import annotations
 
+import copy
 import glob
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,46 @@ def merged(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def attach(jobs: list[Any], root: str) -> list[str]:
-    """Give each job its rehearsal record and re-price it from the measurement; the jobs without one, named."""
+    """Give each job its rehearsal record and re-price it from the measurement; the jobs without one, named.
+
+    A sweep point the rehearsal did not run (it runs each sweep list's largest point) is priced from its base row's
+    record, each section scaled by the ratio of the two jobs' counted FLOPs per image-unit (the same network: a
+    guided point costs twice an unguided one per step, whatever the sampler), and says so (``twin``)."""
     missing = []
     for job in jobs:
         files = cost_files(root, job)
         if not files:
-            missing.append(f"{job.rule} {job.name}")
             continue
         job.measured = merged([costs.read(f) for f in files]) if job.rule == "score_selected" else costs.read(files[0])
         apply(job)
+    by_name = {(j.rule, j.name): j for j in jobs}
+    for job in jobs:
+        if job.measured is not None:
+            continue
+        study, what = job.name.split("/", 1)
+        twin = by_name.get((job.rule, f"{study}/{what.split('.', 1)[0]}"))
+        if "." not in what or twin is None or twin.measured is None:
+            missing.append(f"{job.rule} {job.name}")
+            continue
+        job.measured = scaled(twin, job)
+        apply(job)
     return missing
+
+
+def scaled(twin: Any, job: Any) -> dict[str, Any]:
+    """``twin``'s record for ``job``: each section's FLOPs and seconds per image-unit × the ratio of the two jobs'
+    meta-counted FLOPs per image-unit in that section."""
+    rec = copy.deepcopy(twin.measured)
+    rec["twin"] = twin.name
+    for section, (_, per_unit) in job.work.items():
+        m = rec["sections"].get(section)
+        base = twin.work.get(section, (0.0, 0.0))[1]
+        if not m or not base:
+            continue
+        for key in ("flops_per_image_unit", "seconds_per_image_unit"):
+            if m.get(key) is not None:
+                m[key] *= per_unit / base
+    return rec
 
 
 def apply(job: Any) -> None:
@@ -151,8 +182,9 @@ def table(jobs: list[Any], limits: dict[str, Any]) -> list[str]:
         spu = " + ".join("–" if t is None else f"{t:.3g}" for t in secs)
         hours = rec.get("forecast_seconds")
         mem = profile_memory_mb(limits, job)
+        device = f"{rec['device']} ({rec['device_name']})" + (f", as {rec['twin']}" if rec.get("twin") else "")
         lines.append(
-            f"| {job.rule} | {job.name} | {rec['device']} ({rec['device_name']}) | {units:,.0f} | {gflop} | {spu} | "
+            f"| {job.rule} | {job.name} | {device} | {units:,.0f} | {gflop} | {spu} | "
             f"{'–' if hours is None else f'{hours / 3600:,.1f}'} | {rec['peak_rss_bytes'] / 2**30:,.2f} GiB | "
             f"{'–' if mem is None else f'{mem / 1024:,.0f} GiB'} |"
         )

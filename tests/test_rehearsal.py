@@ -187,3 +187,28 @@ def test_one_bootstrap_resample_is_refused_when_planned():
         Plan(config)
     with pytest.raises(ConfigError, match=r"rehearsal\.bootstrap: one resample"):
         Plan({**preflight.load_config([], []), "rehearse": True, "rehearsal": {"bootstrap": 1}})
+
+
+def test_a_training_job_writes_what_it_cost(tiny_spec, tiny_dataset, tmp_path):
+    """Every training run (a rehearsal's or a real one) writes train.cost.json: its network's parameters and input
+    shape, the FLOPs of one training image (the meta-device count at its batch), the activations one image adds,
+    the measured seconds per image, its peak memory."""
+    from core.diffusion import GaussianDiffusion
+    from core.models import build_model
+    from core.stages import train as train_stage
+
+    train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "run"), "cpu")
+    rec = costs.read(paths.cost(str(tmp_path / "run" / "train")))
+    model = build_model(tiny_spec, 8, 3, 5)
+    assert rec["parameters"] == sum(p.numel() for p in model.parameters())
+    assert rec["input_shape"] == [3, 8, 8] and rec["batch_size"] == tiny_spec["train"]["batch_size"]
+    batch = tiny_spec["train"]["batch_size"]
+    diffusion = GaussianDiffusion.from_spec(tiny_spec["diffusion"])
+    fwd, bwd, _ = costs.meta_counts(
+        lambda: build_model(tiny_spec, 8, 3, 5), costs.epsilon_loss(diffusion, batch, 3, 8, 5)
+    )
+    step = rec["sections"]["step"]
+    assert step["flops_per_image_unit"] == pytest.approx((fwd + bwd) / batch)
+    assert step["units_timed"] == tiny_spec["train"]["steps"] and step["seconds_per_image_unit"] > 0
+    assert 0 < step["activation_bytes_per_image"] < 4 * sum(p.numel() for p in model.parameters()) * batch
+    assert rec["peak_rss_bytes"] > 0 and rec["cuda_peak_bytes"] is None and rec["device"] == "cpu"

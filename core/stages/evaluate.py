@@ -118,7 +118,8 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
             **{k: v for k, v in sample_attrs.items() if k not in ("provenance", "resume_hash")},
         },
         "sample_provenance": sample_prov,
-        "training_precision": precision_of(sample_prov["model_spec"]["train"]) if "model_spec" in sample_prov else None,
+        "training_precision": sample_prov.get("training_precision")
+        or (precision_of(sample_prov["model_spec"]["train"]) if "model_spec" in sample_prov else None),
         "provenance": provenance(None, code=code_fingerprint("evaluate")),
     }
     resamples = int(options["bootstrap"])

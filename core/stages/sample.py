@@ -135,6 +135,7 @@ def _sample(
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_step": int(meta["step"]),
         "model_spec": meta["spec"],
+        "training_precision": meta.get("precision"),  # as the model trained (a CPU rehearsal: fp32)
         "model_identity": identity["model_identity"],
         "model_code_version": meta["code_version"],
         "sampler": sampler["name"],

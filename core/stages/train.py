@@ -408,13 +408,15 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
     )
     # FLOPs and saved activations of one step at this process's batch, counted on the meta device (core.costs)
     n_local = len(range(int(train["batch_size"]))[s.share])
-    fwd, bwd, saved = costs.meta_counts(
+    costs.count_step(
+        meter,
+        "step",
         lambda: build_model(spec, state.meta["image_size"], state.meta["in_channels"], state.meta["num_classes"]),
-        costs.epsilon_loss(
-            s.diffusion, n_local, state.meta["in_channels"], state.meta["image_size"], state.meta["num_classes"]
+        lambda b: costs.epsilon_loss(
+            s.diffusion, b, state.meta["in_channels"], state.meta["image_size"], state.meta["num_classes"]
         ),
+        n_local,
     )
-    meter.add_count("step", n_local, fwd + bwd, saved)
     with logs:
         while state.step < total_steps:
             # ---- a step

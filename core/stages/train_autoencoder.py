@@ -161,11 +161,13 @@ def run(spec: dict[str, Any], data_path: str, out: str, log_path: str, device_na
         vae.to(device).eval()
     else:
         batch = int(spec["train"]["batch_size"])
-        fwd, bwd, saved = costs.meta_counts(  # one step on the meta device (core.costs)
+        costs.count_step(  # one step on the meta device (core.costs)
+            meter,
+            "step",
             lambda: build_autoencoder(spec["net"], image_size, channels),
-            lambda net: reconstruction_l1(net, torch.zeros(batch, channels, image_size, image_size)),
+            lambda b: lambda net: reconstruction_l1(net, torch.zeros(b, channels, image_size, image_size)),
+            batch,
         )
-        meter.add_count("step", batch, fwd + bwd, saved)
         source = train_weights(vae, spec, data_path, log_path, device, meter)
     factor = scale_factor_from_data(vae, data_path, int(spec["scale_images"]), int(spec["train"]["seed"]), device)
     f = vae.downsampling_factor
