@@ -108,7 +108,7 @@ rule score_selected:
         ckpt=lambda w: sample_inputs(w)["ckpt"],
         autoencoder=lambda w: sample_inputs(w).get("autoencoder", []),
         reference=lambda w: PLAN.reference_file(w.study),
-        weights=lambda w: PLAN.extractor_spec(w.study)["weights"],
+        weights=lambda w: PLAN.extractor_spec(w.study).get("weights", []),
     output:
         samples=paths.selected_samples(R, "{study}", "{experiment}", "{replicate}"),
         metrics=paths.selected_metrics(R, "{study}", "{experiment}", "{replicate}"),
