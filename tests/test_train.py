@@ -328,3 +328,20 @@ def test_compile_trains_the_same_model_and_keeps_its_cache(tiny_spec, tiny_datas
         compiled = [float(r["loss"]) for r in csv.DictReader(fh)]
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert sum(len(files) for _, _, files in os.walk(tmp_path / "cache")) > 0
+
+
+def test_a_kept_checkpoint_takes_its_disk_once_and_later_saves_leave_it_alone(tiny_spec, tiny_dataset, tmp_path):
+    """Found by the rehearsal (issue 22): every kept state was also copied to ckpt/, doubling the full study's
+    checkpoint disk (855 GiB). The published name is now a read-only hard link of the kept state, and a run that
+    saves latest.pt again replaces it and never changes a kept file."""
+    out = tmp_path / "run"
+    run_train(tiny_spec, tiny_dataset, out)
+    for name in ("step0000004.pt", "step0000008.pt", "step0000012.pt"):
+        kept, published = out / "state" / name, out / "ckpt" / name
+        assert os.path.samefile(kept, published) and published.stat().st_nlink == 2 + (name == "step0000012.pt")
+        assert published.stat().st_mode & 0o222 == 0  # read-only: nothing writes into it in place
+    before = load_checkpoint(out / "ckpt" / "step0000012.pt")
+    shutil.copyfile(out / "state" / "step0000004.pt", out / "state" / "rollback.tmp")
+    os.replace(out / "state" / "rollback.tmp", out / "state" / "latest.pt")  # as a save replaces it
+    assert states_equal(load_checkpoint(out / "ckpt" / "step0000012.pt"), before)
+    assert not os.path.samefile(out / "state" / "latest.pt", out / "ckpt" / "step0000012.pt")
