@@ -170,6 +170,13 @@ class Plan:
                         "experiments"
                     )
         ev = s["evaluation"]
+        for name, e in self.experiments[study].items():
+            if int(e["num_samples"]) <= int(ev["precision_recall_k"]):
+                raise ConfigError(
+                    f"config key {key_path([*where, 'experiments', name, 'num_samples'])}: {e['num_samples']} images "
+                    f"cannot give precision and recall with {key_path([*where, 'evaluation', 'precision_recall_k'])}"
+                    f" = {ev['precision_recall_k']} neighbours: draw more, or lower it"
+                )
         if ev["bootstrap"] == 1:
             raise ConfigError(
                 f"config key {key_path([*where, 'evaluation', 'bootstrap'])}: one resample gives no interval; set 0 "
@@ -525,7 +532,7 @@ class Plan:
 
     def evaluation_options(self, study: str) -> dict[str, Any]:
         ev = self.config["studies"][study]["evaluation"]
-        keys = ("is_splits", "kid_subsets", "kid_subset_size", "bootstrap", "fd_infinity")
+        keys = ("is_splits", "kid_subsets", "kid_subset_size", "bootstrap", "fd_infinity", "precision_recall_k")
         return {**{k: ev[k] for k in keys}, "batch_size": self.config["metrics"]["batch_size"]}
 
     def dataset_requirements(self, dataset: str) -> list[dict[str, Any]]:

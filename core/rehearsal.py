@@ -115,6 +115,7 @@ def cut_evaluation(ev: dict[str, Any], r: dict[str, Any], available: int | None)
     ev["kid_subset_size"] = min(int(ev["kid_subset_size"] or r["num_samples"]), int(r["num_samples"]))
     ev["bootstrap"] = min(int(ev["bootstrap"]), int(r["bootstrap"]))
     ev["fd_infinity"] = False
+    ev["precision_recall_k"] = min(int(ev["precision_recall_k"]), int(r["num_samples"]) - 1)
 
 
 def standin_images(standin: dict[str, Any], split: str) -> int:

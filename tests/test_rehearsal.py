@@ -212,3 +212,19 @@ def test_a_training_job_writes_what_it_cost(tiny_spec, tiny_dataset, tmp_path):
     assert step["units_timed"] == tiny_spec["train"]["steps"] and step["seconds_per_image_unit"] > 0
     assert 0 < step["activation_bytes_per_image"] < 4 * sum(p.numel() for p in model.parameters()) * batch
     assert rec["peak_rss_bytes"] > 0 and rec["cuda_peak_bytes"] is None and rec["device"] == "cpu"
+
+
+def test_too_few_images_for_precision_and_recall_are_refused_when_planned(plans):
+    """Precision/recall need more generated images than their k neighbours: said at planning, naming both keys, not
+    by an evaluate job after sampling; a rehearsal's 2 images use k = 1 (and record it)."""
+    config = preflight.load_config([], [])
+    config["studies"]["demo-b"]["defaults"]["experiment"]["num_samples"] = 3
+    config["studies"]["demo-b"]["defaults"]["experiment"]["batch_size"] = 3
+    config["studies"]["demo-b"]["evaluation"]["kid_subset_size"] = 3
+    config["studies"]["demo-b"]["evaluation"]["is_splits"] = 3
+    with pytest.raises(
+        ConfigError, match=r"studies\.demo-b\.experiments\.baseline\.num_samples: 3 images .*precision_recall_k = 3"
+    ):
+        Plan(config)
+    _, rh = plans
+    assert rh.evaluation_options("full-a")["precision_recall_k"] == REHEARSAL["num_samples"] - 1 == 1

@@ -39,6 +39,12 @@ def check_counts(n_gen: int, n_real: int, options: dict[str, Any]) -> None:
     splits, kid = int(options["is_splits"]), kid_subset_size(options["kid_subset_size"], n_gen, n_real)
     if n_gen < splits:
         raise ValueError(f"{n_gen} generated images are fewer than evaluation.is_splits = {splits}")
+    k = int(options.get("precision_recall_k", 3))
+    if min(n_gen, n_real) <= k:
+        raise ValueError(
+            f"precision and recall with evaluation.precision_recall_k = {k} need more than {k} generated ({n_gen}) "
+            "and real ({n_real}) images; lower it or draw more samples (num_samples)"
+        )
     if kid > min(n_gen, n_real):
         raise ValueError(
             f"evaluation.kid_subset_size = {kid} exceeds the generated ({n_gen}) or real ({n_real}) images; "
@@ -85,7 +91,8 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
     kid_mean, kid_std = metrics.kernel_inception_distance(
         ref["features"], feats, num_subsets=int(options["kid_subsets"]), subset_size=kid_size
     )
-    precision, recall = metrics.precision_recall(ref["features"], feats, k=3)
+    pr_k = int(options.get("precision_recall_k", 3))
+    precision, recall = metrics.precision_recall(ref["features"], feats, k=pr_k)
     n_tag = f"{n_gen // 1000}k" if n_gen >= 1000 and n_gen % 1000 == 0 else str(n_gen)
     display = "" if extractor.is_inception else f"_{extractor.label['display']}"
     fd_name, is_name, kid_name = "FID" if extractor.is_inception else f"FD{display}", f"IS{display}", f"KID{display}"
@@ -98,6 +105,7 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
+        "precision_recall_k": pr_k,
         "label": {
             "fid": f"{fd_name}@{n_tag}",
             "is": f"{is_name} ({splits} splits)",
