@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from core import costs, forecast, paths, preflight, rehearsal
 from core.config import ConfigError, load_schema
@@ -167,6 +168,9 @@ def test_the_rehearsal_is_labelled_and_forecast(rehearsed):
         md = (root / study / "report" / "table.md").read_text()
         assert md.startswith(f"# {rehearsal.LABEL}: ") and rehearsal.BANNER in md
         assert "FD_standin@" in md and "FID@" not in md  # the stand-in's numbers are never labelled FID
+        # the precision the models ran in (on a CPU: fp32), not the configured bf16
+        ran = "bf16 autocast + TF32" if torch.cuda.is_available() else "fp32 (a rehearsal on a CPU; configured: bf16"
+        assert f"Training precision: {ran}" in md
         with open(root / study / "report" / "table.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert rows and all(r["run"].startswith(rehearsal.LABEL) for r in rows)
