@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from core import costs, data, distributed, paths, progress, tboard, training
+from core import models as networks
 from core.config import precision_of
 from core.diffusion import GaussianDiffusion
 from core.models import EMA, UnreadableCheckpoint, build_model, load_checkpoint, save_checkpoint
@@ -411,7 +412,10 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
     costs.count_step(
         meter,
         "step",
-        lambda: build_model(spec, state.meta["image_size"], state.meta["in_channels"], state.meta["num_classes"]),
+        # a fresh network of the same spec (not the training one, nor anything hooked into it)
+        lambda: networks.build_model(
+            spec, state.meta["image_size"], state.meta["in_channels"], state.meta["num_classes"]
+        ),
         lambda b: costs.epsilon_loss(
             s.diffusion, b, state.meta["in_channels"], state.meta["image_size"], state.meta["num_classes"]
         ),
