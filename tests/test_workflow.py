@@ -57,11 +57,11 @@ def test_tiny_preset_produces_report_and_labelled_metrics(tiny_run):
         assert (report / name).stat().st_size > 0, name
     # DDPM-CFG is evaluated at every checkpoint (10 and 20) and scored on a fresh draw at the one each replicate
     # selects; DDIM at the last one only
-    assert sorted(p.name for p in (tiny_run / "tiny" / "metrics" / "DDPM-CFG" / "r0").iterdir()) == [
-        "selected.json",
-        "step0000010.json",
-        "step0000020.json",
-    ]
+    metrics_dir = tiny_run / "tiny" / "metrics" / "DDPM-CFG" / "r0"
+    names = sorted(p.name for p in metrics_dir.iterdir() if not p.name.endswith(".cost.json"))
+    assert names == ["selected.json", "step0000010.json", "step0000020.json"]
+    # each evaluation wrote what it cost beside its metrics (core.costs)
+    assert sorted(p.name for p in metrics_dir.glob("*.cost.json")) == [f"{n}.cost.json" for n in names]
     m = json.loads((tiny_run / "tiny" / "metrics" / "DDIM" / "r0" / "step0000020.json").read_text())
     assert m["extractor"]["extractor"] == "classifier" and len(m["extractor"]["weights_sha256"]) == 64
     assert m["n_generated"] == 32 and m["n_real"] == 64
