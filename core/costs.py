@@ -2,10 +2,11 @@
 
 A job's work is split into named sections (``train``: the optimizer step; ``sample``: ``denoise``, one network
 evaluation step over a batch, and ``decode``; ``evaluate``/``reference_stats``: ``extract``, one feature-extractor
-batch). Each ``Meter.run(section, images, units)`` block is either *timed* (wall seconds, CUDA synchronised) or
-*counted*: run once under ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs of matmuls and convolutions) and,
-with autograd on, with saved-tensor hooks (the bytes the forward keeps for the backward: activations). Counting
-slows a block down, so its time is kept apart and used only when nothing else was timed (``timed_under_counter``).
+batch). Each ``Meter.run(section, images, units)`` block is *timed* (wall seconds, CUDA synchronised); the first of
+a sampling or extraction section is also *counted* as it runs, under ``torch.utils.flop_counter.FlopCounterMode``
+(FLOPs of matmuls and convolutions; counting slows a block down, so its time is kept apart and used only when
+nothing else was timed: ``timed_under_counter``). A training step is counted on the meta device (``count_step``):
+its FLOPs and the bytes one more image saves for the backward (activations).
 
 The record gives per section: seconds and FLOPs per image-unit (one image through one unit: a training image, one
 sampler step of one image, one image through the extractor), activation bytes per image, and for the job: peak
@@ -116,24 +117,16 @@ class Meter:
 
     @contextlib.contextmanager
     def count(self, section: str, images: int, units: int = 1, enabled: bool = True) -> Iterator[None]:
-        """Count the FLOPs (and, with autograd on, the bytes saved for the backward) of a block of ``units`` units
-        on ``images`` images each. Only what runs inside is counted: a training step counts its forward and
-        backward, not the optimizer (whose foreach kernels a dispatch mode would change, and with them the bits)."""
+        """Count the FLOPs of a block of ``units`` units on ``images`` images each, as it runs: for sampling and
+        extraction (eval mode, no autograd). Training steps are counted on the meta device instead
+        (``count_step``): under a dispatch mode dropout draws differently, which would change the run's bits."""
         if not enabled:
             yield
             return
         s = self.sections.setdefault(section, Section())
-        saved = [0.0]
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            saved[0] += t.numel() * t.element_size()
-            return t
-
-        counter = FlopCounterMode(display=False)
-        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with FlopCounterMode(display=False) as counter:
             yield
         s.flops = (s.flops or 0.0) + float(counter.get_total_flops())
-        s.saved_bytes = (s.saved_bytes or 0.0) + saved[0]
         s.counted_images += images
         s.flops_image_units += units * images
 

@@ -20,18 +20,22 @@ from core import costs, paths
 PER_PARAMETER_BYTES = 20.0  # fp32 weights, gradients, AdamW's two moments and the EMA
 
 
+def _existing(*files: str) -> list[str]:
+    return [f for f in files if Path(f).is_file()]
+
+
 def cost_files(root: str, job: Any) -> list[str]:
     """The rehearsal cost records of ``job`` (a ``core.forecast.Job``) under the rehearsal root ``root``."""
     if job.rule == "train":
         study, model = job.name.split("/", 1)
         return sorted(glob.glob(paths.train_cost(root, study, model, "r*")))
     if job.rule == "train_autoencoder":
-        return [p for p in [paths.cost(paths.autoencoder(root, job.name))] if Path(p).is_file()]
+        return _existing(paths.cost(paths.autoencoder(root, job.name)))
     if job.rule == "encode_latents":
-        return [p for p in [paths.cost(paths.latents(root, job.name))] if Path(p).is_file()]
+        return _existing(paths.cost(paths.latents(root, job.name)))
     study, what = job.name.split("/", 1)
     if job.rule == "evaluate_autoencoder":
-        return [p for p in [paths.cost(paths.autoencoder_report(root, study, what, "json"))] if Path(p).is_file()]
+        return _existing(paths.cost(paths.autoencoder_report(root, study, what, "json")))
     if job.rule == "reference_stats":
         return sorted(glob.glob(paths.cost(f"{root}/refstats/{what}/*.npz")))
     if job.rule == "sample":
