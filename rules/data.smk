@@ -31,6 +31,10 @@ rule standin_data:
         directory(paths.standin(R, "{dataset}")),
     log:
         paths.log(R, "standin_data", "{dataset}"),
+    conda:
+        "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     resources:
         mem_mb=2000,
         runtime=30,

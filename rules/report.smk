@@ -80,14 +80,19 @@ rule forecast:
         csv=f"{paths.forecast_dir(R)}/forecast.csv",
     log:
         paths.log(R, "forecast", "forecast"),
+    conda:
+        "../envs/environment.yaml"
+    envmodules:
+        *config["envmodules"],
     resources:
         mem_mb=4000,
         runtime=30,
     params:
         code=code_param("forecast"),
         config=spec_json({**PLAN.raw_config, "rehearse": False}),
-        root=R,
-        out_dir=paths.forecast_dir(R),
+        # the forecast folder is <root>/forecast: both follow the output, as on a node without the shared path
+        root=lambda w, output: os.path.dirname(os.path.dirname(output.md)),
+        out_dir=lambda w, output: os.path.dirname(output.md),
     shell:
         "python -m core.forecast --config-json {params.config:q} --rehearsal {params.root:q}"
         " --out {params.out_dir:q} > {log:q} 2>&1"
