@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,31 @@ def shapes_dataset(path: Path, image_size: int = 8, train: int = 64, val: int = 
     entry = config.fill(spec, config.defs_ref("dataset_shapes"))
     make_dataset.run({"name": "tiny", **entry}, str(path), [])
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_wait_for_an_absent_slurm_controller(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The SLURM executor plugin runs `scontrol show config` whenever Snakemake starts, to word a help text. Where
+    SLURM's tools are installed but no controller answers (CI's machine between its cluster runs), scontrol waits
+    about 9 s for its own time-out, in every `snakemake` a test starts: 290 of the fast set's 490 s. No pytest test
+    talks to a cluster (.ci/slurm-*.sh do, outside pytest), so there the tests' processes get an `scontrol` that
+    fails at once, as on a machine without SLURM. With a controller that answers, nothing changes."""
+    real = shutil.which("scontrol")
+    if real is None:
+        return
+    try:
+        answered = subprocess.run([real, "ping"], capture_output=True, timeout=3).returncode == 0
+    except subprocess.TimeoutExpired:
+        answered = False
+    if answered:
+        return
+    bin_dir = tmp_path_factory.mktemp("no-slurm-controller")
+    stub = bin_dir / "scontrol"
+    stub.write_text(
+        "#!/bin/sh\necho 'scontrol: no SLURM controller in this test run (tests/conftest.py)' >&2\nexit 1\n"
+    )
+    stub.chmod(0o755)
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
 @pytest.fixture(autouse=True)
