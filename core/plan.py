@@ -9,15 +9,13 @@ naming the key to fix (``studies.demo-a.models.unet.train.lr``) before any job r
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
 from core import claims as claim_specs
-from core import paths, rehearsal, selection, tboard
+from core import paths, rehearsal, requirements, selection, tboard
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
-    METRIC_VALUE_KEY,
     MODEL_BOOKKEEPING,
     ConfigError,
     check,
@@ -29,9 +27,9 @@ from core.config import (
     key_path,
     load_schema,
     merge_experiment,
-    name_rule,
 )
 from core.paths import checkpoint_steps
+from core.sweeps import expand_sweeps
 
 
 def _fill_top_level(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +84,10 @@ class Plan:
                 rehearsal.cut_sweeps(study.get("sweeps") or {})
         for study in config["studies"]:
             self._resolve_study(study)
-        self.claims = {study: self._resolve_claims(study) for study in config["studies"]}
+        self.claims = {
+            study: claim_specs.resolve(config, study, self.experiments[study], self.models[study])
+            for study in config["studies"]
+        }
         self.standins: dict[str, dict[str, Any]] = {}
         if config["rehearse"]:
             self._rehearse()
@@ -95,7 +96,7 @@ class Plan:
                 from core import folders
 
                 try:
-                    folders.check_requirements(ds["splits"], self.dataset_requirements(name), name)
+                    folders.check_requirements(ds["splits"], requirements.of_dataset(self, name), name)
                 except ValueError as err:
                     raise ConfigError(str(err)) from None
 
@@ -187,67 +188,6 @@ class Plan:
                 f"config key {key_path([*where, 'evaluation', 'kid_subset_size'])}: {ev['kid_subset_size']} exceeds "
                 f"the {ev['reference_num']} reference images (evaluation.reference_num)"
             )
-
-    def _resolve_claims(self, study: str) -> list[dict[str, Any]]:
-        """The study's claims, each ``reference`` (the same claim in another study) resolved to that claim's rows,
-        expectation, margin and published numbers, which the report's Findings show beside the claim's verdict."""
-        s = self.config["studies"][study]
-        claims = copy.deepcopy(s["claims"])
-        for i, c in enumerate(claims):
-            self._compare_sides(study, i, c)
-            c["correction"] = s["correction"]
-            if "reference" not in c:
-                continue
-            key = key_path(["studies", study, "claims", i, "reference"])
-            ref_study, text = c["reference"]["study"], c["reference"]["claim"]
-            if ref_study not in self.config["studies"]:
-                raise ConfigError(f"config key {key}.study: study '{ref_study}' is not defined under 'studies'")
-            other = self.config["studies"][ref_study]
-            found = [r for r in other["claims"] if r["claim"] == text]
-            if not found:
-                known = "; ".join(f"'{r['claim']}'" for r in other["claims"]) or "none"
-                raise ConfigError(
-                    f"config key {key}.claim: study '{ref_study}' has no claim '{text}' (its claims: {known})"
-                )
-            ref = found[0]
-            if ref["metric"] != c["metric"]:
-                raise ConfigError(
-                    f"config key {key}: the claim is on {c['metric']}, the referenced claim on {ref['metric']}"
-                )
-            value_key = METRIC_VALUE_KEY[ref["metric"]]
-            published = {}
-            for side in ("a", "b"):
-                pub = other["experiments"][ref[side]].get("published") or {}
-                if value_key not in pub:
-                    raise ConfigError(
-                        f"config key {key}: experiment '{ref[side]}' of study '{ref_study}' has no published "
-                        f"{value_key} (studies.{ref_study}.experiments.{ref[side]}.published.{value_key})"
-                    )
-                published[side] = pub[value_key]
-            c["reference"] = {
-                "study": ref_study,
-                "claim": text,
-                **{k: ref[k] for k in ("a", "b", "expect", "margin") if k in ref},
-                "published": published,
-            }
-        return claims
-
-    def _compare_sides(self, study: str, i: int, c: dict[str, Any]) -> None:
-        """A claim's two sides share their evaluation settings (``core.claim_specs.MUST_MATCH``), else a ``ConfigError``
-        names both rows and the field; ``c`` gets ``differs`` (what differs, b→a) and ``confounded`` (more differs
-        than the settings its ``varies`` names)."""
-        exps, models = self.experiments[study], self.models[study]
-        side = {x: claim_specs.resolved(exps[c[x]], models[exps[c[x]]["model"]]) for x in ("a", "b")}
-        diffs = claim_specs.spec_differences(side["a"], side["b"])
-        for key, va, vb in claim_specs.incomparable(diffs):
-            where = key_path(["studies", study, "experiments"])
-            raise ConfigError(
-                f"config key {key_path(['studies', study, 'claims', i])}: its rows differ in {key} "
-                f"({where}.{c['a']}.{key} = {va}, {where}.{c['b']}.{key} = {vb}); a claim compares rows evaluated "
-                f"alike: give both the same {key}"
-            )
-        c["differs"] = claim_specs.describe(diffs)
-        c["confounded"] = claim_specs.describe(claim_specs.outside(diffs, c["varies"])) if "varies" in c else []
 
     def input_size(self, study: str, spec: dict[str, Any]) -> int:
         """The side of what a model sees: the dataset's images, or its autoencoder's latents."""
@@ -535,83 +475,6 @@ class Plan:
         keys = ("is_splits", "kid_subsets", "kid_subset_size", "bootstrap", "fd_infinity", "precision_recall_k")
         return {**{k: ev[k] for k in keys}, "batch_size": self.config["metrics"]["batch_size"]}
 
-    def dataset_requirements(self, dataset: str) -> list[dict[str, Any]]:
-        """What the studies on ``dataset`` need of its splits (``core.folders.check_requirements``): checked at
-        planning for the built-in data and by the ingestion job for image folders, before any training."""
-        reqs: list[dict[str, Any]] = []
-        for study, s in self.config["studies"].items():
-            if s["dataset"] != dataset:
-                continue
-            ev, key = s["evaluation"], f"studies.{study}.evaluation"
-            split = ev["reference_split"]
-            reqs.append(
-                {
-                    "key": f"{key}.reference_num",
-                    "split": split,
-                    "min": max(2, ev["reference_num"]),
-                    "why": "reference images",
-                }
-            )
-            if ev["kid_subset_size"]:
-                reqs.append(
-                    {
-                        "key": f"{key}.kid_subset_size",
-                        "split": split,
-                        "min": ev["kid_subset_size"],
-                        "why": "KID subsets",
-                    }
-                )
-            if self.extractor_kind(study) == "classifier":
-                c = ev["classifier"]
-                reqs.append(
-                    {
-                        "key": f"{key}.classifier.batch_size",
-                        "split": "train",
-                        "min": c["batch_size"],
-                        "why": "the classifier's training batches",
-                    }
-                )
-                reqs.append(
-                    {
-                        "key": f"{key}.extractor",
-                        "split": "val",
-                        "min": 1,
-                        "why": "the classifier extractor's validation accuracy; add val images or set "
-                        f"datasets.{dataset}.val_fraction",
-                    }
-                )
-            for m, spec in self.models[study].items():
-                t = spec["train"]
-                if spec["space"] == "pixel":
-                    reqs.append(
-                        {
-                            "key": f"studies.{study}.models.{m}.train.batch_size",
-                            "split": "train",
-                            "min": t["batch_size"],
-                            "why": "training batches",
-                        }
-                    )
-                if "early_stopping" in t:
-                    reqs.append(
-                        {
-                            "key": f"studies.{study}.models.{m}.train.early_stopping",
-                            "split": "val",
-                            "min": 1,
-                            "why": "the validation loss",
-                        }
-                    )
-        for name, ae in self.config["autoencoders"].items():
-            if ae["dataset"] == dataset and not ae["checkpoint"]:
-                reqs.append(
-                    {
-                        "key": f"autoencoders.{name}.train.batch_size",
-                        "split": "train",
-                        "min": ae["train"]["batch_size"],
-                        "why": "the autoencoder's training batches",
-                    }
-                )
-        return reqs
-
     def class_conditional_models(self, dataset: str) -> list[str]:
         """Config keys of the class-conditional models trained on ``dataset`` (they need ≥ 2 classes)."""
         return [
@@ -629,90 +492,3 @@ def _missing_inception(weights: str) -> str:
         "pt_inception-2015-12-05-6726825d.pth there (SHA-256 6726825d…, 95,628,359 bytes; the file "
         "pytorch-fid and torch-fidelity download), or set the key to null to use the dataset classifier"
     )
-
-
-# ---- sweeps --------------------------------------------------------------------------------------------------
-
-
-def _sweep_sampler(base: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
-    """A sweep point's sampler: DDPM and DDIM keep the base row's spacing (and its η or variance when the base is
-    the same sampler); DPM-Solver++(2M) takes its own defaults (trailing spacing)."""
-    sampler: dict[str, Any] = {"name": name, "steps": steps}
-    if "clip_denoised" in base:
-        sampler["clip_denoised"] = base["clip_denoised"]
-    if name in ("ddpm", "ddim") and "spacing" in base:
-        sampler["spacing"] = base["spacing"]
-    if name == base.get("name"):
-        sampler.update({k: v for k, v in base.items() if k in ("eta", "variance")})
-    return sampler
-
-
-def sweep_name(kind: str, base: str, **point: Any) -> str:
-    """``<base>.nfe-<sampler>-<steps>``, ``<base>.w<scale>`` or ``<base>.ckpts``."""
-    if kind == "nfe":
-        return f"{base}.nfe-{point['sampler']}-{point['steps']}"
-    if kind == "guidance":
-        return f"{base}.w{point['scale']:g}"
-    return f"{base}.ckpts"
-
-
-def expand_sweeps(config: dict[str, Any], study: str) -> None:
-    """Add the experiments of ``studies.<study>.sweeps`` to the study's experiments (idempotent).
-
-    A point whose sampling settings equal its base experiment's is not repeated: the base stands for it in the
-    sweep. A base evaluated at every checkpoint is swept at its last one.
-    """
-    s = config["studies"][study]
-    pattern = re.compile(load_schema()["$defs"]["name"]["pattern"])
-    for kind, entries in s["sweeps"].items():
-        for i, entry in enumerate(entries):
-            where = key_path(["studies", study, "sweeps", kind, i, "base"])
-            base_name = entry["base"]
-            if base_name not in s["experiments"] or "sweep" in s["experiments"][base_name]:
-                raise ConfigError(f"config key {where}: '{base_name}' is not one of the study's experiments")
-            base = merge_experiment(s["defaults"].get("experiment", {}), s["experiments"][base_name])
-            base_sampler = base.get("sampler", {"name": "ddim"})
-            points: dict[str, dict[str, Any]] = {}
-            if kind == "nfe":
-                for sampler, steps_list in entry["samplers"].items():
-                    for steps in steps_list:
-                        name = sweep_name(kind, base_name, sampler=sampler, steps=steps)
-                        points[name] = {"sampler": _sweep_sampler(base_sampler, sampler, steps)}
-            elif kind == "guidance":
-                for w in entry["scales"]:
-                    points[sweep_name(kind, base_name, scale=w)] = {"guidance_scale": float(w)}
-            else:
-                change = {k: entry[k] for k in ("num_samples", "batch_size", "sampler") if k in entry}
-                points[sweep_name(kind, base_name)] = {**change, "checkpoints": "all"}
-            for name, change in points.items():
-                if not pattern.match(name):
-                    raise ConfigError(
-                        f"config key {where}: the sweep point name '{name}' is not allowed: {name_rule()}"
-                    )
-                point = {
-                    **copy.deepcopy(s["experiments"][base_name]),
-                    **change,
-                    "sweep": {"kind": kind, "base": base_name},
-                }
-                point.pop("published", None)
-                if kind != "checkpoints" and base.get("checkpoints") == "all":
-                    point["checkpoints"] = "final"
-                merged = merge_experiment(s["defaults"].get("experiment", {}), point)
-                if kind == "checkpoints" or _sampling_settings(merged) != _sampling_settings(base):
-                    s["experiments"].setdefault(name, point)
-
-
-def _sampling_settings(exp: dict[str, Any]) -> dict[str, Any]:
-    """What makes an experiment's samples, completed with the defaults: all but its bookkeeping keys."""
-    out = fill(
-        {k: v for k, v in exp.items() if k not in (*EXPERIMENT_BOOKKEEPING, "checkpoints")}, defs_ref("experiment")
-    )
-    out["sampler"] = fill(out["sampler"], defs_ref(f"sampler_{out['sampler']['name']}"))  # as complete_sampler
-    out["guidance_scale"] = float(out["guidance_scale"])
-    return out
-
-
-def sweep_experiments(plan: Plan, study: str, kind: str | None = None) -> list[str]:
-    """The study's experiments made by a sweep (of ``kind``), in config order."""
-    exps = plan.config["studies"][study]["experiments"]
-    return [e for e, x in exps.items() if "sweep" in x and (kind is None or x["sweep"]["kind"] == kind)]

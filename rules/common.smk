@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from core import folders, paths, tboard
+from core import folders, paths, requirements, tboard
 from core.provenance import code_fingerprint
 from core.config import ConfigError, check_duplicate_keys
 from core.plan import Plan
@@ -100,7 +100,7 @@ def dataset_source(wildcards):
     if not summary["has_val"] and spec["val_fraction"] == 0:
         needs_val = [
             r["key"]
-            for r in PLAN.dataset_requirements(wildcards.dataset)
+            for r in requirements.of_dataset(PLAN, wildcards.dataset)
             if r["split"] == "val"
         ]
         if needs_val:

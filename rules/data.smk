@@ -18,7 +18,7 @@ rule make_dataset:
     params:
         code=code_param("make_dataset"),
         spec=lambda w: spec_json(PLAN.dataset_spec(w.dataset)),
-        requirements=lambda w: spec_json(PLAN.dataset_requirements(w.dataset)),
+        requirements=lambda w: spec_json(requirements.of_dataset(PLAN, w.dataset)),
         fingerprint=dataset_fingerprint,
     shell:
         "python -m core.stages.make_dataset --spec {params.spec:q} --requirements {params.requirements:q}"

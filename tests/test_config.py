@@ -8,7 +8,8 @@ from core import config as cfg
 from core import paths
 from core.nets import inception, zoo
 from core.paths import checkpoint_steps
-from core.plan import Plan, sweep_experiments
+from core.plan import Plan
+from core.sweeps import sweep_experiments
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from core.plan import Plan, sweep_experiments
+from core.plan import Plan
+from core.sweeps import sweep_experiments
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())

@@ -6,7 +6,7 @@
 The built-in source ``shapes`` is generated procedurally from the spec's seed; the image-folder sources
 (``imagenet100``, ``sysu-shapes``, ``folder``) are decoded and resized by ``core.ingest``. This is the first job
 that knows the size of each split of an image folder, so it checks the studies' needs (``--requirements``: the
-reference images, KID subsets, batch sizes, a val split; ``core.plan.Plan.dataset_requirements``) before anything
+reference images, KID subsets, batch sizes, a val split; ``core.requirements``) before anything
 trains on the data, naming the config key and the real count. The finished file is sealed (checksums of every
 split, ``content_sha256``: the identity a model trained on it records) and only then appears at ``--out``.
 """
