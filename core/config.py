@@ -187,7 +187,7 @@ def sampler_spec(name: str, steps: int | None = None, **options: Any) -> dict[st
 # ---- duplicate keys -------------------------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(SAFE_LOADER):  # libyaml's parser where installed: the config is read at every planning
     """A YAML loader that refuses a mapping key given twice (YAML's last-one-wins would drop the first silently)."""
 
 
