@@ -550,6 +550,7 @@ def test_a_full_disk_is_named_as_such(tmp_path):
     assert "INTACT True" in proc.stdout
 
 
+@pytest.mark.e2e  # Snakemake plans each case
 def test_planning_refuses_conditional_models_on_one_class_and_studies_without_a_val_split(tmp_path):
     root = tmp_path / "one-class"
     (root / "only").mkdir(parents=True)
@@ -590,6 +591,7 @@ def test_duplicate_keys_in_any_config_file_are_an_error_naming_file_line_and_key
     cfg.check_duplicate_keys([ROOT / "config.yaml"])  # merge keys (<<) overridden in place are not duplicates
 
 
+@pytest.mark.e2e  # three Snakemake runs
 def test_parameters_are_canonical_and_code_changes_rerun_what_they_affect(tmp_path):
     """Reordering a dataset's keys changes no job; with code_changes: rerun a job's parameters carry the hash of
     the code it runs, so a changed hash reruns it."""

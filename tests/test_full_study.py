@@ -12,6 +12,9 @@ from core.plan import Plan
 from core.sweeps import sweep_experiments
 from tests.conftest import ROOT
 
+# every test here plans whole studies through Snakemake (a dry run: seconds each, about 50 s in all on 2 cores)
+pytestmark = pytest.mark.e2e
+
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
