@@ -2,11 +2,12 @@
 
 A job's work is split into named sections (``train``: the optimizer step; ``sample``: ``denoise``, one network
 evaluation step over a batch, and ``decode``; ``evaluate``/``reference_stats``: ``extract``, one feature-extractor
-batch). Each ``Meter.run(section, images, units)`` block is *timed* (wall seconds, CUDA synchronised); the first of
-a sampling or extraction section is also *counted* as it runs, under ``torch.utils.flop_counter.FlopCounterMode``
-(FLOPs of matmuls and convolutions; counting slows a block down, so its time is kept apart and used only when
-nothing else was timed: ``timed_under_counter``). A training step is counted on the meta device (``count_step``):
-its FLOPs and the bytes one more image saves for the backward (activations).
+batch). Each ``Meter.timed(section, images, units)`` block is *timed* (wall seconds, CUDA synchronised). FLOPs are
+*counted* apart from the timed work, so that no timed block runs under a counter (a counter sees every operation
+and slowed the demo's sampling by a quarter): ``Meter.count_one`` runs one image's work of a sampling, encoding or
+extraction section once more under ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs of matmuls and
+convolutions), on inputs of its own; a training step is counted on the meta device (``count_step``): its FLOPs and
+the bytes one more image saves for the backward (activations).
 
 The record gives per section: seconds and FLOPs per image-unit (one image through one unit: a training image, one
 sampler step of one image, one image through the extractor), activation bytes per image, and for the job: peak
@@ -39,23 +40,16 @@ class Section:
     image_units: int = 0  # Σ units × images over the timed blocks
     units: int = 0
     images_per_unit: int = 0
-    counted_seconds: float = 0.0
-    counted_image_units: int = 0
     flops_image_units: int = 0
     flops: float | None = None
     saved_bytes: float | None = None
     counted_images: int = 0
 
     def summary(self) -> dict[str, Any]:
-        timed = self.image_units > 0
-        seconds, image_units = (
-            (self.seconds, self.image_units) if timed else (self.counted_seconds, self.counted_image_units)
-        )
         out: dict[str, Any] = {
             "units_timed": self.units,
             "images_per_unit": self.images_per_unit,
-            "seconds_per_image_unit": seconds / image_units if image_units else None,
-            "timed_under_counter": not timed,
+            "seconds_per_image_unit": self.seconds / self.image_units if self.image_units else None,
             "flops_per_image_unit": (
                 self.flops / self.flops_image_units if self.flops is not None and self.flops_image_units else None
             ),
@@ -92,43 +86,30 @@ class Meter:
             torch.cuda.synchronize(self.device)
 
     @contextlib.contextmanager
-    def run(self, section: str, images: int, units: int = 1, count: bool = False) -> Iterator[None]:
-        """Time a block doing ``units`` units of work on ``images`` images each; with ``count``, also count it
-        (its time is then kept apart: counting slows it down)."""
-        with self.timed(section, images, units, counted=count), self.count(section, images, units, enabled=count):
-            yield
-
-    @contextlib.contextmanager
-    def timed(self, section: str, images: int, units: int = 1, counted: bool = False) -> Iterator[None]:
-        """Time a block; ``counted``: a ``count`` block runs within it (its time is kept apart)."""
+    def timed(self, section: str, images: int, units: int = 1) -> Iterator[None]:
+        """Time a block doing ``units`` units of work on ``images`` images each."""
         s = self.sections.setdefault(section, Section())
         s.images_per_unit = max(s.images_per_unit, images)
         self._sync()
         t0 = time.perf_counter()
         yield
         self._sync()
-        if counted:
-            s.counted_seconds += time.perf_counter() - t0
-            s.counted_image_units += units * images
-            return
         s.seconds += time.perf_counter() - t0
         s.image_units += units * images
         s.units += units
 
-    @contextlib.contextmanager
-    def count(self, section: str, images: int, units: int = 1, enabled: bool = True) -> Iterator[None]:
-        """Count the FLOPs of a block of ``units`` units on ``images`` images each, as it runs: for sampling and
-        extraction (eval mode, no autograd). Training steps are counted on the meta device instead
-        (``count_step``): under a dispatch mode dropout draws differently, which would change the run's bits."""
-        if not enabled:
-            yield
-            return
+    def count_one(self, section: str, work: Callable[[], Any], units: int = 1) -> Any:
+        """Count the FLOPs of ``work``, one image through ``units`` units of ``section`` (a sampler step, an encoding,
+        an extraction), run once more apart from the timed blocks; returns what ``work`` returns. For sampling and
+        extraction (eval mode, no autograd): a training step is counted on the meta device instead (``count_step``),
+        since under a dispatch mode dropout draws differently, which would change the run's bits."""
         s = self.sections.setdefault(section, Section())
         with FlopCounterMode(display=False) as counter:
-            yield
+            out = work()
         s.flops = (s.flops or 0.0) + float(counter.get_total_flops())
-        s.counted_images += images
-        s.flops_image_units += units * images
+        s.counted_images += 1
+        s.flops_image_units += units
+        return out
 
     def add_count(self, section: str, images: int, flops: float, saved_bytes: float, units: int = 1) -> None:
         """Record a count made elsewhere (``meta_counts``) for ``units`` units on ``images`` images each."""
@@ -139,7 +120,7 @@ class Meter:
         s.flops_image_units += units * images
 
     def counting(self, section: str) -> bool:
-        """Whether ``section`` still needs its one counted block (count the first, time the rest)."""
+        """Whether ``section`` has not been counted yet (``count_one`` once, time every block)."""
         return section not in self.sections or self.sections[section].flops is None
 
     def record(self) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def extract(
 ) -> tuple[Any, Any]:
     """``extractor.extract`` (core.features) of ``images`` with progress lines: batch by batch in one process (the
     same batches, so the same features, as one call), in one call under torchrun (each rank extracts its part).
-    A ``core.costs.Meter`` counts the first batch and times the others (section ``extract``)."""
+    A ``core.costs.Meter`` times every batch and counts one image apart (section ``extract``)."""
     import contextlib
 
     n = int(images.shape[0])
@@ -138,10 +138,11 @@ def extract(
     import numpy as np
 
     feats, logits = [], []
+    if meter and n and meter.counting("extract"):
+        meter.count_one("extract", lambda: extractor.extract(images[:1], batch_size=1, device=device))
     for i in range(0, n, batch_size):
         m = min(i + batch_size, n) - i
-        measured = meter.run("extract", m, count=meter.counting("extract")) if meter else contextlib.nullcontext()
-        with measured:
+        with meter.timed("extract", m) if meter else contextlib.nullcontext():
             f, lg = extractor.extract(images[i : i + m], batch_size=batch_size, device=device)
         feats.append(f)
         logits.append(lg)

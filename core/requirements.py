@@ -5,14 +5,12 @@ image folders (rule ``make_dataset``), before any training. Free of heavy import
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from core.plan import Plan
+from typing import Any
 
 
-def of_dataset(plan: Plan, dataset: str) -> list[dict[str, Any]]:
-    """What the studies on ``dataset`` need of its splits (``core.folders.check_requirements``): checked at
+def of_dataset(plan: Any, dataset: str) -> list[dict[str, Any]]:
+    """What the studies on ``dataset`` of ``plan`` (a ``core.plan.Plan``, untyped here: it imports this module) need
+    of its splits (``core.folders.check_requirements``): checked at
     planning for the built-in data and by the ingestion job for image folders, before any training."""
     reqs: list[dict[str, Any]] = []
     for study, s in plan.config["studies"].items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.config import (
     EXPERIMENT_BOOKKEEPING,
@@ -19,9 +19,6 @@ from core.config import (
     merge_experiment,
     name_rule,
 )
-
-if TYPE_CHECKING:
-    from core.plan import Plan
 
 
 def _sweep_sampler(base: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
@@ -102,7 +99,8 @@ def _sampling_settings(exp: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sweep_experiments(plan: Plan, study: str, kind: str | None = None) -> list[str]:
-    """The study's experiments made by a sweep (of ``kind``), in config order."""
+def sweep_experiments(plan: Any, study: str, kind: str | None = None) -> list[str]:
+    """The experiments of ``study`` made by a sweep (of ``kind``), in config order; ``plan`` is a ``core.plan.Plan``
+    (untyped here: it imports this module)."""
     exps = plan.config["studies"][study]["experiments"]
     return [e for e, x in exps.items() if "sweep" in x and (kind is None or x["sweep"]["kind"] == kind)]

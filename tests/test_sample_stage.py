@@ -1,8 +1,11 @@
 import h5py
 import numpy as np
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from core import sampling
+from core import costs, paths, sampling
+from core.models import load_denoiser
 from core.stages import sample as sample_stage
 from core.stages import train as train_stage
 from tests.conftest import TINY_MODEL, model_spec, sample_spec
@@ -52,7 +55,8 @@ def test_interrupted_sampling_resumes_to_identical_file(checkpoint, tmp_path, mo
     calls = {"n": 0}
 
     def dies_on_second_batch(*args, **kwargs):
-        calls["n"] += 1
+        if len(args[2]) > 1:  # a batch (the cost record's count runs one image apart)
+            calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated kill")
         return real_sample(*args, **kwargs)
@@ -67,6 +71,31 @@ def test_interrupted_sampling_resumes_to_identical_file(checkpoint, tmp_path, mo
     monkeypatch.setattr(sampling, "sample", real_sample)
     sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
     with h5py.File(full, "r") as a, h5py.File(out, "r") as b:
+        np.testing.assert_array_equal(a["samples/images"][:], b["samples/images"][:])
+        np.testing.assert_array_equal(a["trajectory/images"][:], b["trajectory/images"][:])
+
+
+def test_the_cost_record_counts_one_image_apart_and_times_every_batch(checkpoint, tmp_path, monkeypatch):
+    """The sample file is the same with or without the FLOP count (it runs on a generator of its own); the record's
+    FLOPs per image-step are the guided pair of network evaluations (ε_c and ε_u), counted here on the network
+    itself; every batch's every step is timed."""
+    out = tmp_path / "s.h5"
+    sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
+    record = costs.read(paths.cost(str(out)))
+    denoise = record["sections"]["denoise"]
+    model, meta = load_denoiser(checkpoint)
+    x = torch.zeros(1, meta["in_channels"], meta["image_size"], meta["image_size"])
+    with FlopCounterMode(display=False) as counter:
+        model(x, torch.tensor([5]), torch.tensor([1]))
+    assert denoise["flops_per_image_unit"] == pytest.approx(2 * counter.get_total_flops(), rel=1e-9)
+    assert denoise["units_timed"] == 10 * 3 and denoise["images_per_unit"] == 8  # 10 steps × batches of 8, 8, 4
+    assert denoise["seconds_per_image_unit"] > 0
+
+    monkeypatch.setattr(costs.Meter, "counting", lambda self, section: False)
+    uncounted = tmp_path / "uncounted.h5"
+    sample_stage.run(str(checkpoint), SPEC, str(uncounted), "cpu")
+    assert costs.read(paths.cost(str(uncounted)))["sections"]["denoise"]["flops_per_image_unit"] is None
+    with h5py.File(out, "r") as a, h5py.File(uncounted, "r") as b:
         np.testing.assert_array_equal(a["samples/images"][:], b["samples/images"][:])
         np.testing.assert_array_equal(a["trajectory/images"][:], b["trajectory/images"][:])
 

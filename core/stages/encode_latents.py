@@ -77,7 +77,9 @@ def run(
                 encoded = min(n, rehearsal_images) if rehearsal_images else n
                 for i in range(0, encoded, batch_size):
                     x = data.to_model_range(src[f"{split}/images"][i : min(i + batch_size, encoded)], device)
-                    with meter.run("encode", len(x), count=meter.counting("encode")):
+                    if meter.counting("encode"):
+                        meter.count_one("encode", lambda x=x: vae.encode(x[:1]))
+                    with meter.timed("encode", len(x)):
                         posterior = vae.encode(x)
                     rows_out = torch.cat([posterior.mean, posterior.logvar], 1).float()
                     if not bool(torch.isfinite(rows_out).all()):

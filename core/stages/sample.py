@@ -194,6 +194,16 @@ def _sample(
         rehearsal=spec.get("rehearsal"),
     )
 
+    def count_one_image(x_T: torch.Tensor, y: torch.Tensor | None) -> None:
+        """FLOPs of one sampler step of one image and of decoding it, counted apart (``Meter.count_one``) on a
+        generator of its own: the batches' draws are untouched."""
+        gen = torch.Generator(device=device).manual_seed(seed)
+        one_step = sampling.truncated(None, 1)
+        x = meter.count_one(
+            "denoise", lambda: sampling.sample(model, diffusion, x_T.clone(), sampler, y, guidance, gen, one_step)
+        )
+        meter.count_one("decode", lambda: decode(x))
+
     def draw(b: int, f: h5py.File) -> int:
         """Sample batch ``b`` (its own generator: the same images whichever process draws it) into ``f``."""
         start = b * batch
@@ -203,12 +213,13 @@ def _sample(
         y = torch.as_tensor(labels_all[start : start + m], device=device) if num_classes else None
         record = record_points if (start == 0 and record_images) else 0
         callback, traj = sampling.trajectory_recorder(record, sampler["steps"]) if record else (None, [])
-        count = not ctx.enabled
-        with meter.run("denoise", m, units=steps_run, count=count and meter.counting("denoise")):
+        if not ctx.enabled and meter.counting("denoise"):
+            count_one_image(x_T[:1], None if y is None else y[:1])
+        with meter.timed("denoise", m, units=steps_run):
             x0 = sampling.sample(
                 model, diffusion, x_T, sampler, y, guidance, gen, sampling.truncated(callback, steps_run)
             )
-        with meter.run("decode", m, count=count and meter.counting("decode")):
+        with meter.timed("decode", m):
             pixels = decode(x0)
         try:
             f["samples/images"][start : start + m] = data.to_uint8(pixels)
