@@ -308,6 +308,7 @@ def spec4():
     return model_spec({**TINY_MODEL, "train": {**TINY_MODEL["train"], "steps": 8, "checkpoint_every": 4}})
 
 
+@pytest.mark.slow  # training, killed or changed, and resumed
 def test_a_model_never_resumes_a_state_made_from_other_data(spec4, tmp_path):
     data_path = shapes_dataset(tmp_path / "d.h5", seed=0)
     train(spec4, data_path, tmp_path / "m")

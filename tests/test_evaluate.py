@@ -70,6 +70,7 @@ def test_inception_reference_and_evaluation_are_labelled(tiny_dataset, inception
     assert json.loads(out.read_text())["fid"] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow  # the full-size Inception at 299²
 def test_reference_from_other_weights_is_refused(tiny_dataset, inception_spec, tmp_path):
     ref = tmp_path / "ref.npz"
     reference_stats(str(tiny_dataset), "val", 8, inception_spec, str(ref), batch_size=8)
@@ -83,6 +84,7 @@ def test_reference_from_other_weights_is_refused(tiny_dataset, inception_spec, t
         evaluate(str(samples), str(ref), spec, str(tmp_path / "m.json"), opts(is_splits=2, kid_subset_size=4))
 
 
+@pytest.mark.slow  # the full-size Inception at 299²
 def test_incomplete_sample_file_is_refused(tiny_dataset, inception_spec, tmp_path):
     ref = tmp_path / "ref.npz"
     reference_stats(str(tiny_dataset), "val", 8, inception_spec, str(ref), batch_size=8)
@@ -94,6 +96,7 @@ def test_incomplete_sample_file_is_refused(tiny_dataset, inception_spec, tmp_pat
         evaluate(str(samples), str(ref), inception_spec, str(tmp_path / "m.json"), opts(is_splits=2))
 
 
+@pytest.mark.slow  # the full-size Inception at 299²
 def test_counts_that_cannot_support_the_metrics_fail_before_extraction(tiny_dataset, inception_spec, tmp_path):
     ref = tmp_path / "ref.npz"
     reference_stats(str(tiny_dataset), "val", 8, inception_spec, str(ref), batch_size=8)

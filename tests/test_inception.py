@@ -46,6 +46,7 @@ def test_key_layout_loads_strictly_with_standard_names(model, tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.slow  # the full-size Inception at 299²
 def test_outputs_shapes_determinism_and_batch_invariance(model):
     x = torch.rand(4, 3, 299, 299) * 2 - 1
     with torch.no_grad():
@@ -116,6 +117,7 @@ def test_weights_are_verified_before_use(tmp_path):
         inception.verify_weights(wrong)
 
 
+@pytest.mark.slow  # the full-size Inception at 299²
 def test_extractor_batches_and_restores_tf32(model, tmp_path):
     from core.features import load_extractor
 

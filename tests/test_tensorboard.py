@@ -39,6 +39,7 @@ def test_no_events_unless_asked(tiny_spec, tiny_dataset, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
+@pytest.mark.slow  # training, killed or changed, and resumed
 def test_curves_continue_across_a_resume_without_duplicate_steps(tiny_spec, tiny_dataset, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     monkeypatch.setenv(tboard.ENV, "1")

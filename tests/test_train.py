@@ -49,6 +49,7 @@ def test_training_writes_checkpoints_log_and_provenance(tiny_spec, tiny_dataset,
     assert out.shape == (2, 3, 8, 8) and meta["step"] == 12
 
 
+@pytest.mark.slow  # training, killed or changed, and resumed
 def test_resume_equals_uninterrupted_run(tiny_spec, tiny_dataset, tmp_path):
     run_train(tiny_spec, tiny_dataset, tmp_path / "full")
     part = tmp_path / "part"
@@ -91,6 +92,7 @@ def test_resume_on_a_gpu_reads_the_state_on_the_cpu(tiny_spec, tiny_dataset, tmp
         assert torch.equal(s.state.model.state_dict()[k], v), k
 
 
+@pytest.mark.slow  # training, killed or changed, and resumed
 def test_changed_spec_does_not_resume_from_stale_state(tiny_spec, tiny_dataset, tmp_path):
     run_train(tiny_spec, tiny_dataset, tmp_path / "run")
     other = {**tiny_spec, "train": {**tiny_spec["train"], "lr": 5e-4}}
@@ -263,6 +265,7 @@ def test_the_validation_batch_is_held_compactly_and_does_not_depend_on_the_batch
     assert torch.equal(noise_a, noise_b[3:5])  # an image's noise is its own, whatever batch it is drawn in
 
 
+@pytest.mark.slow  # training, killed or changed, and resumed
 def test_early_stopping_resumes_to_the_uninterrupted_validation_log(tiny_spec, tiny_dataset, tmp_path):
     spec = early_spec(tiny_spec, patience=100)
     run_train(spec, tiny_dataset, tmp_path / "full")
