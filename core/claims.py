@@ -129,8 +129,7 @@ def compare_sides(study: str, i: int, c: dict[str, Any], experiments: dict[str, 
     """Claim ``i`` of ``study``: its two sides share their evaluation settings (``MUST_MATCH``), else a ``ConfigError``
     names both rows and the field; ``c`` gets ``differs`` (what differs, b→a) and ``confounded`` (more differs
     than the settings its ``varies`` names)."""
-    exps = experiments
-    side = {x: resolved(exps[c[x]], models[exps[c[x]]["model"]]) for x in ("a", "b")}
+    side = {x: resolved(experiments[c[x]], models[experiments[c[x]]["model"]]) for x in ("a", "b")}
     diffs = spec_differences(side["a"], side["b"])
     for key, va, vb in incomparable(diffs):
         where = key_path(["studies", study, "experiments"])
