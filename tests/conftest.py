@@ -77,9 +77,10 @@ def shapes_dataset(path: Path, image_size: int = 8, train: int = 64, val: int = 
 def _no_wait_for_an_absent_slurm_controller(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The SLURM executor plugin runs `scontrol show config` whenever Snakemake starts, to word a help text. Where
     SLURM's tools are installed but no controller answers (CI's machine between its cluster runs), scontrol waits
-    about 9 s for its own time-out, in every `snakemake` a test starts: 290 of the fast set's 490 s. No pytest test
-    talks to a cluster (.ci/slurm-*.sh do, outside pytest), so there the tests' processes get an `scontrol` that
-    fails at once, as on a machine without SLURM. With a controller that answers, nothing changes."""
+    about 9 s for its own time-out, in every `snakemake` a test starts (the 14 fast tests that start one took 290 of
+    the set's 490 s). No pytest test talks to a cluster (.ci/slurm-*.sh do, outside pytest), so there the tests'
+    processes get an `scontrol` that fails at once, as on a machine without SLURM. With a controller that answers,
+    nothing changes."""
     real = shutil.which("scontrol")
     if real is None:
         return
