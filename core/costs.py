@@ -9,6 +9,12 @@ extraction section once more under ``torch.utils.flop_counter.FlopCounterMode`` 
 convolutions), on inputs of its own; a training step is counted on the meta device (``count_step``): its FLOPs and
 the bytes one more image saves for the backward (activations).
 
+Only a rehearsal's jobs count (``Meter(count_flops=True)``; a rehearsal's spec or evaluation options say so, see
+``core.rehearsal``): the forecast reads FLOPs from them alone, and a counter's first use in a process costs a fixed
+2 s on a CPU (it imports ``torch._dynamo``), a quarter of a demo evaluation job. A real run's record has the times
+and memory, and null FLOPs (``flops_counted: false``); ``reference_stats`` never counts (the forecast prices its
+extractor from the meta-device count, the same network).
+
 The record gives per section: seconds and FLOPs per image-unit (one image through one unit: a training image, one
 sampler step of one image, one image through the extractor), activation bytes per image, and for the job: peak
 host RSS (``ru_maxrss``) and peak CUDA memory. ``core.forecast --rehearsal`` multiplies them by the real budgets.
@@ -74,9 +80,9 @@ def peak_rss_bytes() -> int:
 class Meter:
     """Measures one job's sections (see the module docstring) and writes them with ``write``."""
 
-    def __init__(self, job: str, device: torch.device | str, **info: Any) -> None:
+    def __init__(self, job: str, device: torch.device | str, *, count_flops: bool, **info: Any) -> None:
         device = torch.device(device)
-        self.job, self.device, self.info = job, device, info
+        self.job, self.device, self.info, self.count_flops = job, device, info, bool(count_flops)
         self.sections: dict[str, Section] = {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -103,6 +109,8 @@ class Meter:
         an extraction), run once more apart from the timed blocks; returns what ``work`` returns. For sampling and
         extraction (eval mode, no autograd): a training step is counted on the meta device instead (``count_step``),
         since under a dispatch mode dropout draws differently, which would change the run's bits."""
+        if not self.count_flops:
+            raise RuntimeError(f"{self.job}: count_one({section!r}) on a meter that counts no FLOPs")
         s = self.sections.setdefault(section, Section())
         with FlopCounterMode(display=False) as counter:
             out = work()
@@ -120,8 +128,9 @@ class Meter:
         s.flops_image_units += units * images
 
     def counting(self, section: str) -> bool:
-        """Whether ``section`` has not been counted yet (``count_one`` once, time every block)."""
-        return section not in self.sections or self.sections[section].flops is None
+        """Whether ``section`` is still to be counted: this meter counts FLOPs and has not counted it yet
+        (``count_one`` once, time every block)."""
+        return self.count_flops and (section not in self.sections or self.sections[section].flops is None)
 
     def record(self) -> dict[str, Any]:
         cuda_peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
@@ -133,6 +142,7 @@ class Meter:
             "device_name": device_name(self.device),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "flops_counted": self.count_flops,
             "pid": os.getpid(),
             "sections": {name: s.summary() for name, s in self.sections.items()},
             "peak_rss_bytes": peak_rss_bytes(),
@@ -198,7 +208,9 @@ def count_step(
 ) -> None:
     """Record one step of ``batch`` images (``loss_at(batch)``, a ``meta_counts`` loss) in ``meter``: its FLOPs,
     and as activations what one more image adds to the bytes saved for the backward (the weights that the backward
-    also keeps do not grow with the batch)."""
+    also keeps do not grow with the batch). Nothing when ``meter`` counts no FLOPs."""
+    if not meter.count_flops:
+        return
     fwd, bwd, saved = meta_counts(build, loss_at(batch))
     per_image = meta_counts(build, loss_at(batch + 1))[2] - saved
     meter.add_count(section, batch, fwd + bwd, per_image * batch)

@@ -473,7 +473,8 @@ class Plan:
     def evaluation_options(self, study: str) -> dict[str, Any]:
         ev = self.config["studies"][study]["evaluation"]
         keys = ("is_splits", "kid_subsets", "kid_subset_size", "bootstrap", "fd_infinity", "precision_recall_k")
-        return {**{k: ev[k] for k in keys}, "batch_size": self.config["metrics"]["batch_size"]}
+        options = {**{k: ev[k] for k in keys}, "batch_size": self.config["metrics"]["batch_size"]}
+        return {**options, "count_flops": True} if self.rehearse else options  # only a rehearsal counts (core.costs)
 
     def class_conditional_models(self, dataset: str) -> list[str]:
         """Config keys of the class-conditional models trained on ``dataset`` (they need ≥ 2 classes)."""

@@ -13,7 +13,9 @@ the real config has been validated and resolved (so a rehearsal checks the real 
   of each batch's real schedule, samples, validation and reference images, bootstrap resamples, the images the
   latent cache encodes (the other rows repeat them), and each sweep list cut to its largest point. Each cut spec
   keeps its real values under ``rehearsal.real``; the stages write what each job costs (``core.costs``) and
-  ``core.forecast --rehearsal`` prices the real budgets from those costs;
+  ``core.forecast --rehearsal`` prices the real budgets from those costs. Only a rehearsal's jobs count FLOPs
+  (``core.costs``): the ``rehearsal`` entry of a model's, experiment's or autoencoder's spec and ``count_flops`` in
+  a study's evaluation options (``Plan.evaluation_options``) say so;
 - multi-GPU models train in one process (the per-process batch is cut anyway; the multi-GPU path is what
   ``.ci/slurm-gpu-e2e.sh`` exercises).
 
@@ -92,7 +94,7 @@ def cut_autoencoder(spec: dict[str, Any], r: dict[str, Any]) -> None:
     _cut(spec, "train.steps", min(int(spec["train"]["steps"]), int(r["train_steps"])), real)
     _cut(spec, "train.batch_size", min(int(spec["train"]["batch_size"]), int(r["batch_size"])), real)
     _cut(spec, "scale_images", min(int(spec["scale_images"]), int(r["scale_images"])), real)
-    del real  # the real budgets are the real plan's (core.forecast reads them there)
+    spec["rehearsal"] = {"real": real}  # the real budgets (core.forecast reads them from the real plan)
 
 
 def cut_sweeps(sweeps: dict[str, Any]) -> None:

@@ -93,6 +93,20 @@ def test_the_real_plan_is_untouched_by_the_switch(plans):
     assert real.extractor_kind("full-a") == "inception"
 
 
+def test_only_a_rehearsal_counts_flops(plans):
+    """What switches the FLOP count on (core.costs) is in a rehearsal's specs and options alone: a real plan's
+    evaluation options and autoencoder specs are as before (so the switch cannot make real jobs rerun)."""
+    real, rh = plans
+    keys = {"is_splits", "kid_subsets", "kid_subset_size", "bootstrap", "fd_infinity", "precision_recall_k"}
+    for study in ("full-a", "full-b"):
+        assert set(real.evaluation_options(study)) == keys | {"batch_size"}
+        assert rh.evaluation_options(study)["count_flops"] is True
+        for exp in rh.experiments[study]:
+            assert rh.selected_spec(study, exp, 0)["rehearsal"] and "rehearsal" not in real.selected_spec(study, exp, 0)
+    for name in real.config["autoencoders"]:
+        assert "rehearsal" not in real.autoencoder_spec(name) and "rehearsal" in rh.autoencoder_spec(name)
+
+
 @pytest.fixture(scope="module")
 def rehearsed(tmp_path_factory) -> tuple[Plan, Path]:
     """The README's rehearsal command, into a folder of its own (the whole full study: ~15 min on 2 cores)."""
@@ -195,14 +209,21 @@ def test_one_bootstrap_resample_is_refused_when_planned():
 
 def test_a_training_job_writes_what_it_cost(tiny_spec, tiny_dataset, tmp_path):
     """Every training run (a rehearsal's or a real one) writes train.cost.json: its network's parameters and input
-    shape, the FLOPs of one training image (the meta-device count at its batch), the activations one image adds,
-    the measured seconds per image, its peak memory."""
+    shape, the measured seconds per image, its peak memory; a rehearsal's (its spec has a ``rehearsal`` entry) also
+    the FLOPs of one training image (the meta-device count at its batch) and the activations one image adds."""
     from core.diffusion import GaussianDiffusion
     from core.models import build_model
     from core.stages import train as train_stage
 
-    train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "run"), "cpu")
+    train_stage.run(tiny_spec, str(tiny_dataset), str(tmp_path / "real"), "cpu")
+    real = costs.read(paths.cost(str(tmp_path / "real" / "train")))
+    assert real["flops_counted"] is False and real["sections"]["step"]["seconds_per_image_unit"] > 0
+    assert real["sections"]["step"]["flops_per_image_unit"] is None
+    assert real["sections"]["step"]["activation_bytes_per_image"] is None
+
+    train_stage.run({**tiny_spec, "rehearsal": {"real": {}}}, str(tiny_dataset), str(tmp_path / "run"), "cpu")
     rec = costs.read(paths.cost(str(tmp_path / "run" / "train")))
+    assert rec["flops_counted"] is True
     model = build_model(tiny_spec, 8, 3, 5)
     assert rec["parameters"] == sum(p.numel() for p in model.parameters())
     assert rec["input_shape"] == [3, 8, 8] and rec["batch_size"] == tiny_spec["train"]["batch_size"]

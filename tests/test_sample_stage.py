@@ -75,13 +75,14 @@ def test_interrupted_sampling_resumes_to_identical_file(checkpoint, tmp_path, mo
         np.testing.assert_array_equal(a["trajectory/images"][:], b["trajectory/images"][:])
 
 
-def test_the_cost_record_counts_one_image_apart_and_times_every_batch(checkpoint, tmp_path, monkeypatch):
-    """The sample file is the same with or without the FLOP count (it runs on a generator of its own); the record's
-    FLOPs per image-step are the guided pair of network evaluations (ε_c and ε_u), counted here on the network
-    itself; every batch's every step is timed."""
+def test_the_cost_record_counts_one_image_apart_and_times_every_batch(checkpoint, tmp_path):
+    """A rehearsal's spec (a ``rehearsal`` entry) counts FLOPs, a real one does not; the sample file is the same
+    either way (the count runs on a generator of its own); the record's FLOPs per image-step are the guided pair of
+    network evaluations (ε_c and ε_u), counted here on the network itself; every batch's every step is timed."""
     out = tmp_path / "s.h5"
-    sample_stage.run(str(checkpoint), SPEC, str(out), "cpu")
+    sample_stage.run(str(checkpoint), {**SPEC, "rehearsal": {"real": {}}}, str(out), "cpu")
     record = costs.read(paths.cost(str(out)))
+    assert record["flops_counted"] is True
     denoise = record["sections"]["denoise"]
     model, meta = load_denoiser(checkpoint)
     x = torch.zeros(1, meta["in_channels"], meta["image_size"], meta["image_size"])
@@ -91,10 +92,11 @@ def test_the_cost_record_counts_one_image_apart_and_times_every_batch(checkpoint
     assert denoise["units_timed"] == 10 * 3 and denoise["images_per_unit"] == 8  # 10 steps × batches of 8, 8, 4
     assert denoise["seconds_per_image_unit"] > 0
 
-    monkeypatch.setattr(costs.Meter, "counting", lambda self, section: False)
     uncounted = tmp_path / "uncounted.h5"
     sample_stage.run(str(checkpoint), SPEC, str(uncounted), "cpu")
-    assert costs.read(paths.cost(str(uncounted)))["sections"]["denoise"]["flops_per_image_unit"] is None
+    real = costs.read(paths.cost(str(uncounted)))
+    assert real["flops_counted"] is False and real["sections"]["denoise"]["flops_per_image_unit"] is None
+    assert real["sections"]["denoise"]["units_timed"] == 10 * 3 and real["sections"]["decode"]["units_timed"] == 3
     with h5py.File(out, "r") as a, h5py.File(uncounted, "r") as b:
         np.testing.assert_array_equal(a["samples/images"][:], b["samples/images"][:])
         np.testing.assert_array_equal(a["trajectory/images"][:], b["trajectory/images"][:])

@@ -38,7 +38,13 @@ def run(
     the other rows by repeating them, recorded in the file's ``rehearsal_encoded`` attribute (core.rehearsal)."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
     vae, meta = load_autoencoder(autoencoder, device)
-    meter = costs.Meter("encode_latents", device, name=str(autoencoder), parameters=meta.get("num_parameters"))
+    meter = costs.Meter(
+        "encode_latents",
+        device,
+        count_flops=rehearsal_images > 0,
+        name=str(autoencoder),
+        parameters=meta.get("num_parameters"),
+    )
     c, h, w = meta["latent_shape"]
     t0 = time.time()
     with h5py.File(data_path, "r") as src:

@@ -71,7 +71,14 @@ def run(samples: str, reference: str, extractor_spec: dict[str, Any], out: str, 
         sample_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         checksums = {k: str(f[k].attrs["sha256"]) for k in ("samples/images", "samples/labels")}
         n_images = len(f["samples/images"])
-        meter = costs.Meter("evaluate", device, name=samples, extractor=extractor.label, images=n_images)
+        meter = costs.Meter(
+            "evaluate",
+            device,
+            count_flops=bool(options.get("count_flops")),  # a rehearsal's options say so (core.costs)
+            name=samples,
+            extractor=extractor.label,
+            images=n_images,
+        )
         feats, logits = progress.extract(
             extractor, f["samples/images"], int(options["batch_size"]), device, ctx, "evaluate", meter
         )

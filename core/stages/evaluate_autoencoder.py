@@ -88,7 +88,9 @@ def run(
             raise ValueError(f"{n} images requested but split '{split}' of {data_path} has {available}")
         images = f[f"{split}/images"][:n]
     vae, meta = load_autoencoder(autoencoder, device)
-    meter = costs.Meter("evaluate_autoencoder", device, name=autoencoder, extractor=extractor.label, images=n)
+    meter = costs.Meter(
+        "evaluate_autoencoder", device, count_flops=False, name=autoencoder, extractor=extractor.label, images=n
+    )
     with meter.timed("reconstruct", n):
         recons = reconstruct(vae, images, device)
     psnr_mean, psnr_pooled = psnr(images, recons)

@@ -30,7 +30,14 @@ def run(data_path: str, split: str, num: int, extractor_spec: dict[str, Any], ou
         n = available if num == 0 else num
         if n > available:
             raise ValueError(f"reference statistics need {n} images but split '{split}' of {data_path} has {available}")
-        meter = costs.Meter("reference_stats", device, name=f"{data_path}:{split}", extractor=extractor.label, images=n)
+        meter = costs.Meter(
+            "reference_stats",
+            device,
+            count_flops=False,
+            name=f"{data_path}:{split}",
+            extractor=extractor.label,
+            images=n,
+        )
         feats, logits = progress.extract(
             extractor, f[f"{split}/images"][:n], batch_size, device, ctx, "reference_stats", meter
         )

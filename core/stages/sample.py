@@ -181,6 +181,7 @@ def _sample(
     meter = costs.Meter(
         "sample",
         device,
+        count_flops=bool(spec.get("rehearsal")),  # only a rehearsal counts (core.costs)
         name=f"{spec['study']}/{spec['experiment']}",
         replicate=spec["replicate"],
         checkpoint_step=int(meta["step"]),

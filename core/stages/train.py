@@ -398,6 +398,7 @@ def train_run(spec: dict[str, Any], data_path: str, out: Path, device: torch.dev
     meter = costs.Meter(
         "train",
         device,
+        count_flops=bool(spec.get("rehearsal")),  # only a rehearsal counts (core.costs)
         name=f"{spec['study']}/{spec['name']}",
         replicate=spec["replicate"],
         parameters=state.meta["num_parameters"],

@@ -151,6 +151,7 @@ def run(spec: dict[str, Any], data_path: str, out: str, log_path: str, device_na
     meter = costs.Meter(
         "train_autoencoder",
         device,
+        count_flops=bool(spec.get("rehearsal")),  # only a rehearsal counts (core.costs)
         name=spec["name"],
         parameters=sum(p.numel() for p in vae.parameters()),
         input_shape=[channels, image_size, image_size],
