@@ -10,8 +10,8 @@ from typing import Any
 
 def of_dataset(plan: Any, dataset: str) -> list[dict[str, Any]]:
     """What the studies on ``dataset`` of ``plan`` (a ``core.plan.Plan``, untyped here: it imports this module) need
-    of its splits (``core.folders.check_requirements``): checked at
-    planning for the built-in data and by the ingestion job for image folders, before any training."""
+    of its splits (``core.folders.check_requirements``): checked at planning for the built-in data and by the
+    ingestion job for image folders, before any training."""
     reqs: list[dict[str, Any]] = []
     for study, s in plan.config["studies"].items():
         if s["dataset"] != dataset:
